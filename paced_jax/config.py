@@ -1,0 +1,239 @@
+"""Typed, frozen run configuration and the `--set key.sub=value` override mechanism.
+
+A config file is a Python module under `configs/` exposing `get_config(arg: str = "") -> Config`;
+`load_config("configs/demo.py:tiny")` imports it and passes `"tiny"` as `arg`. Every field is
+typed; overrides are parsed by that type, so a typo or a wrong type fails at load time with one
+line naming the key and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+  """A user error in a config file or an override; its message is one line."""
+
+
+DType = Literal["float32", "bfloat16", "float16"]
+Remat = Literal["none", "full", "dots", "dots_no_batch"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """Llama-3 style RoPE frequency scaling (HF `rope_scaling` with rope_type "llama3")."""
+
+  factor: float = 8.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """One decoder-only transformer: Llama-3, Qwen2/2.5 (q/k/v bias) or Qwen3 (q/k RMSNorm)."""
+
+  vocab_size: int = 256
+  hidden: int = 64  # D
+  num_layers: int = 2  # L
+  num_heads: int = 4  # N
+  num_kv_heads: int = 2  # K
+  head_dim: int = 16  # H
+  mlp_dim: int = 128  # F
+  rope_theta: float = 10_000.0
+  rope_scaling: RopeScaling | None = None
+  rms_eps: float = 1e-6
+  qkv_bias: bool = False  # Qwen2 / Qwen2.5
+  qk_norm: bool = False  # Qwen3
+  tie_embeddings: bool = True
+  max_seq_len: int = 2048
+  dtype: DType = "float32"  # compute dtype; softmax, norms and losses stay fp32
+  param_dtype: DType = "float32"
+  remat: Remat = "none"
+  arch: Literal["llama", "qwen2", "qwen3"] = "qwen2"
+
+  def __post_init__(self):
+    if self.num_heads % self.num_kv_heads:
+      raise ConfigError(
+          f"model.num_heads={self.num_heads} is not a multiple of model.num_kv_heads="
+          f"{self.num_kv_heads}; grouped-query attention needs N % K == 0")
+    for name in ("vocab_size", "hidden", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                 "mlp_dim", "max_seq_len"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
+    if self.head_dim % 2:
+      raise ConfigError(f"model.head_dim={self.head_dim} must be even for rotary embeddings")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Device mesh `(data, fsdp, tensor)`; one size may be -1 to take the remaining devices."""
+
+  data: int = 1
+  fsdp: int = -1
+  tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """A whole run. Sections for data, frontier, losses and training join as they are built."""
+
+  model: ModelConfig = ModelConfig()  # the student
+  teacher: ModelConfig | None = None
+  mesh: MeshConfig = MeshConfig()
+  seed: int = 0
+  name: str = "run"
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(spec: str, overrides: typing.Sequence[str] = ()) -> Config:
+  """`spec` is `path/to/config.py` or `path/to/config.py:ARG`; overrides are `key=value`."""
+  path, _, arg = spec.partition(":")
+  file = Path(path)
+  if not file.is_file():
+    raise ConfigError(f"config file {path!r} does not exist; pass a path such as "
+                      "configs/demo.py or configs/demo.py:tiny")
+  mod_spec = importlib.util.spec_from_file_location(f"_paced_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(mod_spec)
+  try:
+    mod_spec.loader.exec_module(module)
+  except ConfigError:
+    raise
+  except Exception as e:  # a broken config file is still a user error: one line
+    raise ConfigError(f"config file {path!r} failed to import: {type(e).__name__}: {e}") from e
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path!r} defines no get_config(arg) function")
+  try:
+    cfg = module.get_config(arg)
+  except ConfigError:
+    raise
+  except (ValueError, TypeError, KeyError) as e:
+    raise ConfigError(f"{path}:get_config({arg!r}) failed: {e}") from e
+  if not dataclasses.is_dataclass(cfg):
+    raise ConfigError(f"{path}:get_config({arg!r}) returned {type(cfg).__name__}, not a Config")
+  return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Any, overrides: typing.Sequence[str]) -> Any:
+  for item in overrides:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+      raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+    cfg = _set(cfg, key.strip().split("."), raw.strip(), key.strip())
+  return cfg
+
+
+def _set(obj: Any, parts: list[str], raw: str, full_key: str) -> Any:
+  hints = typing.get_type_hints(type(obj))
+  names = [f.name for f in dataclasses.fields(obj)]
+  head = parts[0]
+  if head not in names:
+    prefix = full_key[: len(full_key) - len(".".join(parts))]
+    raise ConfigError(f"unknown config key {full_key!r}; valid keys under "
+                      f"{prefix.rstrip('.') or 'the top level'!r}: {', '.join(names)}")
+  typ = hints[head]
+  current = getattr(obj, head)
+  if len(parts) == 1:
+    value = _parse(raw, typ, full_key)
+  else:
+    sub_type = _dataclass_in(typ)
+    if sub_type is None:
+      raise ConfigError(f"config key {full_key!r}: {head!r} is a {_describe(typ)}, not a section")
+    if current is None:  # an optional section being filled in, e.g. teacher.hidden=...
+      current = sub_type()
+    value = _set(current, parts[1:], raw, full_key)
+  try:
+    return dataclasses.replace(obj, **{head: value})
+  except ConfigError as e:
+    raise ConfigError(f"override {full_key}={raw}: {e}") from None
+
+
+def _dataclass_in(typ: Any) -> type | None:
+  if dataclasses.is_dataclass(typ):
+    return typ
+  for arg in typing.get_args(typ):
+    if dataclasses.is_dataclass(arg):
+      return arg
+  return None
+
+
+def _is_union(typ: Any) -> bool:
+  return typing.get_origin(typ) in (typing.Union, types.UnionType)
+
+
+def _describe(typ: Any) -> str:
+  if typing.get_origin(typ) is Literal:
+    return "one of " + ", ".join(repr(a) for a in typing.get_args(typ))
+  if _is_union(typ):
+    return " or ".join(_describe(a) for a in typing.get_args(typ))
+  if typ is type(None):
+    return "none"
+  return getattr(typ, "__name__", str(typ))
+
+
+def _parse(raw: str, typ: Any, key: str) -> Any:
+  """Parses `raw` as `typ`; raises ConfigError naming the key and the valid choices."""
+  bad = ConfigError(f"config key {key!r} expects {_describe(typ)}, got {raw!r}")
+  if _is_union(typ):
+    args = typing.get_args(typ)
+    if type(None) in args and raw.lower() in ("none", "null"):
+      return None
+    for arg in args:
+      if arg is type(None):
+        continue
+      try:
+        return _parse(raw, arg, key)
+      except ConfigError:
+        pass
+    raise bad
+  if typing.get_origin(typ) is Literal:
+    for choice in typing.get_args(typ):
+      if str(choice) == raw:
+        return choice
+    raise bad
+  if typ is bool:
+    low = raw.lower()
+    if low in ("true", "1", "yes"):
+      return True
+    if low in ("false", "0", "no"):
+      return False
+    raise bad
+  if typ is int:
+    try:
+      return int(raw.replace("_", ""))
+    except ValueError:
+      raise bad from None
+  if typ is float:
+    try:
+      return float(raw)
+    except ValueError:
+      raise bad from None
+  if typ is str:
+    return raw
+  if typing.get_origin(typ) is tuple:
+    elem = typing.get_args(typ)[0]
+    items = [s for s in raw.strip("()[] ").split(",") if s.strip()]
+    return tuple(_parse(s.strip(), elem, key) for s in items)
+  if dataclasses.is_dataclass(typ):
+    try:
+      return typ(**json.loads(raw))
+    except (json.JSONDecodeError, TypeError) as e:
+      raise ConfigError(f"config key {key!r} expects a JSON object of {typ.__name__} fields, "
+                        f"got {raw!r} ({e})") from None
+  raise bad
+
+
+def to_dict(cfg: Any) -> dict:
+  return dataclasses.asdict(cfg)
+
+
+def to_json(cfg: Any) -> str:
+  return json.dumps(to_dict(cfg), indent=2, sort_keys=False)

@@ -1,0 +1,265 @@
+"""One NNX decoder-only transformer covering Llama-3, Qwen2/2.5 and Qwen3.
+
+Shape letters (see the package docstring): B batch, T query length, S key/cache length,
+D model, N query heads, K kv heads, G = N // K, H head dim, F mlp, V vocab.
+
+Every parameter carries `logical_axes` metadata; `paced_jax.sharding.LOGICAL_RULES` maps them
+to mesh axes. Masks are by slot index (causal) and segment id; positions only feed RoPE.
+
+KV cache convention: rows are right-padded; row b owns cache slots [0, end_B[b]). `extend`
+writes T new tokens of row b at slots end_B[b] .. end_B[b]+T-1 and then advances end_B[b] by
+`lengths_B[b]` (default T). Slots written past a row's length hold garbage that no valid query
+can see (causality) and that the next call overwrites.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from paced_jax.config import ModelConfig
+
+_NEG = -0.7 * float(np.finfo(np.float32).max)  # finite: a fully masked row never yields NaN
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+@flax.struct.dataclass
+class KVCache:
+  k: tuple[jax.Array, ...]  # per layer [B, S, K, H]
+  v: tuple[jax.Array, ...]
+  end_B: jax.Array  # int32: filled slots per row == next write slot
+
+  @property
+  def max_len(self) -> int:
+    return self.k[0].shape[1]
+
+
+def _init(rngs: nnx.Rngs, shape, dtype):
+  return nnx.initializers.normal(0.02)(rngs.params(), shape, dtype)
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, dim: int, eps: float, param_dtype):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=("norm",))
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)  # statistics in fp32 whatever the compute dtype
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return y.astype(x.dtype) * self.scale[...].astype(x.dtype)
+
+
+class Linear(nnx.Module):
+  """A projection written as one einsum; kernel and bias carry logical axes."""
+
+  def __init__(self, eq: str, shape, axes, *, bias_axes=None, dtype, param_dtype, rngs):
+    self.eq, self.dtype = eq, dtype
+    self.kernel = nnx.Param(_init(rngs, shape, param_dtype), logical_axes=axes)
+    bias_shape = shape[len(shape) - len(bias_axes or ()):]
+    self.bias = (nnx.Param(jnp.zeros(bias_shape, param_dtype), logical_axes=bias_axes)
+                 if bias_axes is not None else None)
+
+  def __call__(self, x):
+    y = jnp.einsum(self.eq, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+  """Inverse frequencies [H/2], with Llama-3 scaling when `cfg.rope_scaling` is set."""
+  H = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta ** (np.arange(0, H, 2, dtype=np.float64) / H))
+  sc = cfg.rope_scaling
+  if sc is None:
+    return inv.astype(np.float32)
+  low_wavelen = sc.original_max_position_embeddings / sc.low_freq_factor
+  high_wavelen = sc.original_max_position_embeddings / sc.high_freq_factor
+  wavelen = 2 * math.pi / inv
+  scaled = np.where(wavelen > low_wavelen, inv / sc.factor, inv)
+  smooth = (sc.original_max_position_embeddings / wavelen - sc.low_freq_factor) / (
+      sc.high_freq_factor - sc.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / sc.factor + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x_BTNH, positions_BT, inv_freq):
+  """Rotary embedding, half-split layout (as in Hugging Face Llama/Qwen), computed in fp32."""
+  ang_BTh = positions_BT[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)
+  sin, cos = jnp.sin(ang_BTh)[:, :, None, :], jnp.cos(ang_BTh)[:, :, None, :]
+  x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BTNH.dtype)
+
+
+def _write_rows(cache_BSKH, new_BTKH, start_B):
+  # One dynamic_update_slice per row (a scatter under vmap); in place when the cache is donated.
+  return jax.vmap(lambda c, n, s: jax.lax.dynamic_update_slice(c, n, (s, 0, 0)))(
+      cache_BSKH, new_BTKH.astype(cache_BSKH.dtype), start_B)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, dtype, param_dtype, rngs: nnx.Rngs):
+    D, N, K, H = cfg.hidden, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    qb = ("heads", "head_dim") if cfg.qkv_bias else None
+    kvb = ("kv_heads", "head_dim") if cfg.qkv_bias else None
+    self.q_proj = Linear("BTD,DNH->BTNH", (D, N, H), ("embed", "heads", "head_dim"),
+                         bias_axes=qb, **kw)
+    self.k_proj = Linear("BTD,DKH->BTKH", (D, K, H), ("embed", "kv_heads", "head_dim"),
+                         bias_axes=kvb, **kw)
+    self.v_proj = Linear("BTD,DKH->BTKH", (D, K, H), ("embed", "kv_heads", "head_dim"),
+                         bias_axes=kvb, **kw)
+    self.o_proj = Linear("BTNH,NHD->BTD", (N, H, D), ("heads", "head_dim", "embed"), **kw)
+    self.q_norm = RMSNorm(H, cfg.rms_eps, param_dtype) if cfg.qk_norm else None
+    self.k_norm = RMSNorm(H, cfg.rms_eps, param_dtype) if cfg.qk_norm else None
+    self.num_kv_heads, self.head_dim = K, H
+
+  def __call__(self, x_BTD, positions_BT, mask_BTS, inv_freq, kv=None, start_B=None):
+    q_BTNH, k_BTKH, v_BTKH = self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)
+    if self.q_norm is not None:
+      q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
+    q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq)
+    k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq)
+    if kv is not None:  # cached: attend over all S slots of the (updated) cache
+      k_BSKH, v_BSKH = _write_rows(kv[0], k_BTKH, start_B), _write_rows(kv[1], v_BTKH, start_B)
+      new_kv = (k_BSKH, v_BSKH)
+    else:
+      k_BSKH, v_BSKH, new_kv = k_BTKH, v_BTKH, None
+    B, T, N, H = q_BTNH.shape
+    K = self.num_kv_heads
+    q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+    s_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH.astype(q_BTKGH.dtype),
+                         preferred_element_type=jnp.float32) * (H ** -0.5)
+    s_BKGTS = jnp.where(mask_BTS[:, None, None], s_BKGTS, _NEG)
+    p_BKGTS = jax.nn.softmax(s_BKGTS, axis=-1).astype(q_BTNH.dtype)  # fp32 softmax
+    o_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", p_BKGTS, v_BSKH.astype(p_BKGTS.dtype))
+    return self.o_proj(o_BTKGH.reshape(B, T, N, H)), new_kv
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, dtype, param_dtype, rngs: nnx.Rngs):
+    D, F = cfg.hidden, cfg.mlp_dim
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.gate_proj = Linear("BTD,DF->BTF", (D, F), ("embed", "mlp"), **kw)
+    self.up_proj = Linear("BTD,DF->BTF", (D, F), ("embed", "mlp"), **kw)
+    self.down_proj = Linear("BTF,FD->BTD", (F, D), ("mlp", "embed"), **kw)
+
+  def __call__(self, x_BTD):
+    return self.down_proj(jax.nn.silu(self.gate_proj(x_BTD)) * self.up_proj(x_BTD))
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, dtype, param_dtype, rngs: nnx.Rngs):
+    self.input_norm = RMSNorm(cfg.hidden, cfg.rms_eps, param_dtype)
+    self.attn = Attention(cfg, dtype, param_dtype, rngs)
+    self.post_attn_norm = RMSNorm(cfg.hidden, cfg.rms_eps, param_dtype)
+    self.mlp = MLP(cfg, dtype, param_dtype, rngs)
+
+  def __call__(self, x_BTD, positions_BT, mask_BTS, inv_freq, kv=None, start_B=None):
+    a_BTD, new_kv = self.attn(self.input_norm(x_BTD), positions_BT, mask_BTS, inv_freq, kv,
+                              start_B)
+    x_BTD = x_BTD + a_BTD
+    return x_BTD + self.mlp(self.post_attn_norm(x_BTD)), new_kv
+
+
+def _block_apply(block, x_BTD, positions_BT, mask_BTS, inv_freq):
+  return block(x_BTD, positions_BT, mask_BTS, inv_freq)[0]
+
+
+class Decoder(nnx.Module):
+  """`model(tokens_BT) -> logits_BTV`; `model.extend(tokens_BT, cache)` for cached decoding."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    self.dtype = dtype
+    self.embed = nnx.Param(_init(rngs, (cfg.vocab_size, cfg.hidden), param_dtype),
+                           logical_axes=("vocab", "embed"))
+    self.layers = nnx.List([Block(cfg, dtype, param_dtype, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.hidden, cfg.rms_eps, param_dtype)
+    self.lm_head = (nnx.Param(_init(rngs, (cfg.hidden, cfg.vocab_size), param_dtype),
+                              logical_axes=("embed", "vocab"))
+                    if not cfg.tie_embeddings else None)
+
+  # -- full-sequence forward (training, scoring) --------------------------------------------
+
+  def hidden(self, tokens_BT, positions_BT=None, segment_ids_BT=None):
+    """Final-norm hidden states [B, T, D] for a whole sequence (causal, optional packing)."""
+    B, T = tokens_BT.shape
+    if positions_BT is None:
+      positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    mask_BTS = jnp.tril(jnp.ones((T, T), bool))[None]
+    if segment_ids_BT is not None:
+      mask_BTS = mask_BTS & (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])
+    mask_BTS = jnp.broadcast_to(mask_BTS, (B, T, T))
+    x_BTD = self._embed(tokens_BT)
+    inv_freq = rope_inv_freq(self.cfg)  # a trace-time constant, not a parameter
+    apply = _block_apply
+    if self.cfg.remat != "none":
+      apply = nnx.remat(_block_apply, policy=REMAT_POLICIES[self.cfg.remat])
+    for block in self.layers:
+      x_BTD = apply(block, x_BTD, positions_BT, mask_BTS, inv_freq)
+    return self.final_norm(x_BTD)
+
+  def logits(self, h_BTD):
+    """Unembedding; callers that only need some positions (or chunks) pass just those."""
+    if self.lm_head is None:
+      return jnp.einsum("BTD,VD->BTV", h_BTD, self.embed[...].astype(h_BTD.dtype))
+    return jnp.einsum("BTD,DV->BTV", h_BTD, self.lm_head[...].astype(h_BTD.dtype))
+
+  def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None):
+    return self.logits(self.hidden(tokens_BT, positions_BT, segment_ids_BT))
+
+  # -- cached incremental decoding -----------------------------------------------------------
+
+  def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+    cfg = self.cfg
+    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    dtype = dtype or self.dtype
+    zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    return KVCache(k=zeros(), v=zeros(), end_B=jnp.zeros((batch,), jnp.int32))
+
+  def extend_hidden(self, tokens_BT, cache: KVCache, lengths_B=None):
+    """Appends T tokens per row to the cache; returns (hidden [B, T, D], new cache).
+
+    Prefill is `extend_hidden(prompts_BT, empty_cache, prompt_lengths_B)`; a decode step is
+    `extend_hidden(next_BT[:, None], cache)`.
+    """
+    B, T = tokens_BT.shape
+    start_B = cache.end_B
+    slots_BT = start_B[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
+    mask_BTS = jnp.arange(cache.max_len, dtype=jnp.int32)[None, None, :] <= slots_BT[:, :, None]
+    x_BTD = self._embed(tokens_BT)
+    inv_freq = rope_inv_freq(self.cfg)
+    ks, vs = [], []
+    for block, k, v in zip(self.layers, cache.k, cache.v):
+      x_BTD, (k, v) = block(x_BTD, slots_BT, mask_BTS, inv_freq, (k, v), start_B)
+      ks.append(k)
+      vs.append(v)
+    lengths_B = jnp.full((B,), T, jnp.int32) if lengths_B is None else lengths_B
+    new = KVCache(k=tuple(ks), v=tuple(vs), end_B=start_B + lengths_B.astype(jnp.int32))
+    return self.final_norm(x_BTD), new
+
+  def extend(self, tokens_BT, cache: KVCache, lengths_B=None):
+    h_BTD, cache = self.extend_hidden(tokens_BT, cache, lengths_B)
+    return self.logits(h_BTD), cache
+
+  def _embed(self, tokens_BT):
+    return jnp.take(self.embed[...], tokens_BT, axis=0).astype(self.dtype)

@@ -1,0 +1,86 @@
+"""Config loading, overrides and their one-line errors (library and CLI)."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from paced_jax.config import (Config, ConfigError, ModelConfig, RopeScaling, apply_overrides,
+                              load_config)
+
+DEMO = "configs/demo.py"
+
+
+def test_overrides_parse_by_type():
+  cfg = apply_overrides(Config(), [
+      "model.num_layers=3", "model.rms_eps=1e-5", "model.qk_norm=true", "model.dtype=bfloat16",
+      "mesh.fsdp=2", "seed=7", "name=abc", "model.rope_scaling.factor=16",
+  ])
+  assert cfg.model.num_layers == 3 and cfg.model.rms_eps == 1e-5 and cfg.model.qk_norm
+  assert cfg.model.dtype == "bfloat16" and cfg.mesh.fsdp == 2 and cfg.seed == 7
+  assert cfg.name == "abc"
+  # An unset optional section is created with its defaults, then the field is set.
+  assert cfg.model.rope_scaling == RopeScaling(factor=16.0)
+  assert apply_overrides(cfg, ["model.rope_scaling=none"]).model.rope_scaling is None
+  assert dataclasses.is_dataclass(cfg) and Config().model.num_layers == 2  # nothing mutated
+
+
+@pytest.mark.parametrize("override,match", [
+    ("model.nlayers=3", r"unknown config key 'model.nlayers'; valid keys under 'model': .*num_layers"),
+    ("modle.hidden=3", r"unknown config key 'modle.hidden'; valid keys under 'the top level': model"),
+    ("model.num_layers=two", r"'model.num_layers' expects int, got 'two'"),
+    ("model.dtype=fp8", r"expects one of 'float32', 'bfloat16', 'float16', got 'fp8'"),
+    ("model.qk_norm=maybe", r"expects bool"),
+    ("seed.x=1", r"'seed.x': 'seed' is a int, not a section"),
+    ("model.num_heads=3", r"not a multiple of model.num_kv_heads"),
+    ("novalue", r"not of the form key.sub=value"),
+])
+def test_override_errors(override, match):
+  with pytest.raises(ConfigError, match=match):
+    apply_overrides(Config(), [override])
+
+
+def test_load_config_with_arg():
+  full, tiny = load_config(DEMO), load_config(DEMO + ":tiny")
+  assert tiny.model.hidden < full.model.hidden
+  assert load_config(DEMO, ["model.num_layers=1"]).model.num_layers == 1
+  with pytest.raises(ConfigError, match="does not exist"):
+    load_config("configs/nope.py")
+  with pytest.raises(ConfigError, match="unknown argument 'huge'"):
+    load_config(DEMO + ":huge")
+
+
+def test_model_config_validation():
+  with pytest.raises(ConfigError, match="head_dim=15 must be even"):
+    ModelConfig(head_dim=15)
+
+
+def _paced(*args):
+  return subprocess.run([sys.executable, "-m", "paced_jax.cli", *args], capture_output=True,
+                        text=True, timeout=120)
+
+
+def test_cli_help_and_version():
+  out = _paced("--help")
+  assert out.returncode == 0 and "smoke" in out.stdout
+  out = _paced("--version")
+  assert out.returncode == 0 and out.stdout.startswith("paced ")
+
+
+@pytest.mark.parametrize("args,match", [
+    (["smoke", DEMO, "--set", "model.nlayers=3"], "unknown config key 'model.nlayers'"),
+    (["smoke", "configs/missing.py"], "does not exist"),
+    (["smoke", DEMO + ":huge"], "unknown argument"),
+])
+def test_cli_bad_input_is_one_line_exit_2(args, match):
+  out = _paced(*args)
+  assert out.returncode == 2
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("paced: error:") and match in lines[0]
+
+
+def test_cli_smoke_tiny():
+  out = _paced("smoke", DEMO + ":tiny", "--seq", "8", "--batch", "2")
+  assert out.returncode == 0, out.stderr
+  assert "student:" in out.stdout and "teacher:" in out.stdout and "finite=True" in out.stdout
