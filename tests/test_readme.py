@@ -1,0 +1,14 @@
+"""README's Python examples run as written."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_python_blocks_run():
+  blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+  assert blocks, "README has no python examples"
+  for i, code in enumerate(blocks):
+    namespace: dict = {}
+    exec(compile(code, f"README.md[python block {i}]", "exec"), namespace)
