@@ -7,6 +7,7 @@ and exit code 2; a Python traceback means a bug in paced_jax.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 
@@ -14,7 +15,7 @@ import paced_jax
 from paced_jax.config import ConfigError
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def add_config_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("config", help="configs/NAME.py or configs/NAME.py:ARG (ARG goes to get_config)")
   p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                  help="override a config field, e.g. --set model.num_layers=4 (repeatable)")
@@ -59,6 +60,11 @@ def cmd_smoke(args) -> int:
   return 0
 
 
+# Subcommands defined in other modules: each module exposes `add_parser(subparsers)`, which
+# registers its subcommand with `set_defaults(func=...)`. Append a module name to add one.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="paced", description="PACED distillation of LLMs in JAX (arXiv 2603.11178).")
@@ -66,10 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
   p = sub.add_parser("smoke", help="sharded init, forward pass and cached-decode check of the "
                      "configured models")
-  _add_config_args(p)
+  add_config_args(p)
   p.add_argument("--batch", type=int, default=4)
   p.add_argument("--seq", type=int, default=32)
   p.set_defaults(func=cmd_smoke)
+  for name in COMMAND_MODULES:
+    importlib.import_module(name).add_parser(sub)
   return parser
 
 

@@ -81,12 +81,118 @@ class MeshConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """The problem pool, tokenisation and batching."""
+
+  source: Literal["synthetic", "jsonl", "parquet", "tfds"] = "synthetic"
+  path: str = ""  # jsonl / parquet file (or glob)
+  tfds_name: str = ""  # e.g. "paced_synthetic" or "gsm8k"
+  tfds_split: str = "train"
+  tfds_data_dir: str = ""
+  field_map: tuple[str, ...] = ()  # "prompt=question", "answer=final_answer", ...
+  on_error: Literal["error", "skip"] = "error"
+  tokenizer: str = "char"  # "char" (built-in) or a tokenizer.json / model directory
+  chat_template: str = ""
+  max_prompt_len: int = 128
+  max_response_len: int = 128
+  length_buckets: tuple[int, ...] = (64, 128, 256)
+  batch_size: int = 16  # global batch, split over JAX processes
+  worker_count: int = 0  # Grain worker processes
+  synthetic_families: tuple[str, ...] = ()  # empty: every family
+  synthetic_levels: int = 5
+  synthetic_size: int = 2000  # problems in the train pool
+  reference: Literal["dataset", "teacher"] = "dataset"
+  references_per_problem: int = 1
+  reference_cache: str = ""  # default: <workdir>/references
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+  """Sampler knobs. temperature/top_k/top_p/max_new_tokens are traced: changing them never
+  recompiles; `max_new_tokens` must not exceed `budget_bucket` (the static cache size)."""
+
+  temperature: float = 1.0
+  top_k: int = 0  # 0: off
+  top_p: float = 1.0
+  max_new_tokens: int = 128
+  prompt_buckets: tuple[int, ...] = (32, 64, 128, 256)
+  batch_size: int = 64  # rows per generate call
+
+
+@dataclasses.dataclass(frozen=True)
+class PacedConfig:
+  """Frontier estimation and weighting."""
+
+  weighting: Literal["uniform", "paced", "paced_posterior", "dapo", "band"] = "paced"
+  use: Literal["sample", "loss_weight"] = "sample"
+  alpha: float = 1.0  # w(p) = p^alpha (1-p)^beta
+  beta: float = 1.0
+  prior_a0: float = 1.0  # posterior Beta(s + a0, n - s + b0)
+  prior_b0: float = 1.0
+  band_lo: float = 0.2
+  band_hi: float = 0.8
+  eps: float = 0.0  # uniform exploration floor mixed into the sampling probabilities
+  rollouts: int = 8  # K rollouts per problem per estimate
+  refresh_every: int = 50  # R steps between re-estimates
+  refresh_subset: int = 0  # problems re-estimated per refresh; 0: the whole pool
+  merge: Literal["replace", "accumulate"] = "replace"
+  verifier: str = "exact"  # "exact", "math", or "package.module:function"
+  answer_marker: str = "####"
+  verify_timeout_s: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Token-level divergence between teacher and student next-token distributions."""
+
+  mode: Literal["distill", "on_policy", "two_stage", "self_distill", "sft"] = "distill"
+  divergence: Literal["forward_kl", "reverse_kl", "akl", "jsd", "ce"] = "forward_kl"
+  temperature: float = 1.0
+  jsd_beta: float = 0.5
+  akl_mu: float = 0.5  # head/tail split of the adaptive KL
+  chunk_size: int = 128  # sequence chunk for the full-vocabulary divergence; 0: unchunked
+  teacher_top_k: int = 0  # 0: full vocabulary
+  two_stage_switch: float = 0.5  # fraction of steps on forward KL before reverse KL
+  privileged_template: str = "{prompt}\nReference solution: {solution}\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  steps: int = 200
+  lr: float = 1e-3
+  warmup_steps: int = 20
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.95
+  grad_clip: float = 1.0
+  log_every: int = 10
+  eval_every: int = 100
+  ckpt_every: int = 100
+  max_to_keep: int = 3
+  init_student: str = ""  # Orbax checkpoint or Hugging Face directory; empty: random init
+  init_teacher: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  samples: int = 4  # k of avg@k
+  temperature: float = 1.0
+  max_problems: int = 200  # per split
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
-  """A whole run. Sections for data, frontier, losses and training join as they are built."""
+  """A whole run."""
 
   model: ModelConfig = ModelConfig()  # the student
   teacher: ModelConfig | None = None
   mesh: MeshConfig = MeshConfig()
+  data: DataConfig = DataConfig()
+  sample: SampleConfig = SampleConfig()
+  paced: PacedConfig = PacedConfig()
+  loss: LossConfig = LossConfig()
+  train: TrainConfig = TrainConfig()
+  eval: EvalConfig = EvalConfig()
   seed: int = 0
   name: str = "run"
 
