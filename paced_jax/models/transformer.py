@@ -218,11 +218,17 @@ class Decoder(nnx.Module):
       x_BTD = apply(block, x_BTD, positions_BT, mask_BTS, inv_freq)
     return self.final_norm(x_BTD)
 
+  def unembedding(self):
+    """The output projection W_DV (the transposed embedding when tied), in compute dtype.
+
+    Chunked losses take it once and apply it per chunk, so [B, T, V] logits never exist.
+    """
+    w = self.embed[...].T if self.lm_head is None else self.lm_head[...]
+    return w.astype(self.dtype)
+
   def logits(self, h_BTD):
     """Unembedding; callers that only need some positions (or chunks) pass just those."""
-    if self.lm_head is None:
-      return jnp.einsum("BTD,VD->BTV", h_BTD, self.embed[...].astype(h_BTD.dtype))
-    return jnp.einsum("BTD,DV->BTV", h_BTD, self.lm_head[...].astype(h_BTD.dtype))
+    return jnp.einsum("BTD,DV->BTV", h_BTD.astype(self.dtype), self.unembedding())
 
   def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None):
     return self.logits(self.hidden(tokens_BT, positions_BT, segment_ids_BT))

@@ -1,0 +1,194 @@
+"""Token-level divergences between teacher and student next-token distributions.
+
+Everything here is fp32, masked, and returns per-example SUMS and token COUNTS, so the caller
+decides how to normalise (token mean over the batch, or per-example means weighted by frontier
+weights). Padding never changes a loss: masked tokens contribute exactly 0 to sums and counts.
+
+Conventions: `logits_*_BRV` are scored positions (R of them per row); `mask_BR` marks the valid
+ones; `targets_BR` are the next tokens (only cross-entropy uses them). With temperature tau both
+distributions are softened by tau and the divergence is multiplied by tau^2 (Hinton et al.), so
+gradient magnitudes stay comparable across temperatures.
+
+Divergences (p = teacher, q = student, per token, summed over the vocabulary):
+  forward_kl   KL(p || q)                        mode covering; off-policy distillation
+  reverse_kl   KL(q || p)                        mode seeking; on the student's own rollouts
+  jsd          beta KL(p||m) + (1-beta) KL(q||m), m = beta p + (1-beta) q   (generalised JSD)
+  akl          g_head KL(p||q) + g_tail KL(q||p) (Wu et al. 2024): the teacher's head is the
+               smallest set of top tokens holding mass >= mu; g_* are the (stop-gradient) shares
+               of sum |p - q| falling in the head and in the tail
+  ce           -log q(target)                    plain SFT on the reference tokens
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "akl", "ce")
+
+
+def _kl(logp, logq):
+  """KL(p || q) over the last axis from log-probabilities; 0 * log 0 treated as 0."""
+  p = jnp.exp(logp)
+  return jnp.sum(jnp.where(p > 0, p * (logp - logq), 0.0), axis=-1)
+
+
+def forward_kl(logp_t, logq_s, **_):
+  return _kl(logp_t, logq_s)
+
+
+def reverse_kl(logp_t, logq_s, **_):
+  return _kl(logq_s, logp_t)
+
+
+def jsd(logp_t, logq_s, *, beta=0.5, **_):
+  if beta <= 0.0:
+    return reverse_kl(logp_t, logq_s)  # limits of the generalised JSD, kept exact
+  if beta >= 1.0:
+    return forward_kl(logp_t, logq_s)
+  logm = jnp.logaddexp(jnp.log(beta) + logp_t, jnp.log1p(-beta) + logq_s)
+  return beta * _kl(logp_t, logm) + (1.0 - beta) * _kl(logq_s, logm)
+
+
+def akl(logp_t, logq_s, *, mu=0.5, **_):
+  p, q = jnp.exp(logp_t), jnp.exp(logq_s)
+  # Head: tokens whose teacher probability is among the top ones holding mass mu. A token is in
+  # the head iff the mass strictly above it (in sorted order) is < mu.
+  p_sorted = -jnp.sort(-p, axis=-1)
+  above_sorted = jnp.cumsum(p_sorted, axis=-1) - p_sorted
+  n_head = jnp.sum(above_sorted < mu, axis=-1, keepdims=True)  # >= 1
+  threshold = jnp.take_along_axis(p_sorted, n_head - 1, axis=-1)
+  head = p >= threshold
+  gap = jax.lax.stop_gradient(jnp.abs(p - q))
+  g_head = jnp.sum(jnp.where(head, gap, 0.0), -1)
+  g_tail = jnp.sum(jnp.where(head, 0.0, gap), -1)
+  total = jnp.maximum(g_head + g_tail, 1e-12)
+  return (g_head / total) * _kl(logp_t, logq_s) + (g_tail / total) * _kl(logq_s, logp_t)
+
+
+def cross_entropy(logp_t, logq_s, *, targets=None, **_):
+  del logp_t
+  return -jnp.take_along_axis(logq_s, targets[..., None], axis=-1)[..., 0]
+
+
+_FNS = {"forward_kl": forward_kl, "reverse_kl": reverse_kl, "jsd": jsd, "akl": akl,
+        "ce": cross_entropy}
+
+
+def _log_softmax32(logits, temperature):
+  return jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+
+
+def _topk_teacher(logp_t, logq_s, k):
+  """Restricts both distributions to the teacher's top-k tokens, teacher renormalised there.
+
+  The student keeps its full-vocabulary log-probabilities on those k tokens (no
+  renormalisation): mass it puts outside the teacher's support is then penalised only through
+  the normaliser, as in sparse logit distillation. Forward KL only.
+  """
+  top_logp, idx = jax.lax.top_k(logp_t, k)
+  top_logp = top_logp - jax.nn.logsumexp(top_logp, axis=-1, keepdims=True)
+  return top_logp, jnp.take_along_axis(logq_s, idx, axis=-1)
+
+
+def token_divergence(logits_t_BRV, logits_s_BRV, kind: str | jax.Array, *, targets_BR=None,
+                     temperature: float = 1.0, jsd_beta: float = 0.5, akl_mu: float = 0.5,
+                     teacher_top_k: int = 0):
+  """Per-token divergence [B, R] in fp32 (unmasked). `kind` is a name or a traced index into
+  DIVERGENCES (a traced index lets one compiled step switch divergence, e.g. two-stage)."""
+  logp_t = _log_softmax32(logits_t_BRV, temperature) if logits_t_BRV is not None else None
+  logq_s = _log_softmax32(logits_s_BRV, temperature)
+  kw = dict(beta=jsd_beta, mu=akl_mu, targets=targets_BR)
+  if teacher_top_k:
+    if kind != "forward_kl":
+      raise ValueError(f"loss.teacher_top_k={teacher_top_k} supports only forward_kl, got {kind}")
+    logp_t, logq_s = _topk_teacher(logp_t, logq_s, teacher_top_k)
+  scale = temperature ** 2
+  if isinstance(kind, str):
+    if kind not in _FNS:
+      raise ValueError(f"unknown divergence {kind!r}; choose one of {', '.join(DIVERGENCES)}")
+    return scale * _FNS[kind](logp_t, logq_s, **kw)
+  if targets_BR is None:  # every branch is traced; cross-entropy's must see some targets
+    kw["targets"] = jnp.zeros(logq_s.shape[:-1], jnp.int32)
+  branches = [functools.partial(_FNS[name], **kw) for name in DIVERGENCES]
+  if logp_t is None:
+    logp_t = jnp.zeros_like(logq_s)
+  return scale * jax.lax.switch(kind, branches, logp_t, logq_s)
+
+
+def masked_sums(tok_BR, mask_BR):
+  """(per-example sum [B], per-example token count [B]); masked tokens contribute 0."""
+  mask = mask_BR.astype(jnp.float32)
+  return jnp.sum(jnp.where(mask > 0, tok_BR, 0.0) * mask, axis=-1), jnp.sum(mask, axis=-1)
+
+
+def chunked_divergence(h_t_BRD, w_t_DV, h_s_BRD, w_s_DV, mask_BR, kind, *, targets_BR=None,
+                       chunk: int = 0, **kw):
+  """Divergence of the logits `h @ w` without materialising [B, R, V].
+
+  The scored positions are split into chunks of `chunk` (0: one chunk); each chunk's logits are
+  computed, reduced to per-example sums, and (through `jax.checkpoint`) recomputed in the
+  backward pass, so peak memory is O(B * chunk * V). Chunked and unchunked agree in value and
+  gradient. `h_t_BRD`/`w_t_DV` may be None for cross-entropy. Returns (sums [B], counts [B]).
+  """
+  B, R, _ = h_s_BRD.shape
+  if targets_BR is None:
+    targets_BR = jnp.zeros((B, R), jnp.int32)
+  has_teacher = h_t_BRD is not None
+
+  def one(h_t, h_s, m, tgt):
+    logits_s = jnp.einsum("BRD,DV->BRV", h_s, w_s_DV, preferred_element_type=jnp.float32)
+    logits_t = (jnp.einsum("BRD,DV->BRV", h_t, w_t_DV, preferred_element_type=jnp.float32)
+                if has_teacher else None)
+    tok = token_divergence(logits_t, logits_s, kind, targets_BR=tgt, **kw)
+    return masked_sums(tok, m)
+
+  if not chunk or chunk >= R:
+    return one(h_t_BRD, h_s_BRD, mask_BR, targets_BR)
+  pad = (-R) % chunk
+  if pad:  # padded positions are masked out, so they add nothing
+    padR = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    h_s_BRD, mask_BR, targets_BR = padR(h_s_BRD), padR(mask_BR), padR(targets_BR)
+    h_t_BRD = padR(h_t_BRD) if has_teacher else None
+  n = (R + pad) // chunk
+  to_chunks = lambda x: jnp.moveaxis(x.reshape(B, n, chunk, *x.shape[2:]), 1, 0)
+  xs = (to_chunks(h_t_BRD) if has_teacher else jnp.zeros((n,)), to_chunks(h_s_BRD),
+        to_chunks(mask_BR), to_chunks(targets_BR))
+
+  @jax.checkpoint
+  def body(carry, x):
+    h_t, h_s, m, tgt = x
+    s, c = one(h_t if has_teacher else None, h_s, m, tgt)
+    return (carry[0] + s, carry[1] + c), None
+
+  zeros = jnp.zeros((B,), jnp.float32)
+  (sums, counts), _ = jax.lax.scan(body, (zeros, zeros), xs)
+  return sums, counts
+
+
+def normalise(sums_B, counts_B, weights_B=None):
+  """Batch loss. Without weights: the token mean over the batch. With weights (frontier weights
+  in loss-weight mode): per-example token means weighted by w / sum(w) over the batch."""
+  if weights_B is None:
+    return jnp.sum(sums_B) / jnp.maximum(jnp.sum(counts_B), 1.0)
+  per_example = sums_B / jnp.maximum(counts_B, 1.0)
+  w = weights_B.astype(jnp.float32) * (counts_B > 0)
+  return jnp.sum(w * per_example) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def gather_positions(x_BT, idx_BR):
+  """x[b, idx[b, r]] for [B, T] or [B, T, D] arrays."""
+  if x_BT.ndim == 2:
+    return jnp.take_along_axis(x_BT, idx_BR, axis=1)
+  return jnp.take_along_axis(x_BT, idx_BR[..., None], axis=1)
+
+
+def scored_positions(loss_mask_BT, num: int):
+  """Indices [B, num] of the first `num` positions with loss_mask=1, in order, and their
+  validity. Ordered gathering aligns the k-th response token of two different sequences (the
+  student's prompt and the teacher's privileged prompt) without knowing the offsets."""
+  mask = loss_mask_BT > 0
+  idx = jnp.argsort(~mask, axis=1, stable=True)[:, :num].astype(jnp.int32)
+  return idx, jnp.take_along_axis(mask, idx, axis=1)
