@@ -1,0 +1,158 @@
+"""The train state, the optimizer, and ONE pure jitted distillation step.
+
+`train_step(state, teacher_params, batch) -> (state, metrics)` runs the teacher forward (under
+stop_gradient), the student forward and backward, the divergence over response tokens and the
+optax update in a single XLA program, with explicit in/out shardings and the state donated. The
+teacher's parameters are an argument: frozen, not in the optimizer, never checkpointed.
+
+Batch (dict of global arrays, rows sharded over the `batch` logical axis):
+  tokens, positions, loss_mask [B, T]; optional segment_ids [B, T]; weights [B] (frontier
+  weights, used in loss-weight mode); for self-distillation optional teacher_tokens,
+  teacher_positions, teacher_loss_mask [B, T'] (the teacher sees a privileged prompt; the k-th
+  scored position of both sequences is the same response token).
+loss_mask[b, t] = 1 iff the logits at t are scored, i.e. tokens[b, t + 1] is a response token.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from paced_jax import losses
+from paced_jax.config import Config, ConfigError, TrainConfig
+from paced_jax.sharding import LOGICAL_RULES
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar
+  params: Any  # nnx.State of the student's parameters
+  opt_state: Any
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+  """AdamW with linear warmup + cosine decay and global-norm clipping; no decay on vectors
+  (norm scales, biases)."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=cfg.lr, warmup_steps=max(cfg.warmup_steps, 1),
+      decay_steps=max(cfg.steps, cfg.warmup_steps + 1), end_value=cfg.lr * 0.1)
+  decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+  return optax.chain(
+      optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0 else optax.identity(),
+      optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
+                  mask=decay_mask))
+
+
+def learning_rate(cfg: TrainConfig, step):
+  return optax.warmup_cosine_decay_schedule(
+      0.0, cfg.lr, max(cfg.warmup_steps, 1), max(cfg.steps, cfg.warmup_steps + 1),
+      cfg.lr * 0.1)(step)
+
+
+def init_train_state(student: nnx.Module, tx: optax.GradientTransformation,
+                     mesh: Mesh) -> TrainState:
+  """Optimizer moments are created by a jit that inherits the parameters' shardings; scalars
+  are replicated on the mesh."""
+  params = nnx.state(student, nnx.Param)
+  with jax.set_mesh(mesh):
+    opt_state = jax.jit(tx.init)(params)
+  replicated = NamedSharding(mesh, P())
+  opt_state = jax.tree.map(lambda x: jax.device_put(x, replicated) if x.ndim == 0 else x,
+                           opt_state)
+  step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
+  return TrainState(step=step, params=params, opt_state=opt_state)
+
+
+def divergence_at(cfg: Config, step):
+  """Index into losses.DIVERGENCES for this step (traced): two-stage switches mid-run."""
+  ids = {name: i for i, name in enumerate(losses.DIVERGENCES)}
+  mode = cfg.loss.mode
+  if mode == "sft":
+    return jnp.int32(ids["ce"])
+  if mode == "two_stage":
+    switch = int(cfg.loss.two_stage_switch * cfg.train.steps)
+    return jnp.where(step < switch, ids["forward_kl"], ids["reverse_kl"]).astype(jnp.int32)
+  return jnp.int32(ids[cfg.loss.divergence])
+
+
+def stage_of(cfg: Config, step: int) -> str:
+  """Host-side twin of `divergence_at`, for the loop (which batches to build)."""
+  if cfg.loss.mode == "two_stage":
+    return "forward_kl" if step < int(cfg.loss.two_stage_switch * cfg.train.steps) else "reverse_kl"
+  return "ce" if cfg.loss.mode == "sft" else cfg.loss.divergence
+
+
+def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, teacher_def):
+  student = nnx.merge(student_def, params)
+  R = min(cfg.data.max_response_len, batch["tokens"].shape[1])
+  idx_s, valid = losses.scored_positions(batch["loss_mask"], R)
+  h_s = student.hidden(batch["tokens"], batch["positions"], batch.get("segment_ids"))
+  h_s_BRD = losses.gather_positions(h_s, idx_s)
+  targets = losses.gather_positions(batch["tokens"], jnp.minimum(idx_s + 1,
+                                                                 batch["tokens"].shape[1] - 1))
+  h_t_BRD = w_t = None
+  if teacher_params is not None:
+    teacher = nnx.merge(teacher_def, teacher_params)
+    t_tokens = batch.get("teacher_tokens", batch["tokens"])
+    t_pos = batch.get("teacher_positions", batch["positions"])
+    t_seg = None if "teacher_tokens" in batch else batch.get("segment_ids")
+    idx_t = idx_s
+    if "teacher_loss_mask" in batch:
+      idx_t, _ = losses.scored_positions(batch["teacher_loss_mask"], R)
+    h_t_BRD = jax.lax.stop_gradient(
+        losses.gather_positions(teacher.hidden(t_tokens, t_pos, t_seg), idx_t))
+    w_t = jax.lax.stop_gradient(teacher.unembedding())
+  lc = cfg.loss
+  sums, counts = losses.chunked_divergence(
+      h_t_BRD, w_t, h_s_BRD, student.unembedding(), valid, kind, targets_BR=targets,
+      chunk=lc.chunk_size, temperature=lc.temperature, jsd_beta=lc.jsd_beta, akl_mu=lc.akl_mu)
+  weights = batch["weights"] if cfg.paced.use == "loss_weight" else None
+  loss = losses.normalise(sums, counts, weights)
+  return loss, (sums, counts)
+
+
+def train_step(state: TrainState, teacher_params, batch, *, cfg: Config, student_def,
+               teacher_def, tx) -> tuple[TrainState, dict]:
+  kind = divergence_at(cfg, state.step)
+  grad_fn = jax.value_and_grad(
+      functools.partial(loss_fn, cfg=cfg, student_def=student_def, teacher_def=teacher_def),
+      has_aux=True)
+  (loss, (sums, counts)), grads = grad_fn(state.params, teacher_params, batch, kind)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+      "loss": loss,
+      "grad_norm": optax.tree_utils.tree_l2_norm(grads),
+      "lr": learning_rate(cfg.train, state.step),
+      "tokens": jnp.sum(counts),
+      "divergence": kind,
+      "example_loss": sums / jnp.maximum(counts, 1.0),  # [B], for per-p-bucket losses
+  }
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Rows over the `batch` logical axis; every batch array shares this leading-dim spec."""
+  return NamedSharding(mesh, P(LOGICAL_RULES["batch"]))
+
+
+def compile_train_step(cfg: Config, mesh: Mesh, state: TrainState, student_def, teacher_params,
+                       teacher_def, tx):
+  """`jax.jit(train_step)` with explicit shardings and the state donated (updated in place)."""
+  rows = mesh.shape["data"] * mesh.shape["fsdp"]
+  if cfg.data.batch_size % rows:
+    raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be a multiple of "
+                      f"mesh data*fsdp={rows} (rows are split over those axes)")
+  shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
+  state_sh = shardings(state)
+  step = functools.partial(train_step, cfg=cfg, student_def=student_def, teacher_def=teacher_def,
+                           tx=tx)
+  return jax.jit(step, in_shardings=(state_sh, shardings(teacher_params), batch_sharding(mesh)),
+                 out_shardings=(state_sh, None), donate_argnums=0)
