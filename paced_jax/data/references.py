@@ -1,0 +1,109 @@
+"""Reference responses: the dataset's solutions, or teacher generations verified and cached.
+
+Teacher mode (`data.reference="teacher"`): `generate_fn(problems) -> list[list[str]]` (e.g. K
+teacher samples per problem from the sampler) runs once per problem; `verify(text, problem)`
+keeps the correct ones; every verified response is cached on disk and the first
+`data.references_per_problem` are used. The cache is a directory of ArrayRecord shards, one per
+generation chunk, each record the JSON `{"id", "responses", "generated"}`; shard names carry a
+digest of `cache_key` (name the teacher and sampling settings there) so a different teacher
+never reads another's responses. A run interrupted mid-way keeps its finished chunks, and a
+second run generates nothing for problems already cached -- including those whose responses all
+failed verification (they are cached as empty and never sampled).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+from typing import Callable, Sequence
+
+from paced_jax.config import ConfigError, DataConfig
+from paced_jax.data.schema import Problem
+
+log = logging.getLogger("paced_jax.data")
+
+GenerateFn = Callable[[Sequence[Problem]], Sequence[Sequence[str]]]
+VerifyFn = Callable[[str, Problem], bool]
+
+
+class ReferenceCache:
+  """ArrayRecord shards of verified responses keyed by problem id."""
+
+  def __init__(self, directory: str, cache_key: str = ""):
+    self.dir = directory
+    self.tag = hashlib.sha1(cache_key.encode()).hexdigest()[:10]
+    os.makedirs(directory, exist_ok=True)
+
+  def shards(self) -> list[str]:
+    return sorted(glob.glob(os.path.join(self.dir, f"references-{self.tag}-*.array_record")))
+
+  def load(self) -> dict[str, list[str]]:
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    out: dict[str, list[str]] = {}
+    for shard in self.shards():
+      reader = ArrayRecordReader(shard)
+      try:
+        for raw in reader.read_all():
+          rec = json.loads(raw)
+          out[rec["id"]] = list(rec["responses"])
+      finally:
+        reader.close()
+    return out
+
+  def write(self, records: dict[str, list[str]], generated: dict[str, int]) -> str:
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    path = os.path.join(self.dir, f"references-{self.tag}-{len(self.shards()):05d}.array_record")
+    tmp = path + ".tmp"
+    writer = ArrayRecordWriter(tmp, "group_size:1")
+    try:
+      for pid, responses in records.items():
+        rec = {"id": pid, "responses": responses, "generated": generated.get(pid, 0)}
+        writer.write(json.dumps(rec).encode())
+    finally:
+      writer.close()
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written shard behind
+    return path
+
+
+def build_references(source, data_cfg: DataConfig, *, generate_fn: GenerateFn | None = None,
+                     verify: VerifyFn | None = None, cache_dir: str = "", cache_key: str = "",
+                     chunk_size: int = 256) -> list[list[str]]:
+  """Per-problem reference texts aligned with `source`, for `build_pool(..., references=)`.
+
+  "dataset": `[solution]` (or `[]` when a problem has none). "teacher": generated, verified,
+  cached under `cache_dir` (default `data.reference_cache`); see the module docstring.
+  """
+  N = len(source)
+  if data_cfg.reference == "dataset":
+    return [[p.solution] if p.solution else [] for p in (source[i] for i in range(N))]
+  if generate_fn is None or verify is None:
+    raise ConfigError("data.reference='teacher' needs generate_fn and verify: pass the "
+                      "teacher sampler and the verifier to build_references")
+  directory = cache_dir or data_cfg.reference_cache
+  if not directory:
+    raise ConfigError("data.reference='teacher' needs a cache directory: set "
+                      "data.reference_cache=DIR (the trainer defaults it to <workdir>/references)")
+  cache = ReferenceCache(directory, cache_key)
+  have = cache.load()
+  missing = [i for i in range(N) if source[i].id not in have]
+  if missing:
+    log.info("generating teacher references for %d of %d problems", len(missing), N)
+  for start in range(0, len(missing), chunk_size):
+    problems = [source[i] for i in missing[start:start + chunk_size]]
+    candidates = generate_fn(problems)
+    if len(candidates) != len(problems):
+      raise ValueError(f"generate_fn returned {len(candidates)} candidate lists for "
+                       f"{len(problems)} problems")
+    kept = {p.id: [t for t in cands if verify(t, p)] for p, cands in zip(problems, candidates)}
+    cache.write(kept, {p.id: len(c) for p, c in zip(problems, candidates)})
+    have.update(kept)
+  k = data_cfg.references_per_problem
+  refs = [have[source[i].id][:k] for i in range(N)]
+  solved = sum(1 for r in refs if r)
+  log.info("teacher references: %d of %d problems have a verified response", solved, N)
+  return refs
