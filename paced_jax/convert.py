@@ -1,0 +1,95 @@
+"""`paced convert`: Hugging Face directory <-> paced_jax model checkpoint.
+
+    paced convert --from-hf /ckpt/Qwen3-0.6B --out /ckpt/qwen3-0.6b-paced
+    paced convert --to-hf WORKDIR/checkpoints/1000 --out /out/student-hf \\
+        --tokenizer /ckpt/Qwen3-0.6B
+
+The source is read completely before anything is written; the result goes to a temporary
+sibling of `--out` and is renamed into place, so a failure never leaves a half-written or
+clobbered `--out`. An existing non-empty `--out` is refused unless `--force`. Large models
+convert on the host: `JAX_PLATFORMS=cpu paced convert ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+from pathlib import Path
+
+from paced_jax.config import ConfigError
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
+          "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+  m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+  if not m or m.group(2).upper() not in _UNITS:
+    raise ConfigError(f"--max-shard-size {text!r} is not a size such as 5GB, 500MB or 2GiB")
+  return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def add_parser(subparsers) -> None:
+  p = subparsers.add_parser(
+      "convert", help="convert between a Hugging Face directory and a paced_jax checkpoint",
+      description=__doc__.split("\n\n")[0])
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--from-hf", metavar="DIR", help="Hugging Face directory (config.json + "
+                   "*.safetensors) to convert into a paced_jax model checkpoint")
+  src.add_argument("--to-hf", metavar="CKPT", help="paced_jax model checkpoint or training step "
+                   "directory to export as a Hugging Face directory")
+  p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+  p.add_argument("--tokenizer", metavar="DIR", help="with --to-hf: copy tokenizer files (and "
+                 "bos/eos ids) from this directory, usually the original HF model")
+  p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                 help="parameter dtype of the output (default: keep the source's)")
+  p.add_argument("--max-shard-size", default="5GB", help="with --to-hf: largest safetensors "
+                 "shard (default 5GB)")
+  p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+  p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+  from paced_jax.models.hf import export_hf, load_hf_model
+  from paced_jax.models.io import load_model, save_model
+
+  out = Path(args.out).absolute()
+  src = Path(args.from_hf or args.to_hf)
+  flag = "--from-hf" if args.from_hf else "--to-hf"
+  if not src.is_dir():
+    raise ConfigError(f"{flag} {src} is not a directory")
+  if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+    raise ConfigError(f"--out {out} exists and is not empty; pass --force to replace it")
+  if out == src.absolute() or src.absolute() in out.parents:
+    raise ConfigError(f"--out {out} must not be {flag} {src} or lie inside it")
+  if args.tokenizer is not None and args.from_hf:
+    raise ConfigError("--tokenizer applies to --to-hf only (a paced_jax checkpoint holds no "
+                      "tokenizer; pass the HF directory as data.tokenizer instead)")
+  if args.tokenizer is not None and not Path(args.tokenizer).is_dir():
+    raise ConfigError(f"--tokenizer {args.tokenizer} is not a directory")
+  max_shard = parse_size(args.max_shard_size)
+
+  if args.from_hf:
+    model, cfg = load_hf_model(src, param_dtype=args.dtype)
+  else:
+    model, cfg = load_model(src)
+  tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+  out.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    if args.from_hf:
+      save_model(model, tmp, cfg)
+    else:
+      export_hf(model, cfg, tmp, tokenizer_dir=args.tokenizer, max_shard_bytes=max_shard,
+                dtype=args.dtype)
+    if out.exists():
+      shutil.rmtree(out) if out.is_dir() else out.unlink()
+    tmp.rename(out)
+  finally:
+    if tmp.exists():
+      shutil.rmtree(tmp)
+  kind = "paced_jax checkpoint" if args.from_hf else "Hugging Face directory"
+  print(f"wrote {kind} {out} ({cfg.arch}, {cfg.num_layers} layers, hidden {cfg.hidden}, "
+        f"vocab {cfg.vocab_size}, {args.dtype or cfg.param_dtype})")
+  return 0
