@@ -62,7 +62,8 @@ def cmd_smoke(args) -> int:
 
 # Subcommands defined in other modules: each module exposes `add_parser(subparsers)`, which
 # registers its subcommand with `set_defaults(func=...)`. Append a module name to add one.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("paced_jax.commands", "paced_jax.convert",
+                                     "paced_jax.report")
 
 
 def build_parser() -> argparse.ArgumentParser:

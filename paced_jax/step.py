@@ -129,7 +129,9 @@ def train_step(state: TrainState, teacher_params, batch, *, cfg: Config, student
   params = optax.apply_updates(state.params, updates)
   metrics = {
       "loss": loss,
-      "grad_norm": optax.tree_utils.tree_l2_norm(grads),
+      "grad_norm": optax.tree_utils.tree_norm(grads),
+      # Checked on the host with the loss: a finite loss can still leave NaN parameters.
+      "param_norm": optax.tree_utils.tree_norm(params),
       "lr": learning_rate(cfg.train, state.step),
       "tokens": jnp.sum(counts),
       "divergence": kind,

@@ -1,0 +1,122 @@
+"""`paced train`, `paced sft` and `paced estimate`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+
+from paced_jax.cli import add_config_args
+
+
+def add_parser(sub) -> None:
+  p = sub.add_parser("train", help="PACED distillation (resumes when --workdir has a checkpoint)")
+  add_config_args(p)
+  p.add_argument("--workdir", required=True, help="run directory (config, metrics, checkpoints)")
+  p.add_argument("--quiet", action="store_true", help="no progress bars")
+  p.set_defaults(func=cmd_train, mode=None)
+
+  p = sub.add_parser("sft", help="plain cross-entropy training on reference responses (used "
+                     "to make teachers and students)")
+  add_config_args(p)
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--quiet", action="store_true")
+  p.set_defaults(func=cmd_train, mode="sft")
+
+  p = sub.add_parser("estimate", help="estimate the pass rates of a student on a pool")
+  add_config_args(p)
+  p.add_argument("--checkpoint", default="", help="model checkpoint or Hugging Face directory "
+                 "(default: train.init_student)")
+  p.add_argument("--out", required=True, help="output directory (table + PNG histograms)")
+  p.add_argument("--split", default="train")
+  p.add_argument("--quiet", action="store_true")
+  p.set_defaults(func=cmd_estimate)
+
+
+def cmd_train(args) -> int:
+  from paced_jax.config import load_config
+  from paced_jax.train import TrainingDiverged, train
+
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  cfg = load_config(args.config, args.overrides)
+  if args.mode == "sft":
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, mode="sft"))
+  try:
+    last = train(cfg, args.workdir, progress=not args.quiet)
+  except TrainingDiverged as e:
+    print(f"paced: error: {e}", file=sys.stderr)
+    return 1
+  print(f"done: step {last.get('step')} loss {last.get('loss', float('nan')):.4f}; "
+        f"run directory {args.workdir}")
+  _print_summary(args.workdir)
+  return 0
+
+
+def _print_summary(workdir) -> None:
+  """The before/after accuracy table and the report plots, when the run evaluated."""
+  import json
+  from pathlib import Path
+
+  from paced_jax.evaluate import summary_table
+  from paced_jax.report import make_report
+
+  wd = Path(workdir)
+  if (wd / "eval_before.json").exists() and (wd / "eval_after.json").exists():
+    print(summary_table(json.loads((wd / "eval_before.json").read_text()),
+                        json.loads((wd / "eval_after.json").read_text())))
+  for p in make_report(wd):
+    print(f"wrote {p}")
+
+
+def cmd_estimate(args) -> int:
+  from pathlib import Path
+
+  import jax
+  import numpy as np
+
+  from paced_jax.config import ConfigError, load_config
+  from paced_jax.data.sources import load_pool
+  from paced_jax.data.tokenizer import encode_prompt, load_tokenizer
+  from paced_jax.estimate import estimate_pass_rates, plot_frontier
+  from paced_jax.frontier import PassRateTable, frontier_stats, frontier_weights, sampling_probs
+  from paced_jax.sampler import Knobs
+  from paced_jax.sharding import make_mesh
+  from paced_jax.train import load_or_init
+  from paced_jax.verify import load_verifier
+
+  cfg = load_config(args.config, args.overrides)
+  path = args.checkpoint or cfg.train.init_student
+  if not path:
+    raise ConfigError("no student to estimate: pass --checkpoint PATH or set "
+                      "train.init_student")
+  out = Path(args.out)
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"--out {args.out!r} cannot be created ({e.strerror})") from None
+  mesh = make_mesh(cfg.mesh)
+  tok = load_tokenizer(cfg.data.tokenizer)
+  model = load_or_init(path, cfg.model, mesh, cfg.seed, "student")
+  if tok.vocab_size > model.cfg.vocab_size:
+    raise ConfigError(f"checkpoint {path!r} has vocab_size={model.cfg.vocab_size} but the "
+                      f"tokenizer {cfg.data.tokenizer!r} has {tok.vocab_size} ids")
+  source = load_pool(cfg.data, args.split, seed=cfg.seed)
+  problems = [source[i] for i in range(len(source))]
+  verifier = load_verifier(cfg.paced.verifier, cfg.paced.answer_marker,
+                           cfg.paced.verify_timeout_s)
+  est = estimate_pass_rates(
+      model, problems, lambda p: encode_prompt(tok, p.prompt, cfg.data.chat_template),
+      tok.decode, verifier, rollouts=cfg.paced.rollouts, knobs=Knobs.from_config(cfg.sample),
+      rng=jax.random.key(cfg.seed), mesh=mesh, eos_id=tok.eos_id, pad_id=tok.pad_id,
+      batch_size=cfg.sample.batch_size, prompt_buckets=cfg.sample.prompt_buckets,
+      budget_buckets=cfg.sample.budget_buckets, keep_rollouts=False, progress=not args.quiet)
+  table = PassRateTable([p.id for p in problems])
+  table.update([p.id for p in problems], est.successes, est.trials, step=0)
+  table.to_jsonl(out / "passrates.jsonl")
+  w = frontier_weights(est.successes, est.trials, cfg.paced)
+  plot_frontier(out / "passrates.png", table.pass_rates(), w)
+  stats = frontier_stats(est.successes, est.trials, sampling_probs(w, max(cfg.paced.eps, 1e-12)))
+  print(f"{len(problems)} problems x {cfg.paced.rollouts} rollouts: mean p {stats.mean_p:.3f}, "
+        f"p=0 {stats.frac_p0:.1%}, p=1 {stats.frac_p1:.1%}, weight ESS {stats.ess:.0f}; "
+        f"wrote {out}/passrates.jsonl and passrates.png")
+  return 0

@@ -1,0 +1,364 @@
+"""The PACED training loop: plain functions around the one jitted `step.train_step`.
+
+    every R steps:  estimate pass rates (K rollouts, verified) -> PassRateTable
+                    -> frontier weights -> sampling probabilities -> new Grain round
+    every step:     batch (sampled by pi) -> train_step (teacher inside) -> metrics one step late
+    every C steps:  Orbax checkpoint (params, opt_state, pass rates, data state, rng, step)
+
+Resume is automatic when `<workdir>/checkpoints` has a step; it continues exactly (the data
+stream and the estimation RNG are functions of (seed, round, position), not carried state).
+SIGTERM (TPU preemption) saves at the next step boundary and returns normally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from paced_jax import checkpoint as ckpt
+from paced_jax import step as step_lib
+from paced_jax.config import Config, ConfigError, to_dict
+from paced_jax.data.packing import pack_rows, pick_bucket
+from paced_jax.data.pipeline import FrontierPipeline, to_global_batch
+from paced_jax.data.sources import load_pool
+from paced_jax.data.tokenizer import encode_prompt, load_tokenizer
+from paced_jax.estimate import estimate_pass_rates
+from paced_jax.evaluate import evaluate, load_eval_sets
+from paced_jax.frontier import PassRateTable, frontier_stats, frontier_weights, sampling_probs
+from paced_jax.metrics import MetricsWriter, progress_bar
+from paced_jax.models.transformer import Decoder
+from paced_jax.sampler import Knobs, generate
+from paced_jax.sharding import make_mesh, shard_init
+from paced_jax.verify import load_verifier
+
+log = logging.getLogger("paced_jax.train")
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN/Inf; nothing from the diverged steps was saved."""
+
+
+@dataclasses.dataclass
+class Run:
+  """What a training run holds besides the train state (built once by `setup`)."""
+
+  cfg: Config
+  workdir: Path
+  mesh: Any
+  tokenizer: Any
+  student_def: Any
+  teacher_def: Any
+  teacher_params: Any
+  tx: Any
+  problems: list
+  pipeline: FrontierPipeline
+  table: PassRateTable
+  verifier: Any
+  writer: MetricsWriter
+  eval_sets: list = dataclasses.field(default_factory=list)
+  step_fn: Any = None
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def prepare_workdir(workdir: str | Path, cfg: Config) -> Path:
+  """Creates the run directory, refuses a checkpoint written by an incompatible config, and
+  writes the resolved config. Nothing existing is deleted."""
+  wd = Path(workdir)
+  try:
+    wd.mkdir(parents=True, exist_ok=True)
+    probe = wd / ".write_test"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise ConfigError(f"workdir {str(wd)!r} is not writable ({e.strerror}); pass a directory "
+                      "you can write to with --workdir") from None
+  saved = wd / "config.json"
+  has_ckpt = (wd / "checkpoints").is_dir() and any((wd / "checkpoints").iterdir())
+  if saved.exists() and has_ckpt:
+    diff = ckpt.config_mismatch(json.loads(saved.read_text()), to_dict(cfg))
+    if diff:
+      raise ConfigError(f"workdir {str(wd)!r} holds checkpoints of a different config ({diff}); "
+                        "use a new --workdir or the config it was written with")
+  if jax.process_index() == 0:
+    saved.write_text(json.dumps(to_dict(cfg), indent=2))
+  return wd
+
+
+def load_or_init(path: str, model_cfg, mesh, seed: int, role: str) -> Decoder:
+  """A model from an Orbax model checkpoint or Hugging Face directory, or random init."""
+  if not path:
+    return shard_init(lambda rngs: Decoder(model_cfg, rngs=rngs), mesh, seed=seed)
+  from paced_jax.models.io import load_model
+
+  model, loaded_cfg = load_model(path, mesh=mesh, dtype=model_cfg.dtype,
+                                 param_dtype=model_cfg.param_dtype)
+  if loaded_cfg.vocab_size != model_cfg.vocab_size or loaded_cfg.hidden != model_cfg.hidden:
+    raise ConfigError(f"train.init_{role}={path!r} holds a model with vocab_size="
+                      f"{loaded_cfg.vocab_size}, hidden={loaded_cfg.hidden}, but the config's "
+                      f"{role} has vocab_size={model_cfg.vocab_size}, hidden={model_cfg.hidden}")
+  return model
+
+
+def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[Run, Any]:
+  """Builds mesh, models, data, table and the compiled step. Returns (run, initial state)."""
+  wd = prepare_workdir(workdir, cfg)
+  mesh = make_mesh(cfg.mesh)
+  tok = load_tokenizer(cfg.data.tokenizer)
+  if cfg.loss.mode != "sft" and cfg.teacher is None:
+    raise ConfigError(f"loss.mode={cfg.loss.mode!r} needs a teacher: set the config's teacher "
+                      "(and train.init_teacher), or use loss.mode=sft")
+  if cfg.teacher is not None and cfg.teacher.vocab_size != cfg.model.vocab_size:
+    raise ConfigError(f"teacher vocab_size={cfg.teacher.vocab_size} differs from student "
+                      f"vocab_size={cfg.model.vocab_size}: distillation compares distributions "
+                      "over one vocabulary")
+  if tok.vocab_size > cfg.model.vocab_size:
+    raise ConfigError(f"tokenizer {cfg.data.tokenizer!r} has {tok.vocab_size} ids but "
+                      f"model.vocab_size={cfg.model.vocab_size}; raise model.vocab_size")
+  student = load_or_init(cfg.train.init_student, cfg.model, mesh, cfg.seed, "student")
+  teacher_def = teacher_params = None
+  if cfg.loss.mode != "sft":
+    teacher = load_or_init(cfg.train.init_teacher, cfg.teacher, mesh, cfg.seed + 1, "teacher")
+    teacher_def, teacher_params = nnx.split(teacher)
+  source = load_pool(cfg.data, "train", seed=cfg.seed)
+  problems = [source[i] for i in range(len(source))]
+  pipeline = FrontierPipeline(source, tok, cfg.data, seed=cfg.seed, mesh=mesh)
+  table = PassRateTable([p.id for p in problems])
+  verifier = load_verifier(cfg.paced.verifier, cfg.paced.answer_marker,
+                           cfg.paced.verify_timeout_s)
+  tx = step_lib.make_optimizer(cfg.train)
+  state = step_lib.init_train_state(student, tx, mesh)
+  run = Run(cfg=cfg, workdir=wd, mesh=mesh, tokenizer=tok, student_def=nnx.graphdef(student),
+            teacher_def=teacher_def, teacher_params=teacher_params, tx=tx, problems=problems,
+            pipeline=pipeline, table=table, verifier=verifier,
+            writer=MetricsWriter(wd, enabled=jax.process_index() == 0))
+  if cfg.eval.max_problems > 0:
+    run.eval_sets = load_eval_sets(cfg)
+  run.step_fn = step_lib.compile_train_step(cfg, mesh, state, run.student_def, teacher_params,
+                                            teacher_def, tx)
+  return run, state
+
+
+# ----------------------------------------------------------------------------- frontier
+
+
+def _student(run: Run, state) -> Decoder:
+  return nnx.merge(run.student_def, state.params)
+
+
+def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -> dict:
+  """Re-estimates pass rates (all problems or a subset), rebuilds weights and starts the data
+  round `round_`. Deterministic in (seed, round)."""
+  cfg = run.cfg
+  needs_estimate = cfg.paced.weighting != "uniform" or cfg.paced.use == "loss_weight"
+  metrics: dict[str, float] = {}
+  if needs_estimate:
+    rng = np.random.default_rng([cfg.seed, round_, 7])
+    N = len(run.problems)
+    subset = cfg.paced.refresh_subset
+    idx = np.sort(rng.choice(N, subset, replace=False)) if 0 < subset < N else np.arange(N)
+    chosen = [run.problems[i] for i in idx]
+    t0 = time.perf_counter()
+    est = estimate_pass_rates(
+        _student(run, state), chosen,
+        lambda p: encode_prompt(run.tokenizer, p.prompt, cfg.data.chat_template),
+        run.tokenizer.decode, run.verifier, rollouts=cfg.paced.rollouts,
+        knobs=Knobs.from_config(cfg.sample), rng=jax.random.fold_in(
+            jax.random.key(cfg.seed), round_), mesh=run.mesh, eos_id=run.tokenizer.eos_id,
+        pad_id=run.tokenizer.pad_id, batch_size=cfg.sample.batch_size,
+        prompt_buckets=cfg.sample.prompt_buckets, budget_buckets=cfg.sample.budget_buckets,
+        keep_rollouts=False, progress=progress)
+    run.table.update([p.id for p in chosen], est.successes, est.trials, step, cfg.paced.merge)
+    metrics["frontier/estimate_seconds"] = time.perf_counter() - t0
+  apply_round(run, round_)
+  s, n = run.table.counts()
+  stats = frontier_stats(s, n, run.pipeline.probs)
+  metrics.update(stats.as_metrics())
+  seen = run.table.step >= 0
+  metrics["frontier/staleness"] = float(np.mean(step - run.table.step[seen])) if seen.any() else 0.
+  metrics["frontier/round"] = round_
+  levels = np.asarray([p.difficulty if p.difficulty is not None else -1 for p in run.problems])
+  p_hat = run.table.pass_rates()
+  for level in np.unique(levels[levels >= 0]):
+    sel = levels == level
+    metrics[f"frontier_mass/level_{level}"] = float(run.pipeline.probs[sel].sum())
+    if np.isfinite(p_hat[sel]).any():
+      metrics[f"frontier_p/level_{level}"] = float(np.nanmean(p_hat[sel]))
+  if jax.process_index() == 0:
+    (run.workdir / "passrates").mkdir(exist_ok=True)
+    run.table.to_jsonl(run.workdir / "passrates" / f"round_{round_:05d}.jsonl")
+  return metrics
+
+
+def apply_round(run: Run, round_: int) -> None:
+  """Weights from the table -> the pipeline's round (sampling or loss-weight mode)."""
+  cfg = run.cfg
+  s, n = run.table.counts()
+  w = frontier_weights(s, n, cfg.paced)
+  if cfg.paced.use == "sample":
+    run.pipeline.set_round(round_, sampling_probs(w, cfg.paced.eps))
+  else:  # uniform sampling, per-example loss weights (normalised in the loss by their sum)
+    run.pipeline.set_round(round_, None, weights=w + cfg.paced.eps)
+
+
+def on_policy_batch(run: Run, state, batch: dict, step: int) -> dict:
+  """Replaces the reference responses of a sampled batch by fresh student rollouts."""
+  cfg, tok, pool = run.cfg, run.tokenizer, run.pipeline.pool
+  index = np.asarray(jax.device_get(batch["index"]))
+  prompts = [pool.prompt(int(i)) for i in index]
+  out = generate(_student(run, state), [p.tolist() for p in prompts],
+                 rng=jax.random.fold_in(jax.random.key(cfg.seed + 1), step),
+                 knobs=Knobs.from_config(cfg.sample), eos_id=tok.eos_id, pad_id=tok.pad_id,
+                 mesh=run.mesh, prompt_buckets=cfg.sample.prompt_buckets,
+                 budget_buckets=cfg.sample.budget_buckets)
+  toks, lens = np.asarray(out.tokens_BS), np.asarray(out.lengths_B)
+  responses = [toks[b, :min(lens[b], cfg.data.max_response_len)] for b in range(len(index))]
+  T = pick_bucket(max(len(p) + len(r) for p, r in zip(prompts, responses)),
+                  cfg.data.length_buckets)
+  rows = pack_rows(prompts, responses, T, tok.pad_id)
+  rows["weights"] = np.asarray(jax.device_get(batch["weights"]))
+  rows["index"] = index
+  return to_global_batch(rows, run.mesh, 1)
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def _save(run: Run, mgr, state, step: int, round_: int, force: bool = False) -> None:
+  meta = {"step": step, "round": round_, "data": run.pipeline.get_state(),
+          "model_config": to_dict(run.cfg.model)}
+  ckpt.save(mgr, step, params=state.params, opt_state=state.opt_state,
+            passrates=run.table.state_dict(), meta=meta, force=force)
+
+
+def _restore(run: Run, mgr, state):
+  out = ckpt.restore(mgr, None, params=state.params, opt_state=state.opt_state,
+                     passrates=run.table.state_dict())
+  run.table = PassRateTable.from_state_dict(out["passrates"])
+  meta = out["meta"]
+  state = step_lib.TrainState(step=jax.device_put(np.int32(meta["step"]), state.step.sharding),
+                              params=out["params"], opt_state=out["opt_state"])
+  apply_round(run, meta["round"])
+  run.pipeline.set_state(meta["data"])
+  return state, meta["step"], meta["round"]
+
+
+def _host_metrics(run: Run, m: dict, batch_index) -> dict:
+  """Device metrics of one step -> floats, plus the loss per pass-rate bucket."""
+  m = jax.device_get(m)
+  ex = np.asarray(m.pop("example_loss"))
+  out = {k: float(v) for k, v in m.items()}
+  p = run.table.pass_rates()[np.asarray(batch_index)]
+  for lo, hi in ((0.0, 0.0), (0.0, 0.5), (0.5, 1.0), (1.0, 1.0)):
+    sel = (p == lo) if lo == hi else (p > lo) & (p < hi) if lo == 0.0 else (p >= lo) & (p < hi)
+    if sel.any():
+      out[f"loss_by_p/{lo:.1f}-{hi:.1f}"] = float(ex[sel].mean())
+  return out
+
+
+def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
+          stop_after: int | None = None) -> dict:
+  """Runs (or resumes) training; returns the last logged metrics. `stop_after` ends the run
+  (with a checkpoint) after that many steps of this invocation, as a preemption would."""
+  run, state = setup(cfg, workdir, progress=progress)
+  mgr = ckpt.manager(run.workdir / "checkpoints", cfg.train.max_to_keep)
+  start, round_ = 0, 0
+  if mgr.latest_step() is not None:
+    state, start, round_ = _restore(run, mgr, state)
+    log.info("resumed from step %d (round %d)", start, round_)
+  else:
+    if run.eval_sets:
+      before = run_eval(run, state, 0, progress)
+      (run.workdir / "eval_before.json").write_text(json.dumps(before, indent=1))
+    run.writer.write(0, refresh(run, state, 0, 0, progress=progress))
+  stop = {"flag": False}
+  old_handler = None
+  if hasattr(signal, "SIGTERM") and _main_thread():
+    old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+  R = max(cfg.paced.refresh_every, 1)
+  bar = progress_bar(cfg.train.steps, start, enabled=progress)
+  last, pending, t0 = {}, None, time.perf_counter()
+  step = start
+  try:
+    while step < cfg.train.steps:
+      if run.eval_sets and step > start and step % cfg.train.eval_every == 0:
+        run_eval(run, state, step, False)
+      if step // R > round_:  # a new round: fresh pass rates, new pi
+        round_ = step // R
+        run.writer.write(step, refresh(run, state, round_, step, progress=False))
+      batch = next(run.pipeline)
+      if step_lib.stage_of(cfg, step) == "reverse_kl" and cfg.loss.mode in ("on_policy",
+                                                                            "two_stage"):
+        batch = on_policy_batch(run, state, batch, step)
+      index = batch["index"]
+      state, metrics = run.step_fn(state, run.teacher_params, batch)
+      if pending is not None:  # read back step-1 while step runs
+        last = _finish_step(run, pending, bar, t0, start)
+      pending = (step, metrics, index)
+      step += 1
+      boundary = step % cfg.train.ckpt_every == 0 or step == cfg.train.steps
+      preempted = stop["flag"] or (stop_after is not None and step - start >= stop_after)
+      if boundary or preempted:
+        last = _finish_step(run, pending, bar, t0, start)
+        pending = None
+        _save(run, mgr, state, step, round_, force=preempted)
+        if preempted:
+          log.warning("stopping at step %d (checkpoint saved)", step)
+          break
+    if pending is not None:
+      last = _finish_step(run, pending, bar, t0, start)
+    if run.eval_sets and step == cfg.train.steps:
+      after = run_eval(run, state, step, progress)
+      (run.workdir / "eval_after.json").write_text(json.dumps(after, indent=1))
+      last.update(after)
+  finally:
+    mgr.wait_until_finished()
+    mgr.close()
+    bar.close()
+    run.pipeline.close()
+    run.writer.close()
+    if old_handler is not None:
+      signal.signal(signal.SIGTERM, old_handler)
+  last["step"] = step
+  return last
+
+
+def run_eval(run: Run, state, step: int, progress: bool) -> dict:
+  m = evaluate(_student(run, state), run.eval_sets, run.tokenizer, run.verifier, run.cfg,
+               run.mesh, progress=progress)
+  run.writer.write(step, m)
+  return m
+
+
+def _finish_step(run: Run, pending, bar, t0: float, start: int) -> dict:
+  step, metrics, index = pending
+  m = _host_metrics(run, metrics, jax.device_get(index))
+  if not (np.isfinite(m["loss"]) and np.isfinite(m["param_norm"])):
+    raise TrainingDiverged(f"loss {m['loss']}, parameter norm {m['param_norm']} at step {step}: "
+                           "training diverged; the run stopped and saved "
+                           "nothing from this step on (lower train.lr or raise train.grad_clip; "
+                           "earlier checkpoints are intact)")
+  m["steps_per_s"] = (step + 1 - start) / max(time.perf_counter() - t0, 1e-9)
+  if step % run.cfg.train.log_every == 0 or step + 1 == run.cfg.train.steps:
+    run.writer.write(step, m)
+  bar.update(1)
+  bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens'] * m['steps_per_s']:,.0f}",
+                  refresh=False)
+  return m
+
+
+def _main_thread() -> bool:
+  import threading
+
+  return threading.current_thread() is threading.main_thread() and os.name == "posix"

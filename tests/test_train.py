@@ -1,0 +1,123 @@
+"""The training loop end to end on the tiny demo config: resume exactness, SIGTERM, bad input."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from paced_jax.config import ConfigError, load_config
+from paced_jax.metrics import read_metrics
+from paced_jax.train import TrainingDiverged, train
+
+TINY = "configs/demo.py:tiny"
+
+
+def _params(workdir, step):
+  tree = ocp.StandardCheckpointer().restore(Path(workdir).absolute() / "checkpoints" / str(step)
+                                            / "params")
+  return [np.asarray(x) for x in __import__("jax").tree.leaves(tree)]
+
+
+def _losses(workdir):
+  return {m["step"]: m["loss"] for m in read_metrics(workdir) if "loss" in m}
+
+
+def test_resume_is_exact(tmp_path):
+  # 6 steps, pass-rate refresh every 3 (rounds 0 and 1), checkpoint every 3. The interrupted
+  # run stops after 2 steps: mid-round and between checkpoints.
+  cfg = load_config(TINY)
+  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+  out = train(cfg, straight, progress=False)
+  assert out["step"] == 6
+  first = train(cfg, resumed, progress=False, stop_after=2)
+  assert first["step"] == 2
+  second = train(cfg, resumed, progress=False)
+  assert second["step"] == 6
+  for a, b in zip(_params(straight, 6), _params(resumed, 6)):
+    np.testing.assert_array_equal(a, b)
+  la, lb = _losses(straight), _losses(resumed)
+  assert sorted(la) == sorted(lb) == list(range(6))
+  for s in range(6):
+    assert la[s] == lb[s], (s, la[s], lb[s])
+  # Two pass-rate rounds were estimated and snapshotted, and the run dir has its parts.
+  assert sorted(p.name for p in (straight / "passrates").iterdir()) == [
+      "round_00000.jsonl", "round_00001.jsonl"]
+  assert (straight / "tensorboard").is_dir() and (straight / "config.json").is_file()
+
+
+def test_incompatible_workdir_and_divergence(tmp_path):
+  cfg = load_config(TINY, ["train.steps=2", "train.ckpt_every=1"])
+  wd = tmp_path / "run"
+  train(cfg, wd, progress=False)
+  before = sorted(p.name for p in (wd / "checkpoints").iterdir())
+  other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hidden=48))
+  with pytest.raises(ConfigError, match=r"holds checkpoints of a different config \(model.hidden"):
+    train(other, wd, progress=False)
+  # A diverging run stops with a clear error and leaves earlier checkpoints untouched.
+  bad = load_config(TINY, ["train.steps=4", "train.ckpt_every=1", "train.lr=inf"])
+  wd2 = tmp_path / "nan"
+  with pytest.raises(TrainingDiverged, match="diverged"):
+    train(bad, wd2, progress=False)
+  saved = sorted(int(p.name) for p in (wd2 / "checkpoints").iterdir() if p.name.isdigit())
+  for s in saved:
+    assert all(np.isfinite(x).all() for x in _params(wd2, s))
+  assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == before
+
+
+def _cli(*args, **kw):
+  return subprocess.Popen([sys.executable, "-m", "paced_jax.cli", *args],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sigterm_saves_a_restorable_checkpoint(tmp_path):
+  wd = tmp_path / "run"
+  proc = _cli("train", TINY, "--workdir", str(wd), "--quiet", "--set", "train.steps=100000",
+              "--set", "train.ckpt_every=100000", "--set", "train.log_every=1")
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    if any("loss" in m for m in read_metrics(wd)):
+      break
+    if proc.poll() is not None:
+      pytest.fail(f"training exited early: {proc.stderr.read()[-2000:]}")
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  steps = [int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()]
+  assert len(steps) == 1 and steps[0] >= 1
+  assert (wd / "checkpoints" / str(steps[0]) / "commit_success.txt").exists() or \
+      (wd / "checkpoints" / str(steps[0]) / "_CHECKPOINT_METADATA").exists()
+  meta = json.loads(next((wd / "checkpoints" / str(steps[0]) / "meta").glob("*")).read_text())
+  assert meta["step"] == steps[0]
+  # It resumes from there.
+  out = train(load_config(TINY, [f"train.steps={steps[0] + 1}"]), wd, progress=False)
+  assert out["step"] == steps[0] + 1
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--set", "teacher.vocab_size=64"], "teacher vocab_size=64 differs from student"),
+    (["--set", "model.vocab_size=64", "--set", "teacher.vocab_size=64"],
+     "tokenizer 'char' has 128 ids but model.vocab_size=64"),
+])
+def test_cli_bad_input(tmp_path, args, match):
+  proc = _cli("train", TINY, "--workdir", str(tmp_path / "w"), "--quiet", *args)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 2, err
+  lines = err.strip().splitlines()
+  assert lines[-1].startswith("paced: error:") and match in lines[-1], lines[-3:]
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  proc = _cli("train", TINY, "--workdir", str(blocker / "sub"), "--quiet")
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 2 and "is not writable" in err.strip().splitlines()[-1]
