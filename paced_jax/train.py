@@ -116,7 +116,7 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
   wd = prepare_workdir(workdir, cfg)
   mesh = make_mesh(cfg.mesh)
   tok = load_tokenizer(cfg.data.tokenizer)
-  if cfg.loss.mode != "sft" and cfg.teacher is None:
+  if cfg.loss.mode not in ("sft", "self_distill") and cfg.teacher is None:
     raise ConfigError(f"loss.mode={cfg.loss.mode!r} needs a teacher: set the config's teacher "
                       "(and train.init_teacher), or use loss.mode=sft")
   if cfg.teacher is not None and cfg.teacher.vocab_size != cfg.model.vocab_size:
@@ -128,7 +128,10 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
                       f"model.vocab_size={cfg.model.vocab_size}; raise model.vocab_size")
   student = load_or_init(cfg.train.init_student, cfg.model, mesh, cfg.seed, "student")
   teacher_def = teacher_params = None
-  if cfg.loss.mode != "sft":
+  if cfg.loss.mode == "self_distill":  # the teacher is a frozen copy of the initial student
+    teacher = load_or_init(cfg.train.init_student, cfg.model, mesh, cfg.seed, "student")
+    teacher_def, teacher_params = nnx.split(teacher)
+  elif cfg.loss.mode != "sft":
     teacher = load_or_init(cfg.train.init_teacher, cfg.teacher, mesh, cfg.seed + 1, "teacher")
     teacher_def, teacher_params = nnx.split(teacher)
   source = load_pool(cfg.data, "train", seed=cfg.seed)
@@ -229,6 +232,16 @@ def on_policy_batch(run: Run, state, batch: dict, step: int) -> dict:
   rows = pack_rows(prompts, responses, T, tok.pad_id)
   rows["weights"] = np.asarray(jax.device_get(batch["weights"]))
   rows["index"] = index
+  if cfg.loss.mode == "self_distill":
+    # The teacher scores the same response after a prompt that shows the reference solution.
+    priv = [np.asarray(encode_prompt(tok, cfg.loss.privileged_template.format(
+        prompt=run.problems[int(i)].prompt, solution=run.problems[int(i)].solution or ""),
+        cfg.data.chat_template), np.int32) for i in index]
+    Tt = pick_bucket(max(len(p) + len(r) for p, r in zip(priv, responses)),
+                     cfg.data.length_buckets)
+    t_rows = pack_rows(priv, responses, Tt, tok.pad_id)
+    rows.update(teacher_tokens=t_rows["tokens"], teacher_positions=t_rows["positions"],
+                teacher_loss_mask=t_rows["loss_mask"])
   return to_global_batch(rows, run.mesh, 1)
 
 
@@ -298,8 +311,10 @@ def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
         round_ = step // R
         run.writer.write(step, refresh(run, state, round_, step, progress=False))
       batch = next(run.pipeline)
-      if step_lib.stage_of(cfg, step) == "reverse_kl" and cfg.loss.mode in ("on_policy",
-                                                                            "two_stage"):
+      on_policy = (cfg.loss.mode in ("on_policy", "self_distill")
+                   or (cfg.loss.mode == "two_stage" and
+                       step_lib.stage_of(cfg, step) == "reverse_kl"))
+      if on_policy:  # the student's own rollouts replace the reference responses
         batch = on_policy_batch(run, state, batch, step)
       index = batch["index"]
       state, metrics = run.step_fn(state, run.teacher_params, batch)

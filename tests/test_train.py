@@ -121,3 +121,11 @@ def test_unwritable_workdir(tmp_path):
   proc = _cli("train", TINY, "--workdir", str(blocker / "sub"), "--quiet")
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 2 and "is not writable" in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("mode", ["on_policy", "self_distill"])
+def test_on_policy_modes_run(tmp_path, mode):
+  over = [f"loss.mode={mode}", "loss.divergence=reverse_kl", "train.steps=2",
+          "eval.max_problems=0", "paced.weighting=uniform"]
+  out = train(load_config(TINY, over), tmp_path / mode, progress=False)
+  assert out["step"] == 2 and np.isfinite(out["loss"]) and out["tokens"] > 0
