@@ -104,19 +104,55 @@ class DataConfig:
   reference: Literal["dataset", "teacher"] = "dataset"
   references_per_problem: int = 1
   reference_cache: str = ""  # default: <workdir>/references
+  prefetch: int = 2  # batches prefetched per Grain worker (worker_count > 0)
+
+  def __post_init__(self):
+    b = self.length_buckets
+    if not b or any(x < 2 for x in b) or list(b) != sorted(set(b)):
+      raise ConfigError(f"data.length_buckets={b} must be strictly increasing lengths >= 2")
+    for name in ("max_prompt_len", "max_response_len", "batch_size", "references_per_problem",
+                 "prefetch"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"data.{name}={getattr(self, name)} must be >= 1")
+    if self.worker_count < 0:
+      raise ConfigError(f"data.worker_count={self.worker_count} must be >= 0 (0: no workers)")
+    for item in self.field_map:
+      if item.count("=") != 1 or not all(item.split("=")):
+        raise ConfigError(f"data.field_map entry {item!r} is not of the form "
+                          "problem_field=source_field, e.g. prompt=question")
+    if self.chat_template and "{prompt}" not in self.chat_template:
+      raise ConfigError(f"data.chat_template={self.chat_template!r} has no {{prompt}} "
+                        "placeholder; write e.g. 'Q: {prompt}\\nA: '")
 
 
 @dataclasses.dataclass(frozen=True)
 class SampleConfig:
   """Sampler knobs. temperature/top_k/top_p/max_new_tokens are traced: changing them never
-  recompiles; `max_new_tokens` must not exceed `budget_bucket` (the static cache size)."""
+  recompiles. Prompts are padded to the smallest fitting `prompt_buckets` entry; the KV cache
+  has room for the smallest `budget_buckets` entry >= max_new_tokens (one program per pair)."""
 
-  temperature: float = 1.0
+  temperature: float = 1.0  # 0: greedy
   top_k: int = 0  # 0: off
   top_p: float = 1.0
   max_new_tokens: int = 128
   prompt_buckets: tuple[int, ...] = (32, 64, 128, 256)
-  batch_size: int = 64  # rows per generate call
+  budget_buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+  batch_size: int = 64  # rows (prompts x rollouts) per generate call
+
+  def __post_init__(self):
+    checks = [("temperature", self.temperature >= 0, ">= 0 (0 is greedy)"),
+              ("top_k", self.top_k >= 0, ">= 0 (0 is off)"),
+              ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+              ("max_new_tokens", 1 <= self.max_new_tokens <= max(self.budget_buckets or (0,)),
+               "in [1, max(sample.budget_buckets)]"),
+              ("batch_size", self.batch_size >= 1, ">= 1"),
+              ("prompt_buckets", bool(self.prompt_buckets) and min(self.prompt_buckets) >= 1,
+               "a non-empty tuple of positive lengths"),
+              ("budget_buckets", bool(self.budget_buckets) and min(self.budget_buckets) >= 1,
+               "a non-empty tuple of positive lengths")]
+    for name, ok, want in checks:
+      if not ok:
+        raise ConfigError(f"sample.{name}={getattr(self, name)!r} must be {want}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +175,21 @@ class PacedConfig:
   verifier: str = "exact"  # "exact", "math", or "package.module:function"
   answer_marker: str = "####"
   verify_timeout_s: float = 5.0
+  verify_workers: int = 4  # host threads (and math-verify processes) checking responses
+
+  def __post_init__(self):
+    checks = [("alpha", self.alpha >= 0, ">= 0"), ("beta", self.beta >= 0, ">= 0"),
+              ("prior_a0", self.prior_a0 > 0, "> 0"), ("prior_b0", self.prior_b0 > 0, "> 0"),
+              ("band_lo", 0 <= self.band_lo <= self.band_hi <= 1,
+               "in [0, paced.band_hi] with band_hi <= 1"),
+              ("eps", 0 <= self.eps <= 1, "in [0, 1]"), ("rollouts", self.rollouts >= 1, ">= 1"),
+              ("refresh_every", self.refresh_every >= 1, ">= 1"),
+              ("refresh_subset", self.refresh_subset >= 0, ">= 0 (0 is the whole pool)"),
+              ("verify_timeout_s", self.verify_timeout_s > 0, "> 0"),
+              ("verify_workers", self.verify_workers >= 1, ">= 1")]
+    for name, ok, want in checks:
+      if not ok:
+        raise ConfigError(f"paced.{name}={getattr(self, name)!r} must be {want}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,247 @@
+"""Verifiers: `verify(response_text, problem) -> bool`, and batch verification on the host.
+
+Built-ins (pick one with `load_verifier`):
+  "exact"  `exact_match`: the final answer (last `\\boxed{...}`, else the text after the last
+           answer marker such as `####` or `Answer:`) equals `problem.answer` after
+           normalisation; numbers compare as exact rationals, so 3.0 == 3 and 1/2 == 0.5.
+  "math"   `MathEquiv`: symbolic equivalence by the `math-verify` package, each call in a worker
+           process with a time limit; a hang or crash counts as incorrect and is counted in
+           `COUNTERS`.
+  "pkg.mod:fn"  any importable callable with the same signature.
+
+Pass rates come from these raw outcomes, never from a shaped reward.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import importlib
+import multiprocessing
+import re
+import threading
+from fractions import Fraction
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from paced_jax.config import ConfigError
+from paced_jax.data.schema import Problem
+
+
+class Verifier(Protocol):
+
+  def __call__(self, response_text: str, problem: Problem) -> bool:
+    ...
+
+
+# Counts of verifier incidents since import (read by metrics logging): "math_timeout",
+# "math_error". Thread-safe increments through `_count`.
+COUNTERS: collections.Counter = collections.Counter()
+_COUNT_LOCK = threading.Lock()
+
+
+def _count(name: str) -> None:
+  with _COUNT_LOCK:
+    COUNTERS[name] += 1
+
+
+# ----------------------------------------------------------------------------- extraction
+
+
+def last_boxed(text: str) -> str | None:
+  """Content of the last `\\boxed{...}` (or `\\fbox{...}`), nested braces balanced."""
+  starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
+  for start in reversed(starts):
+    depth = 1
+    for i in range(start, len(text)):
+      depth += {"{": 1, "}": -1}.get(text[i], 0)
+      if depth == 0:
+        return text[start:i]
+  return None
+
+
+def extract_answer(text: str, marker: str = "####") -> str | None:
+  """The final answer of a response: last boxed content, else the rest of the line after the
+  LAST `marker`; None when neither is present."""
+  boxed = last_boxed(text)
+  if boxed is not None:
+    return boxed
+  if marker:
+    at = text.rfind(marker)
+    if at >= 0:
+      return text[at + len(marker):].split("\n", 1)[0]
+  return None
+
+
+_FRAC = re.compile(r"^\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}$")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+
+
+def normalize_answer(text: str) -> str:
+  """Whitespace, `$`, `\\text{}`, `\\left/\\right`, thousands commas and a trailing period."""
+  s = text.strip()
+  s = re.sub(r"\\text\{([^{}]*)\}", r"\1", s)
+  s = s.replace("\\$", "").replace("$", "").replace("\\left", "").replace("\\right", "")
+  s = s.replace("\\!", "").replace("\\,", "").replace("\\ ", " ")
+  s = re.sub(r"\s+", " ", s).strip()
+  s = _THOUSANDS.sub("", s)
+  while s.endswith(".") and not s.endswith(".."):
+    s = s[:-1].rstrip()
+  return s
+
+
+def as_number(s: str) -> Fraction | None:
+  """Exact rational value of an integer, decimal, `a/b`, `\\frac{a}{b}` or percentage string."""
+  s = s.replace(" ", "")
+  m = _FRAC.match(s)
+  if m:
+    s = f"{m.group(1)}/{m.group(2)}"
+  scale = Fraction(1)
+  if s.endswith("%") or s.endswith("\\%"):
+    s, scale = s.rstrip("%").rstrip("\\"), Fraction(1, 100)
+  if not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?(/[+-]?\d+(\.\d*)?)?", s):
+    return None
+  try:
+    return Fraction(s) * scale
+  except (ValueError, ZeroDivisionError):
+    return None
+
+
+def answers_equal(pred: str, gold: str) -> bool:
+  a, b = normalize_answer(pred), normalize_answer(gold)
+  if a == b:
+    return True
+  x, y = as_number(a), as_number(b)
+  return x is not None and y is not None and x == y
+
+
+def exact_match(response_text: str, problem: Problem, marker: str = "####") -> bool:
+  """True when the response's final answer equals `problem.answer` (see module docstring)."""
+  pred = extract_answer(response_text, marker)
+  return pred is not None and answers_equal(pred, problem.answer)
+
+
+# ----------------------------------------------------------------------------- math-verify
+
+
+def _math_verify_worker(response_text: str, gold: str, timeout_s: int) -> bool:
+  # Runs in a worker process's main thread, where math-verify's signal-based timeouts work.
+  from math_verify import parse, verify
+
+  gold_parsed = parse(gold if "\\boxed" in gold or "$" in gold else f"${gold}$",
+                      parsing_timeout=timeout_s)
+  return bool(verify(gold_parsed, parse(response_text, parsing_timeout=timeout_s),
+                     timeout_seconds=timeout_s))
+
+
+def _warm_up(_):
+  _math_verify_worker("$1$", "1", 5)  # imports sympy and builds the LaTeX parser once
+
+
+class MathEquiv:
+  """math-verify equivalence, each call in a spawned worker process bounded by `timeout_s`.
+
+  A call that overruns (a sympy blow-up) or crashes returns False and bumps
+  `COUNTERS["math_timeout"]` / `COUNTERS["math_error"]`; after a timeout the worker pool is
+  replaced so the runaway process is killed rather than left burning a core.
+  """
+
+  def __init__(self, timeout_s: float = 5.0, workers: int = 2,
+               checker: Callable[[str, str, int], bool] = _math_verify_worker):
+    try:
+      import math_verify  # noqa: F401
+    except ImportError:
+      raise ConfigError("verifier 'math' needs the math-verify package: pip install "
+                        "'math-verify[antlr4_13_2]'") from None
+    # checker(response_text, gold_answer, inner_timeout_s) must be a module-level function (it
+    # is pickled to the workers); the default wraps math_verify.parse/verify.
+    self.timeout_s, self.workers, self.checker = float(timeout_s), workers, checker
+    self._pool = None
+    self._lock = threading.Lock()
+
+  def _get_pool(self):
+    with self._lock:
+      if self._pool is None:
+        # spawn, not fork: the parent runs JAX threads that a fork would copy mid-flight.
+        pool = multiprocessing.get_context("spawn").Pool(self.workers)
+        # Import sympy/math-verify in every worker now, so the time limit measures checking only.
+        pool.map(_warm_up, range(self.workers))
+        self._pool = pool
+      return self._pool
+
+  def _reset(self, pool) -> None:
+    with self._lock:
+      if self._pool is pool:
+        self._pool = None
+    pool.terminate()
+
+  def __call__(self, response_text: str, problem: Problem) -> bool:
+    pool = self._get_pool()
+    inner = max(1, int(self.timeout_s / 2))  # parse and verify each get half
+    res = pool.apply_async(self.checker, (response_text, problem.answer, inner))
+    try:
+      return res.get(timeout=self.timeout_s)
+    except multiprocessing.TimeoutError:
+      _count("math_timeout")
+      self._reset(pool)
+      return False
+    except Exception:  # noqa: BLE001 -- malformed math is "incorrect", not a crash of the run
+      _count("math_error")
+      return False
+
+  def close(self) -> None:
+    with self._lock:
+      pool, self._pool = self._pool, None
+    if pool is not None:
+      pool.terminate()
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # noqa: BLE001 -- interpreter shutdown
+      pass
+
+
+# ----------------------------------------------------------------------------- loading, batches
+
+
+def load_verifier(spec: str, marker: str = "####", timeout: float = 5.0,
+                  workers: int = 2) -> Verifier:
+  """A verifier for "exact", "math" or "package.module:function"; a bad spec -> ConfigError."""
+  if spec == "exact":
+    return functools.partial(exact_match, marker=marker)
+  if spec == "math":
+    return MathEquiv(timeout, workers)
+  module_name, sep, attr = spec.partition(":")
+  if not sep or not module_name or not attr:
+    raise ConfigError(f"paced.verifier={spec!r} is not 'exact', 'math' or "
+                      "'package.module:function'")
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ConfigError(f"paced.verifier={spec!r}: cannot import {module_name!r} ({e})") from None
+  fn = getattr(module, attr, None)
+  if not callable(fn):
+    raise ConfigError(f"paced.verifier={spec!r}: {module_name} has no callable {attr!r}")
+  return fn
+
+
+def verify_batch(texts: Sequence[str], problems: Sequence[Problem],
+                 verifier: Verifier | Callable = exact_match, *,
+                 executor: concurrent.futures.Executor | None = None,
+                 max_workers: int = 4) -> np.ndarray:
+  """bool[len(texts)]: verifier(texts[i], problems[i]) for every i, in a thread pool.
+
+  Threads overlap the host work with device sampling (JAX releases the GIL while it runs) and
+  let `MathEquiv` keep several worker processes busy. Exceptions from a user verifier propagate:
+  a buggy verifier must not silently read as "every answer wrong".
+  """
+  if len(texts) != len(problems):
+    raise ValueError(f"verify_batch got {len(texts)} texts but {len(problems)} problems")
+  if executor is None:
+    with concurrent.futures.ThreadPoolExecutor(max_workers) as pool:
+      return verify_batch(texts, problems, verifier, executor=pool)
+  return np.fromiter(executor.map(lambda tp: bool(verifier(*tp)), zip(texts, problems)), bool,
+                     count=len(texts))
