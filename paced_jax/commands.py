@@ -103,7 +103,7 @@ def cmd_estimate(args) -> int:
   source = load_pool(cfg.data, args.split, seed=cfg.seed)
   problems = [source[i] for i in range(len(source))]
   verifier = load_verifier(cfg.paced.verifier, cfg.paced.answer_marker,
-                           cfg.paced.verify_timeout_s)
+                           cfg.paced.verify_timeout_s, workers=cfg.paced.verify_workers)
   est = estimate_pass_rates(
       model, problems, lambda p: encode_prompt(tok, p.prompt, cfg.data.chat_template),
       tok.decode, verifier, rollouts=cfg.paced.rollouts, knobs=Knobs.from_config(cfg.sample),

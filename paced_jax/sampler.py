@@ -168,7 +168,7 @@ def sample_core(graphdef, params, prompts_BP, prompt_lengths_B, knobs: Knobs, rn
   """
   model: Decoder = nnx.merge(graphdef, params)
   B, P = prompts_BP.shape
-  cache_axes = ("batch", "length", "act_kv_heads", None)
+  cache_axes = ("batch", "act_kv_heads", "length", None)  # [B, K, S, H]
   cache = model.init_cache(B, P + budget)
   cache = jax.tree.map(lambda x: _constrain(x, mesh, cache_axes) if x.ndim == 4 else x, cache)
   row_keys_B = jax.vmap(lambda i: jax.random.fold_in(rng, i))(row_ids_B)

@@ -139,7 +139,7 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
   pipeline = FrontierPipeline(source, tok, cfg.data, seed=cfg.seed, mesh=mesh)
   table = PassRateTable([p.id for p in problems])
   verifier = load_verifier(cfg.paced.verifier, cfg.paced.answer_marker,
-                           cfg.paced.verify_timeout_s)
+                           cfg.paced.verify_timeout_s, workers=cfg.paced.verify_workers)
   tx = step_lib.make_optimizer(cfg.train)
   state = step_lib.init_train_state(student, tx, mesh)
   run = Run(cfg=cfg, workdir=wd, mesh=mesh, tokenizer=tok, student_def=nnx.graphdef(student),
@@ -181,7 +181,8 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
             jax.random.key(cfg.seed), round_), mesh=run.mesh, eos_id=run.tokenizer.eos_id,
         pad_id=run.tokenizer.pad_id, batch_size=cfg.sample.batch_size,
         prompt_buckets=cfg.sample.prompt_buckets, budget_buckets=cfg.sample.budget_buckets,
-        keep_rollouts=False, progress=progress)
+        keep_rollouts=False, verify_workers=cfg.paced.verify_workers,
+        progress=progress)
     run.table.update([p.id for p in chosen], est.successes, est.trials, step, cfg.paced.merge)
     metrics["frontier/estimate_seconds"] = time.perf_counter() - t0
   apply_round(run, round_)

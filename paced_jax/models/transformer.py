@@ -6,7 +6,7 @@ D model, N query heads, K kv heads, G = N // K, H head dim, F mlp, V vocab.
 Every parameter carries `logical_axes` metadata; `paced_jax.sharding.LOGICAL_RULES` maps them
 to mesh axes. Masks are by slot index (causal) and segment id; positions only feed RoPE.
 
-KV cache convention: rows are right-padded; row b owns cache slots [0, end_B[b]). `extend`
+KV cache convention ([B, K, S, H] per layer): rows are right-padded; row b owns cache slots [0, end_B[b]). `extend`
 writes T new tokens of row b at slots end_B[b] .. end_B[b]+T-1 and then advances end_B[b] by
 `lengths_B[b]` (default T). Slots written past a row's length hold garbage that no valid query
 can see (causality) and that the next call overwrites.
@@ -36,13 +36,13 @@ REMAT_POLICIES = {
 
 @flax.struct.dataclass
 class KVCache:
-  k: tuple[jax.Array, ...]  # per layer [B, S, K, H]
+  k: tuple[jax.Array, ...]  # per layer [B, K, S, H]: attention reads it without a transpose
   v: tuple[jax.Array, ...]
   end_B: jax.Array  # int32: filled slots per row == next write slot
 
   @property
   def max_len(self) -> int:
-    return self.k[0].shape[1]
+    return self.k[0].shape[2]
 
 
 def _init(rngs: nnx.Rngs, shape, dtype):
@@ -105,10 +105,11 @@ def apply_rope(x_BTNH, positions_BT, inv_freq):
   return out.astype(x_BTNH.dtype)
 
 
-def _write_rows(cache_BSKH, new_BTKH, start_B):
+def _write_rows(cache_BKSH, new_BTKH, start_B):
   # One dynamic_update_slice per row (a scatter under vmap); in place when the cache is donated.
-  return jax.vmap(lambda c, n, s: jax.lax.dynamic_update_slice(c, n, (s, 0, 0)))(
-      cache_BSKH, new_BTKH.astype(cache_BSKH.dtype), start_B)
+  new_BKTH = jnp.swapaxes(new_BTKH, 1, 2).astype(cache_BKSH.dtype)
+  return jax.vmap(lambda c, n, s: jax.lax.dynamic_update_slice(c, n, (0, s, 0)))(
+      cache_BKSH, new_BKTH, start_B)
 
 
 class Attention(nnx.Module):
@@ -136,18 +137,19 @@ class Attention(nnx.Module):
     q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq)
     k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq)
     if kv is not None:  # cached: attend over all S slots of the (updated) cache
-      k_BSKH, v_BSKH = _write_rows(kv[0], k_BTKH, start_B), _write_rows(kv[1], v_BTKH, start_B)
-      new_kv = (k_BSKH, v_BSKH)
+      k_BKSH, v_BKSH = _write_rows(kv[0], k_BTKH, start_B), _write_rows(kv[1], v_BTKH, start_B)
+      new_kv = (k_BKSH, v_BKSH)
     else:
-      k_BSKH, v_BSKH, new_kv = k_BTKH, v_BTKH, None
+      k_BKSH, v_BKSH = jnp.swapaxes(k_BTKH, 1, 2), jnp.swapaxes(v_BTKH, 1, 2)
+      new_kv = None
     B, T, N, H = q_BTNH.shape
     K = self.num_kv_heads
     q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
-    s_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH.astype(q_BTKGH.dtype),
+    s_BKGTS = jnp.einsum("BTKGH,BKSH->BKGTS", q_BTKGH, k_BKSH.astype(q_BTKGH.dtype),
                          preferred_element_type=jnp.float32) * (H ** -0.5)
     s_BKGTS = jnp.where(mask_BTS[:, None, None], s_BKGTS, _NEG)
     p_BKGTS = jax.nn.softmax(s_BKGTS, axis=-1).astype(q_BTNH.dtype)  # fp32 softmax
-    o_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", p_BKGTS, v_BSKH.astype(p_BKGTS.dtype))
+    o_BTKGH = jnp.einsum("BKGTS,BKSH->BTKGH", p_BKGTS, v_BKSH.astype(p_BKGTS.dtype))
     return self.o_proj(o_BTKGH.reshape(B, T, N, H)), new_kv
 
 
@@ -237,7 +239,7 @@ class Decoder(nnx.Module):
 
   def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> KVCache:
     cfg = self.cfg
-    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     dtype = dtype or self.dtype
     zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
     return KVCache(k=zeros(), v=zeros(), end_B=jnp.zeros((batch,), jnp.int32))
