@@ -8,14 +8,29 @@
   batch = next(pipe)
 """
 
-from paced_jax.data.packing import TokenizedPool, build_pool, pack_rows, pick_bucket
-from paced_jax.data.pipeline import FrontierPipeline, to_global_batch, uniforms
-from paced_jax.data.references import ReferenceCache, build_references
+import importlib
+
 from paced_jax.data.schema import Problem
-from paced_jax.data.sources import (DataError, ListSource, TfdsSource, jsonl_source, load_pool,
-                                    parquet_source, write_jsonl)
-from paced_jax.data.tokenizer import (CharTokenizer, HFTokenizer, Tokenizer, apply_chat_template,
-                                      encode_prompt, load_tokenizer)
+
+# Imported on first use, so `paced_jax.data.schema` (used by verifiers and the sampler side)
+# does not pull in grain, tfds or pyarrow.
+_WHERE = {
+    "TokenizedPool": "packing", "build_pool": "packing", "pack_rows": "packing",
+    "pick_bucket": "packing", "FrontierPipeline": "pipeline", "to_global_batch": "pipeline",
+    "uniforms": "pipeline", "ReferenceCache": "references", "build_references": "references",
+    "DataError": "sources", "ListSource": "sources", "TfdsSource": "sources",
+    "jsonl_source": "sources", "load_pool": "sources", "parquet_source": "sources",
+    "write_jsonl": "sources", "CharTokenizer": "tokenizer", "HFTokenizer": "tokenizer",
+    "Tokenizer": "tokenizer", "apply_chat_template": "tokenizer", "encode_prompt": "tokenizer",
+    "load_tokenizer": "tokenizer",
+}
+
+
+def __getattr__(name):
+  if name in _WHERE:
+    return getattr(importlib.import_module(f"paced_jax.data.{_WHERE[name]}"), name)
+  raise AttributeError(f"module 'paced_jax.data' has no attribute {name!r}")
+
 
 __all__ = [
     "CharTokenizer", "DataError", "FrontierPipeline", "HFTokenizer", "ListSource", "Problem",
