@@ -81,7 +81,7 @@ def cmd_estimate(args) -> int:
   from paced_jax.frontier import PassRateTable, frontier_stats, frontier_weights, sampling_probs
   from paced_jax.sampler import Knobs
   from paced_jax.sharding import make_mesh
-  from paced_jax.train import load_or_init
+  from paced_jax.models.io import load_model
   from paced_jax.verify import load_verifier
 
   cfg = load_config(args.config, args.overrides)
@@ -96,7 +96,7 @@ def cmd_estimate(args) -> int:
     raise ConfigError(f"--out {args.out!r} cannot be created ({e.strerror})") from None
   mesh = make_mesh(cfg.mesh)
   tok = load_tokenizer(cfg.data.tokenizer)
-  model = load_or_init(path, cfg.model, mesh, cfg.seed, "student")
+  model, _ = load_model(path, mesh=mesh)  # the checkpoint defines the student's shape
   if tok.vocab_size > model.cfg.vocab_size:
     raise ConfigError(f"checkpoint {path!r} has vocab_size={model.cfg.vocab_size} but the "
                       f"tokenizer {cfg.data.tokenizer!r} has {tok.vocab_size} ids")
