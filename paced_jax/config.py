@@ -25,6 +25,13 @@ DType = Literal["float32", "bfloat16", "float16"]
 Remat = Literal["none", "full", "dots", "dots_no_batch"]
 
 
+def _check(section: str, obj, checks) -> None:
+  """Raises a one-line ConfigError for the first (field, ok, requirement) that fails."""
+  for name, ok, want in checks:
+    if not ok:
+      raise ConfigError(f"{section}.{name}={getattr(obj, name)!r} must be {want}")
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
   """Llama-3 style RoPE frequency scaling (HF `rope_scaling` with rope_type "llama3")."""
@@ -150,9 +157,7 @@ class SampleConfig:
                "a non-empty tuple of positive lengths"),
               ("budget_buckets", bool(self.budget_buckets) and min(self.budget_buckets) >= 1,
                "a non-empty tuple of positive lengths")]
-    for name, ok, want in checks:
-      if not ok:
-        raise ConfigError(f"sample.{name}={getattr(self, name)!r} must be {want}")
+    _check("sample", self, checks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,9 +192,7 @@ class PacedConfig:
               ("refresh_subset", self.refresh_subset >= 0, ">= 0 (0 is the whole pool)"),
               ("verify_timeout_s", self.verify_timeout_s > 0, "> 0"),
               ("verify_workers", self.verify_workers >= 1, ">= 1")]
-    for name, ok, want in checks:
-      if not ok:
-        raise ConfigError(f"paced.{name}={getattr(self, name)!r} must be {want}")
+    _check("paced", self, checks)
 
 
 @dataclasses.dataclass(frozen=True)
