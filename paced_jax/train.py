@@ -136,10 +136,17 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
     teacher_def, teacher_params = nnx.split(teacher)
   source = load_pool(cfg.data, "train", seed=cfg.seed)
   problems = [source[i] for i in range(len(source))]
-  pipeline = FrontierPipeline(source, tok, cfg.data, seed=cfg.seed, mesh=mesh)
-  table = PassRateTable([p.id for p in problems])
   verifier = load_verifier(cfg.paced.verifier, cfg.paced.answer_marker,
                            cfg.paced.verify_timeout_s, workers=cfg.paced.verify_workers)
+  references = None
+  if cfg.data.reference == "teacher":
+    if teacher_params is None:
+      raise ConfigError("data.reference=teacher needs a teacher; loss.mode=sft has none")
+    references = teacher_references(cfg, wd, source, nnx.merge(teacher_def, teacher_params),
+                                    tok, verifier, mesh)
+  pipeline = FrontierPipeline(source, tok, cfg.data, seed=cfg.seed, mesh=mesh,
+                              references=references)
+  table = PassRateTable([p.id for p in problems])
   tx = step_lib.make_optimizer(cfg.train)
   state = step_lib.init_train_state(student, tx, mesh)
   run = Run(cfg=cfg, workdir=wd, mesh=mesh, tokenizer=tok, student_def=nnx.graphdef(student),
@@ -151,6 +158,32 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
   run.step_fn = step_lib.compile_train_step(cfg, mesh, state, run.student_def, teacher_params,
                                             teacher_def, tx)
   return run, state
+
+
+def teacher_references(cfg: Config, wd: Path, source, teacher: Decoder, tok, verifier, mesh):
+  """Reference responses sampled once from the teacher, verified, cached as ArrayRecord under
+  `data.reference_cache` (default <workdir>/references); a second run reads the cache."""
+  from paced_jax.data.references import build_references
+
+  K = cfg.data.references_per_problem
+
+  def generate_fn(problems):
+    prompts = [encode_prompt(tok, p.prompt, cfg.data.chat_template) for p in problems]
+    out = generate(teacher, prompts, rng=jax.random.key(cfg.seed + 3), rollouts=K,
+                   knobs=Knobs.from_config(cfg.sample), eos_id=tok.eos_id, pad_id=tok.pad_id,
+                   mesh=mesh, prompt_buckets=cfg.sample.prompt_buckets,
+                   budget_buckets=cfg.sample.budget_buckets)
+    toks, lens = np.asarray(out.tokens_BS), np.asarray(out.lengths_B)
+    # Drop the stop token: packing appends EOS to every reference.
+    texts = [tok.decode([t for t in toks[r, :lens[r]].tolist() if t != tok.eos_id])
+             for r in range(len(lens))]
+    return [texts[i * K:(i + 1) * K] for i in range(len(problems))]
+
+  key = json.dumps({"teacher": cfg.train.init_teacher, "model": to_dict(cfg.teacher),
+                    "sample": to_dict(cfg.sample), "k": K, "seed": cfg.seed}, sort_keys=True)
+  return build_references(source, cfg.data, generate_fn=generate_fn, verify=verifier,
+                          cache_dir=cfg.data.reference_cache or str(wd / "references"),
+                          cache_key=key, chunk_size=max(cfg.sample.batch_size // K, 1))
 
 
 # ----------------------------------------------------------------------------- frontier

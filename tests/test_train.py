@@ -129,3 +129,19 @@ def test_on_policy_modes_run(tmp_path, mode):
           "eval.max_problems=0", "paced.weighting=uniform"]
   out = train(load_config(TINY, over), tmp_path / mode, progress=False)
   assert out["step"] == 2 and np.isfinite(out["loss"]) and out["tokens"] > 0
+
+
+def test_teacher_references_are_generated_once(tmp_path, monkeypatch):
+  # A verifier that keeps every response, importable by path as users' verifiers are.
+  (tmp_path / "accept_all.py").write_text("def verify(text, problem):\n  return True\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  over = ["data.reference=teacher", "paced.verifier=accept_all:verify", "train.steps=1",
+          "eval.max_problems=0", "paced.weighting=uniform"]
+  wd = tmp_path / "run"
+  train(load_config(TINY, over), wd, progress=False)
+  shards = sorted((wd / "references").glob("*.array_record"))
+  assert shards
+  stamps = [p.stat().st_mtime_ns for p in shards]
+  train(load_config(TINY, over + ["train.steps=2"]), wd, progress=False)  # resumes
+  assert sorted((wd / "references").glob("*.array_record")) == shards
+  assert [p.stat().st_mtime_ns for p in shards] == stamps  # read back, not regenerated
