@@ -32,6 +32,16 @@ def add_parser(sub) -> None:
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(func=cmd_estimate)
 
+  p = sub.add_parser("eval", help="accuracy avg@k per difficulty on the held-out splits, and "
+                     "forgetting on the probe split relative to a baseline student")
+  add_config_args(p)
+  p.add_argument("--checkpoint", required=True, help="student: model checkpoint, Hugging Face "
+                 "directory or training step directory")
+  p.add_argument("--baseline", default=None, help="the starting student (default: "
+                 "train.init_student; 'none' to skip)")
+  p.add_argument("--quiet", action="store_true")
+  p.set_defaults(func=cmd_eval)
+
 
 def cmd_train(args) -> int:
   from paced_jax.config import load_config
@@ -119,4 +129,34 @@ def cmd_estimate(args) -> int:
   print(f"{len(problems)} problems x {cfg.paced.rollouts} rollouts: mean p {stats.mean_p:.3f}, "
         f"p=0 {stats.frac_p0:.1%}, p=1 {stats.frac_p1:.1%}, weight ESS {stats.ess:.0f}; "
         f"wrote {out}/passrates.jsonl and passrates.png")
+  return 0
+
+
+def cmd_eval(args) -> int:
+  import json
+
+  from paced_jax.config import load_config
+  from paced_jax.data.tokenizer import load_tokenizer
+  from paced_jax.evaluate import evaluate, load_eval_sets, summary_table
+  from paced_jax.models.io import load_model
+  from paced_jax.sharding import make_mesh
+  from paced_jax.verify import load_verifier
+
+  cfg = load_config(args.config, args.overrides)
+  mesh = make_mesh(cfg.mesh)
+  tok = load_tokenizer(cfg.data.tokenizer)
+  verifier = load_verifier(cfg.paced.verifier, cfg.paced.answer_marker,
+                           cfg.paced.verify_timeout_s, workers=cfg.paced.verify_workers)
+  sets = load_eval_sets(cfg)
+  results = {}
+  baseline = cfg.train.init_student if args.baseline is None else args.baseline
+  for name, path in (("baseline", baseline), ("student", args.checkpoint)):
+    if not path or path == "none":
+      continue
+    model, _ = load_model(path, mesh=mesh)
+    results[name] = evaluate(model, sets, tok, verifier, cfg, mesh, progress=not args.quiet)
+  if "baseline" in results:
+    print(summary_table(results["baseline"], results["student"]))
+  else:
+    print(json.dumps(results["student"], indent=1))
   return 0

@@ -62,3 +62,13 @@ def test_estimate_bad_input(student_dir, tmp_path, args, match):
   assert out.returncode == 2, out.stderr[-2000:]
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith("paced: error:") and match in last, last
+
+
+def test_eval_prints_table_with_forgetting(student_dir):
+  out = subprocess.run([sys.executable, "-m", "paced_jax.cli", "eval", TINY, "--quiet",
+                        "--checkpoint", str(student_dir / "student"),
+                        "--baseline", str(student_dir / "student")],
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "forgetting on the mastered probe: +0.000" in out.stdout  # same model both times
+  assert "test/overall" in out.stdout
