@@ -82,7 +82,6 @@ def cmd_estimate(args) -> int:
   from pathlib import Path
 
   import jax
-  import numpy as np
 
   from paced_jax.config import ConfigError, load_config
   from paced_jax.data.sources import load_pool

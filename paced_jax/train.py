@@ -28,16 +28,16 @@ from flax import nnx
 from paced_jax import checkpoint as ckpt
 from paced_jax import step as step_lib
 from paced_jax.config import Config, ConfigError, to_dict
-from paced_jax.data.packing import pack_rows, pick_bucket
-from paced_jax.data.pipeline import FrontierPipeline, to_global_batch
+from paced_jax.data.pipeline import FrontierPipeline
 from paced_jax.data.sources import load_pool
 from paced_jax.data.tokenizer import encode_prompt, load_tokenizer
 from paced_jax.estimate import estimate_pass_rates
 from paced_jax.evaluate import evaluate, load_eval_sets
 from paced_jax.frontier import PassRateTable, frontier_stats, frontier_weights, sampling_probs
 from paced_jax.metrics import MetricsWriter, progress_bar
+from paced_jax.rollout_data import on_policy_batch, teacher_references
 from paced_jax.models.transformer import Decoder
-from paced_jax.sampler import Knobs, generate
+from paced_jax.sampler import Knobs
 from paced_jax.sharding import make_mesh, shard_init
 from paced_jax.verify import load_verifier
 
@@ -160,32 +160,6 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
   return run, state
 
 
-def teacher_references(cfg: Config, wd: Path, source, teacher: Decoder, tok, verifier, mesh):
-  """Reference responses sampled once from the teacher, verified, cached as ArrayRecord under
-  `data.reference_cache` (default <workdir>/references); a second run reads the cache."""
-  from paced_jax.data.references import build_references
-
-  K = cfg.data.references_per_problem
-
-  def generate_fn(problems):
-    prompts = [encode_prompt(tok, p.prompt, cfg.data.chat_template) for p in problems]
-    out = generate(teacher, prompts, rng=jax.random.key(cfg.seed + 3), rollouts=K,
-                   knobs=Knobs.from_config(cfg.sample), eos_id=tok.eos_id, pad_id=tok.pad_id,
-                   mesh=mesh, prompt_buckets=cfg.sample.prompt_buckets,
-                   budget_buckets=cfg.sample.budget_buckets)
-    toks, lens = np.asarray(out.tokens_BS), np.asarray(out.lengths_B)
-    # Drop the stop token: packing appends EOS to every reference.
-    texts = [tok.decode([t for t in toks[r, :lens[r]].tolist() if t != tok.eos_id])
-             for r in range(len(lens))]
-    return [texts[i * K:(i + 1) * K] for i in range(len(problems))]
-
-  key = json.dumps({"teacher": cfg.train.init_teacher, "model": to_dict(cfg.teacher),
-                    "sample": to_dict(cfg.sample), "k": K, "seed": cfg.seed}, sort_keys=True)
-  return build_references(source, cfg.data, generate_fn=generate_fn, verify=verifier,
-                          cache_dir=cfg.data.reference_cache or str(wd / "references"),
-                          cache_key=key, chunk_size=max(cfg.sample.batch_size // K, 1))
-
-
 # ----------------------------------------------------------------------------- frontier
 
 
@@ -247,36 +221,6 @@ def apply_round(run: Run, round_: int) -> None:
     run.pipeline.set_round(round_, sampling_probs(w, cfg.paced.eps))
   else:  # uniform sampling, per-example loss weights (normalised in the loss by their sum)
     run.pipeline.set_round(round_, None, weights=w + cfg.paced.eps)
-
-
-def on_policy_batch(run: Run, state, batch: dict, step: int) -> dict:
-  """Replaces the reference responses of a sampled batch by fresh student rollouts."""
-  cfg, tok, pool = run.cfg, run.tokenizer, run.pipeline.pool
-  index = np.asarray(jax.device_get(batch["index"]))
-  prompts = [pool.prompt(int(i)) for i in index]
-  out = generate(_student(run, state), [p.tolist() for p in prompts],
-                 rng=jax.random.fold_in(jax.random.key(cfg.seed + 1), step),
-                 knobs=Knobs.from_config(cfg.sample), eos_id=tok.eos_id, pad_id=tok.pad_id,
-                 mesh=run.mesh, prompt_buckets=cfg.sample.prompt_buckets,
-                 budget_buckets=cfg.sample.budget_buckets)
-  toks, lens = np.asarray(out.tokens_BS), np.asarray(out.lengths_B)
-  responses = [toks[b, :min(lens[b], cfg.data.max_response_len)] for b in range(len(index))]
-  T = pick_bucket(max(len(p) + len(r) for p, r in zip(prompts, responses)),
-                  cfg.data.length_buckets)
-  rows = pack_rows(prompts, responses, T, tok.pad_id)
-  rows["weights"] = np.asarray(jax.device_get(batch["weights"]))
-  rows["index"] = index
-  if cfg.loss.mode == "self_distill":
-    # The teacher scores the same response after a prompt that shows the reference solution.
-    priv = [np.asarray(encode_prompt(tok, cfg.loss.privileged_template.format(
-        prompt=run.problems[int(i)].prompt, solution=run.problems[int(i)].solution or ""),
-        cfg.data.chat_template), np.int32) for i in index]
-    Tt = pick_bucket(max(len(p) + len(r) for p, r in zip(priv, responses)),
-                     cfg.data.length_buckets)
-    t_rows = pack_rows(priv, responses, Tt, tok.pad_id)
-    rows.update(teacher_tokens=t_rows["tokens"], teacher_positions=t_rows["positions"],
-                teacher_loss_mask=t_rows["loss_mask"])
-  return to_global_batch(rows, run.mesh, 1)
 
 
 # ----------------------------------------------------------------------------- loop

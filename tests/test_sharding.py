@@ -1,7 +1,6 @@
 """Logical sharding: golden PartitionSpecs on a 2x4 mesh, sharded init and forward."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
