@@ -19,7 +19,6 @@ import argparse
 import datetime
 import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,23 +26,11 @@ import numpy as np
 from flax import nnx
 
 import paced_jax
+from common import random_decoder, timed
 from paced_jax.models import Decoder, get_preset
 from paced_jax.sampler import Knobs, generate
 
 B, PROMPT, NEW = 16, 32, 64
-
-
-def random_decoder(cfg, seed=0) -> Decoder:
-  """Every weight normal * 0.02 (norm scales 1), filled from numpy: no per-shape RNG compiles."""
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, x):
-    if "scale" in jax.tree_util.keystr(path):
-      return jnp.ones(x.shape, x.dtype)
-    return jnp.asarray(0.02 * rng.standard_normal(x.shape), x.dtype)
-
-  return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, state))
 
 
 def make_nocache(model: Decoder):
@@ -112,12 +99,6 @@ def make_tunix(cfg):
             top_p=1.0, seed=seed, eos_tokens=[cfg.vocab_size], pad_output=True)
     return out.text
   return call
-
-
-def timed(fn, *args) -> float:
-  t0 = time.perf_counter()
-  fn(*args)
-  return time.perf_counter() - t0
 
 
 def main():

@@ -39,27 +39,15 @@ import numpy as np
 from flax import nnx
 
 import paced_jax
+from common import random_decoder, timed
 from paced_jax import flops
 from paced_jax.config import Config, DataConfig, LossConfig, MeshConfig, TrainConfig
-from paced_jax.models import Decoder, get_preset
+from paced_jax.models import get_preset
 from paced_jax.sharding import make_mesh
 from paced_jax.step import batch_sharding, compile_train_step, init_train_state, make_optimizer
 
 B, T, TEMPERATURE = 8, 128, 1.0
 TRAIN = TrainConfig(steps=10_000, lr=1e-4, warmup_steps=1, weight_decay=0.01)
-
-
-def random_decoder(cfg, seed=0) -> Decoder:
-  """Every weight normal * 0.02 (norm scales 1), filled from numpy: no per-shape RNG compiles."""
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, x):
-    if "scale" in jax.tree_util.keystr(path):
-      return jnp.ones(x.shape, x.dtype)
-    return jnp.asarray(0.02 * rng.standard_normal(x.shape), x.dtype)
-
-  return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, state))
 
 
 def make_ours(student_cfg, teacher_cfg, tokens, *, chunk: int, scored: int):
@@ -136,12 +124,6 @@ def make_tunix(cfg_s, cfg_t, tokens):
     trainer.train([example] * n)
 
   return run
-
-
-def timed(fn, *args) -> float:
-  t0 = time.perf_counter()
-  fn(*args)
-  return time.perf_counter() - t0
 
 
 def main():
