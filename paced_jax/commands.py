@@ -85,13 +85,13 @@ def cmd_estimate(args) -> int:
 
   from paced_jax.config import ConfigError, load_config
   from paced_jax.data.sources import load_pool
-  from paced_jax.data.tokenizer import encode_prompt, load_tokenizer
-  from paced_jax.estimate import estimate_pass_rates, plot_frontier
+  from paced_jax.data.tokenizer import load_tokenizer
+  from paced_jax.estimate import plot_frontier
+  from paced_jax.evaluate import estimate_for_config
   from paced_jax.frontier import PassRateTable, frontier_stats, frontier_weights, sampling_probs
-  from paced_jax.sampler import Knobs
   from paced_jax.sharding import make_mesh
   from paced_jax.models.io import load_model
-  from paced_jax.verify import load_verifier
+  from paced_jax.verify import verifier_from_config
 
   cfg = load_config(args.config, args.overrides)
   path = args.checkpoint or cfg.train.init_student
@@ -111,14 +111,10 @@ def cmd_estimate(args) -> int:
                       f"tokenizer {cfg.data.tokenizer!r} has {tok.vocab_size} ids")
   source = load_pool(cfg.data, args.split, seed=cfg.seed)
   problems = [source[i] for i in range(len(source))]
-  verifier = load_verifier(cfg.paced.verifier, cfg.paced.answer_marker,
-                           cfg.paced.verify_timeout_s, workers=cfg.paced.verify_workers)
-  est = estimate_pass_rates(
-      model, problems, lambda p: encode_prompt(tok, p.prompt, cfg.data.chat_template),
-      tok.decode, verifier, rollouts=cfg.paced.rollouts, knobs=Knobs.from_config(cfg.sample),
-      rng=jax.random.key(cfg.seed), mesh=mesh, eos_id=tok.eos_id, pad_id=tok.pad_id,
-      batch_size=cfg.sample.batch_size, prompt_buckets=cfg.sample.prompt_buckets,
-      budget_buckets=cfg.sample.budget_buckets, keep_rollouts=False, progress=not args.quiet)
+  verifier = verifier_from_config(cfg.paced)
+  est = estimate_for_config(model, problems, tok, verifier, cfg, mesh,
+                            rollouts=cfg.paced.rollouts, rng=jax.random.key(cfg.seed),
+                            progress=not args.quiet)
   table = PassRateTable([p.id for p in problems])
   table.update([p.id for p in problems], est.successes, est.trials, step=0)
   table.to_jsonl(out / "passrates.jsonl")
@@ -139,13 +135,12 @@ def cmd_eval(args) -> int:
   from paced_jax.evaluate import evaluate, load_eval_sets, summary_table
   from paced_jax.models.io import load_model
   from paced_jax.sharding import make_mesh
-  from paced_jax.verify import load_verifier
+  from paced_jax.verify import verifier_from_config
 
   cfg = load_config(args.config, args.overrides)
   mesh = make_mesh(cfg.mesh)
   tok = load_tokenizer(cfg.data.tokenizer)
-  verifier = load_verifier(cfg.paced.verifier, cfg.paced.answer_marker,
-                           cfg.paced.verify_timeout_s, workers=cfg.paced.verify_workers)
+  verifier = verifier_from_config(cfg.paced)
   sets = load_eval_sets(cfg)
   results = {}
   baseline = cfg.train.init_student if args.baseline is None else args.baseline

@@ -44,17 +44,29 @@ def load_eval_sets(cfg: Config, splits=("test", "probe")) -> list[EvalSet]:
   return out
 
 
+def estimate_for_config(model, problems, tokenizer, verifier, cfg: Config, mesh, *,
+                        rollouts: int, rng, knobs: Knobs | None = None,
+                        batch_size: int | None = None, progress: bool = False):
+  """`estimate_pass_rates` with the prompt encoding, stop/pad ids, buckets and workers a run's
+  config implies (shared by training refreshes, `paced estimate` and evaluation)."""
+  return estimate_pass_rates(
+      model, problems, lambda p: encode_prompt(tokenizer, p.prompt, cfg.data.chat_template),
+      tokenizer.decode, verifier, rollouts=rollouts,
+      knobs=Knobs.from_config(cfg.sample) if knobs is None else knobs, rng=rng, mesh=mesh,
+      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+      batch_size=cfg.sample.batch_size if batch_size is None else batch_size,
+      prompt_buckets=cfg.sample.prompt_buckets, budget_buckets=cfg.sample.budget_buckets,
+      keep_rollouts=False, verify_workers=cfg.paced.verify_workers, progress=progress)
+
+
 def accuracy(model, problems, tokenizer, verifier, cfg: Config, mesh, *, rng: int = 0,
              progress: bool = False) -> dict[str, float]:
   """{"overall": acc, "level_1": acc, ...} with acc = mean avg@k (k = eval.samples)."""
   knobs = dataclasses.replace(Knobs.from_config(cfg.sample), temperature=cfg.eval.temperature)
-  est = estimate_pass_rates(
-      model, problems, lambda p: encode_prompt(tokenizer, p.prompt, cfg.data.chat_template),
-      tokenizer.decode, verifier, rollouts=cfg.eval.samples, knobs=knobs,
-      rng=jax.random.key(rng), mesh=mesh, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-      batch_size=max(cfg.sample.batch_size, cfg.eval.samples),
-      prompt_buckets=cfg.sample.prompt_buckets, budget_buckets=cfg.sample.budget_buckets,
-      keep_rollouts=False, progress=progress)
+  est = estimate_for_config(model, problems, tokenizer, verifier, cfg, mesh,
+                            rollouts=cfg.eval.samples, knobs=knobs, rng=jax.random.key(rng),
+                            batch_size=max(cfg.sample.batch_size, cfg.eval.samples),
+                            progress=progress)
   per = est.successes / np.maximum(est.trials, 1)
   out = {"overall": float(per.mean())}
   groups = collections.defaultdict(list)

@@ -30,16 +30,14 @@ from paced_jax import step as step_lib
 from paced_jax.config import Config, ConfigError, to_dict
 from paced_jax.data.pipeline import FrontierPipeline
 from paced_jax.data.sources import load_pool
-from paced_jax.data.tokenizer import encode_prompt, load_tokenizer
-from paced_jax.estimate import estimate_pass_rates
-from paced_jax.evaluate import evaluate, load_eval_sets
+from paced_jax.data.tokenizer import load_tokenizer
+from paced_jax.evaluate import estimate_for_config, evaluate, load_eval_sets
 from paced_jax.frontier import PassRateTable, frontier_stats, frontier_weights, sampling_probs
 from paced_jax.metrics import MetricsWriter, progress_bar
 from paced_jax.rollout_data import on_policy_batch, teacher_references
 from paced_jax.models.transformer import Decoder
-from paced_jax.sampler import Knobs
 from paced_jax.sharding import make_mesh, shard_init
-from paced_jax.verify import load_verifier
+from paced_jax.verify import verifier_from_config
 
 log = logging.getLogger("paced_jax.train")
 
@@ -136,8 +134,7 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
     teacher_def, teacher_params = nnx.split(teacher)
   source = load_pool(cfg.data, "train", seed=cfg.seed)
   problems = [source[i] for i in range(len(source))]
-  verifier = load_verifier(cfg.paced.verifier, cfg.paced.answer_marker,
-                           cfg.paced.verify_timeout_s, workers=cfg.paced.verify_workers)
+  verifier = verifier_from_config(cfg.paced)
   references = None
   if cfg.data.reference == "teacher":
     if teacher_params is None:
@@ -180,15 +177,9 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
     idx = np.sort(rng.choice(N, subset, replace=False)) if 0 < subset < N else np.arange(N)
     chosen = [run.problems[i] for i in idx]
     t0 = time.perf_counter()
-    est = estimate_pass_rates(
-        _student(run, state), chosen,
-        lambda p: encode_prompt(run.tokenizer, p.prompt, cfg.data.chat_template),
-        run.tokenizer.decode, run.verifier, rollouts=cfg.paced.rollouts,
-        knobs=Knobs.from_config(cfg.sample), rng=jax.random.fold_in(
-            jax.random.key(cfg.seed), round_), mesh=run.mesh, eos_id=run.tokenizer.eos_id,
-        pad_id=run.tokenizer.pad_id, batch_size=cfg.sample.batch_size,
-        prompt_buckets=cfg.sample.prompt_buckets, budget_buckets=cfg.sample.budget_buckets,
-        keep_rollouts=False, verify_workers=cfg.paced.verify_workers,
+    est = estimate_for_config(
+        _student(run, state), chosen, run.tokenizer, run.verifier, cfg, run.mesh,
+        rollouts=cfg.paced.rollouts, rng=jax.random.fold_in(jax.random.key(cfg.seed), round_),
         progress=progress)
     run.table.update([p.id for p in chosen], est.successes, est.trials, step, cfg.paced.merge)
     metrics["frontier/estimate_seconds"] = time.perf_counter() - t0

@@ -228,6 +228,12 @@ def load_verifier(spec: str, marker: str = "####", timeout: float = 5.0,
   return fn
 
 
+def verifier_from_config(cfg) -> Verifier:
+  """The verifier a run's `PacedConfig` names (marker, timeout and workers included)."""
+  return load_verifier(cfg.verifier, cfg.answer_marker, cfg.verify_timeout_s,
+                       workers=cfg.verify_workers)
+
+
 def verify_batch(texts: Sequence[str], problems: Sequence[Problem],
                  verifier: Verifier | Callable = exact_match, *,
                  executor: concurrent.futures.Executor | None = None,
