@@ -225,6 +225,17 @@ class TrainConfig:
   max_to_keep: int = 3
   init_student: str = ""  # Orbax checkpoint or Hugging Face directory; empty: random init
   init_teacher: str = ""
+  # "cosine": warmup, then cosine decay to lr/10 at `steps`; "constant": warmup, then lr. Use
+  # "constant" when a run may stop before `steps` (max_flops), so the stop point does not change
+  # the schedule the run saw.
+  schedule: Literal["cosine", "constant"] = "cosine"
+  # Stop once the run's model FLOPs (train steps + every rollout: refresh estimates and on-policy
+  # batches; see paced_jax/flops.py) reach this many; 0: off. Compute-matched comparisons.
+  max_flops: float = 0.0
+
+  def __post_init__(self):
+    _check("train", self, [("steps", self.steps >= 1, ">= 1"),
+                           ("max_flops", self.max_flops >= 0, ">= 0 (0 is off)")])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,6 +46,8 @@ class Estimate(NamedTuple):
   successes: np.ndarray  # int64 [N]
   trials: np.ndarray  # int64 [N], = K for every problem
   rollouts: list[Rollout]  # N * K, problem-major; empty when keep_rollouts=False
+  prompt_tokens: int = 0  # summed over the N * K rows (compute accounting, flops.sample_flops)
+  generated_tokens: int = 0
 
 
 def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
@@ -132,7 +134,9 @@ def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
       bar.set_postfix(tok_s=f"{n_tokens / dt:,.0f}", refresh=False)
     collect(*pending_verify)
   bar.close()
-  return Estimate(successes=successes, trials=np.full((N,), rollouts, np.int64), rollouts=kept)
+  return Estimate(successes=successes, trials=np.full((N,), rollouts, np.int64), rollouts=kept,
+                  prompt_tokens=rollouts * sum(len(p) for p in prompts),
+                  generated_tokens=n_tokens)
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -75,6 +75,27 @@ def train_flops_per_token(student_cfg: ModelConfig, teacher_cfg: ModelConfig | N
   return flops
 
 
+def sample_flops(cfg: ModelConfig, prompt_tokens: int, generated_tokens: int, rows: int
+                 ) -> float:
+  """Model FLOPs of generating with the KV cache: every prompt and generated token passes the
+  model once. Attention is counted at the rows' mean final length (prompt + response), the same
+  full-square convention as training; decoding only attends to the tokens before it, so this
+  overcounts attention by up to 2x, which at the lengths where sampling costs matter (body and
+  unembedding dominate) is a few percent. Padding is not counted: the sampler stops rows at their
+  stop token, and model FLOPs count the model's work, not the padded batch's."""
+  tokens = prompt_tokens + generated_tokens
+  if tokens <= 0 or rows <= 0:
+    return 0.0
+  return tokens * forward_flops_per_token(cfg, max(round(tokens / rows), 1))
+
+
+def step_flops(student_cfg: ModelConfig, teacher_cfg: ModelConfig | None, rows: int,
+               seq_len: int, scored_len: int | None = None) -> float:
+  """Model FLOPs of one train step on a [rows, seq_len] batch (padding included: the step
+  computes every position of the bucket)."""
+  return rows * seq_len * train_flops_per_token(student_cfg, teacher_cfg, seq_len, scored_len)
+
+
 def peak_flops(device: Any) -> float | None:
   """Dense bf16 peak FLOP/s of one chip, or None when unknown (CPU, unlisted accelerators)."""
   if getattr(device, "platform", "cpu") == "cpu":

@@ -14,6 +14,7 @@ from paced_jax.config import Config, to_dict
 from paced_jax.data.packing import pack_rows, pick_bucket
 from paced_jax.data.pipeline import to_global_batch
 from paced_jax.data.tokenizer import encode_prompt
+from paced_jax.flops import sample_flops
 from paced_jax.models.transformer import Decoder
 from paced_jax.sampler import Knobs, generate
 
@@ -55,6 +56,8 @@ def on_policy_batch(run, state, batch: dict, step: int) -> dict:
                  mesh=run.mesh, prompt_buckets=cfg.sample.prompt_buckets,
                  budget_buckets=cfg.sample.budget_buckets)
   toks, lens = np.asarray(out.tokens_BS), np.asarray(out.lengths_B)
+  run.compute["rollout_flops"] += sample_flops(cfg.model, sum(len(p) for p in prompts),
+                                               int(lens.sum()), len(index))
   responses = [toks[b, :min(lens[b], cfg.data.max_response_len)] for b in range(len(index))]
   T = pick_bucket(max(len(p) + len(r) for p, r in zip(prompts, responses)),
                   cfg.data.length_buckets)

@@ -40,9 +40,7 @@ class TrainState:
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   """AdamW with linear warmup + cosine decay and global-norm clipping; no decay on vectors
   (norm scales, biases)."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=cfg.lr, warmup_steps=max(cfg.warmup_steps, 1),
-      decay_steps=max(cfg.steps, cfg.warmup_steps + 1), end_value=cfg.lr * 0.1)
+  schedule = functools.partial(learning_rate, cfg)
   decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
   return optax.chain(
       optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0 else optax.identity(),
@@ -51,9 +49,12 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def learning_rate(cfg: TrainConfig, step):
+  """Linear warmup, then cosine decay to lr/10 at `steps` or (schedule=constant) flat lr."""
+  warmup = max(cfg.warmup_steps, 1)
+  if cfg.schedule == "constant":
+    return cfg.lr * jnp.minimum(1.0, step / warmup)
   return optax.warmup_cosine_decay_schedule(
-      0.0, cfg.lr, max(cfg.warmup_steps, 1), max(cfg.steps, cfg.warmup_steps + 1),
-      cfg.lr * 0.1)(step)
+      0.0, cfg.lr, warmup, max(cfg.steps, cfg.warmup_steps + 1), cfg.lr * 0.1)(step)
 
 
 def init_train_state(student: nnx.Module, tx: optax.GradientTransformation,

@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from paced_jax import checkpoint as ckpt
+from paced_jax import flops as flops_lib
 from paced_jax import step as step_lib
 from paced_jax.config import Config, ConfigError, to_dict
 from paced_jax.data.pipeline import FrontierPipeline
@@ -65,6 +66,17 @@ class Run:
   writer: MetricsWriter
   eval_sets: list = dataclasses.field(default_factory=list)
   step_fn: Any = None
+  # Model FLOPs spent so far (flops.py conventions); checkpointed, so `train.max_flops` holds
+  # across resumes. Not counted: evaluation, and the teacher's one-off reference generation
+  # (data.reference=teacher), which is cached and shared by every run on the pool.
+  compute: dict = dataclasses.field(
+      default_factory=lambda: {"train_flops": 0.0, "rollout_flops": 0.0})
+
+  def flops(self) -> float:
+    return self.compute["train_flops"] + self.compute["rollout_flops"]
+
+  def budget_spent(self) -> bool:
+    return 0 < self.cfg.train.max_flops <= self.flops()
 
 
 # ----------------------------------------------------------------------------- setup
@@ -182,6 +194,8 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
         rollouts=cfg.paced.rollouts, rng=jax.random.fold_in(jax.random.key(cfg.seed), round_),
         progress=progress)
     run.table.update([p.id for p in chosen], est.successes, est.trials, step, cfg.paced.merge)
+    run.compute["rollout_flops"] += flops_lib.sample_flops(
+        cfg.model, est.prompt_tokens, est.generated_tokens, len(chosen) * cfg.paced.rollouts)
     metrics["frontier/estimate_seconds"] = time.perf_counter() - t0
   apply_round(run, round_)
   s, n = run.table.counts()
@@ -219,7 +233,7 @@ def apply_round(run: Run, round_: int) -> None:
 
 def _save(run: Run, mgr, state, step: int, round_: int, force: bool = False) -> None:
   meta = {"step": step, "round": round_, "data": run.pipeline.get_state(),
-          "model_config": to_dict(run.cfg.model)}
+          "model_config": to_dict(run.cfg.model), "compute": dict(run.compute)}
   ckpt.save(mgr, step, params=state.params, opt_state=state.opt_state,
             passrates=run.table.state_dict(), meta=meta, force=force)
 
@@ -229,6 +243,7 @@ def _restore(run: Run, mgr, state):
                      passrates=run.table.state_dict())
   run.table = PassRateTable.from_state_dict(out["passrates"])
   meta = out["meta"]
+  run.compute.update(meta.get("compute", {}))
   state = step_lib.TrainState(step=jax.device_put(np.int32(meta["step"]), state.step.sharding),
                               params=out["params"], opt_state=out["opt_state"])
   apply_round(run, meta["round"])
@@ -273,7 +288,7 @@ def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
   last, pending, t0 = {}, None, time.perf_counter()
   step = start
   try:
-    while step < cfg.train.steps:
+    while step < cfg.train.steps and not run.budget_spent():
       if run.eval_sets and step > start and step % cfg.train.eval_every == 0:
         run_eval(run, state, step, False)
       if step // R > round_:  # a new round: fresh pass rates, new pi
@@ -287,11 +302,13 @@ def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
         batch = on_policy_batch(run, state, batch, step)
       index = batch["index"]
       state, metrics = run.step_fn(state, run.teacher_params, batch)
+      run.compute["train_flops"] += _step_flops(cfg, batch["tokens"].shape)
       if pending is not None:  # read back step-1 while step runs
         last = _finish_step(run, pending, bar, t0, start)
-      pending = (step, metrics, index)
+      pending = (step, metrics, index, dict(run.compute))
       step += 1
-      boundary = step % cfg.train.ckpt_every == 0 or step == cfg.train.steps
+      boundary = (step % cfg.train.ckpt_every == 0 or step == cfg.train.steps
+                  or run.budget_spent())
       preempted = stop["flag"] or (stop_after is not None and step - start >= stop_after)
       if boundary or preempted:
         last = _finish_step(run, pending, bar, t0, start)
@@ -302,7 +319,9 @@ def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
           break
     if pending is not None:
       last = _finish_step(run, pending, bar, t0, start)
-    if run.eval_sets and step == cfg.train.steps:
+    if run.budget_spent() and step < cfg.train.steps:
+      log.info("train.max_flops=%.3g reached at step %d", cfg.train.max_flops, step)
+    if run.eval_sets and (step == cfg.train.steps or run.budget_spent()):
       after = run_eval(run, state, step, progress)
       (run.workdir / "eval_after.json").write_text(json.dumps(after, indent=1))
       last.update(after)
@@ -315,7 +334,16 @@ def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
     if old_handler is not None:
       signal.signal(signal.SIGTERM, old_handler)
   last["step"] = step
+  last.update({f"compute/{k}": v for k, v in run.compute.items()}, **{"compute/flops": run.flops()})
   return last
+
+
+def _step_flops(cfg: Config, shape) -> float:
+  """Model FLOPs of one train step on a [B, T] batch (the step scores at most
+  data.max_response_len positions per row)."""
+  B, T = shape
+  teacher = {"sft": None, "self_distill": cfg.model}.get(cfg.loss.mode, cfg.teacher)
+  return flops_lib.step_flops(cfg.model, teacher, B, T, min(cfg.data.max_response_len, T))
 
 
 def run_eval(run: Run, state, step: int, progress: bool) -> dict:
@@ -326,8 +354,10 @@ def run_eval(run: Run, state, step: int, progress: bool) -> dict:
 
 
 def _finish_step(run: Run, pending, bar, t0: float, start: int) -> dict:
-  step, metrics, index = pending
+  step, metrics, index, compute = pending
   m = _host_metrics(run, metrics, jax.device_get(index))
+  m.update({f"compute/{k}": v for k, v in compute.items()},
+           **{"compute/flops": compute["train_flops"] + compute["rollout_flops"]})
   if not (np.isfinite(m["loss"]) and np.isfinite(m["param_norm"])):
     raise TrainingDiverged(f"loss {m['loss']}, parameter norm {m['param_norm']} at step {step}: "
                            "training diverged; the run stopped and saved "

@@ -144,3 +144,36 @@ def test_teacher_references_are_generated_once(tmp_path, monkeypatch):
   train(load_config(TINY, over + ["train.steps=2"]), wd, progress=False)  # resumes
   assert sorted((wd / "references").glob("*.array_record")) == shards
   assert [p.stat().st_mtime_ns for p in shards] == stamps  # read back, not regenerated
+
+
+def test_compute_accounting_and_flops_budget(tmp_path):
+  # Uniform weighting: no rollouts, so compute is the train steps alone, each counted from its
+  # batch shape. The budget of 2.5 steps stops the run after the step that crosses it.
+  over = ["paced.weighting=uniform", "eval.max_problems=0", "train.schedule=constant"]
+  free = train(load_config(TINY, over), tmp_path / "free", progress=False)
+  per_step = free["compute/train_flops"] / free["step"]
+  assert free["compute/rollout_flops"] == 0 and per_step > 0
+  cfg = load_config(TINY, over + [f"train.max_flops={2.5 * per_step}"])
+  out = train(cfg, tmp_path / "budget", progress=False)
+  assert 2 <= out["step"] < cfg.train.steps
+  flops = {m["step"]: m["compute/flops"] for m in read_metrics(tmp_path / "budget")
+           if "compute/flops" in m}
+  last = out["step"] - 1
+  assert flops[last] >= cfg.train.max_flops > flops[last - 1]
+  # Resuming a run whose budget is spent trains no further.
+  again = train(cfg, tmp_path / "budget", progress=False)
+  assert again["step"] == out["step"]
+  # PACED weighting pays for its estimates: rollout FLOPs of the K samples per problem.
+  paced = train(load_config(TINY, ["eval.max_problems=0", "train.steps=1"]), tmp_path / "paced",
+                progress=False)
+  assert paced["compute/rollout_flops"] > 0
+
+
+def test_constant_schedule_holds_the_peak():
+  from paced_jax.step import learning_rate
+
+  cfg = load_config(TINY, ["train.schedule=constant", "train.warmup_steps=2", "train.lr=0.1"])
+  assert [round(float(learning_rate(cfg.train, s)), 6) for s in (0, 1, 2, 5, 999)] == [
+      0.0, 0.05, 0.1, 0.1, 0.1]
+  cosine = load_config(TINY, ["train.warmup_steps=2", "train.lr=0.1"])
+  assert float(learning_rate(cosine.train, cosine.train.steps)) == pytest.approx(0.01)
