@@ -62,7 +62,7 @@ def cmd_smoke(args) -> int:
 
 # Subcommands defined in other modules: each module exposes `add_parser(subparsers)`, which
 # registers its subcommand with `set_defaults(func=...)`. Append a module name to add one.
-COMMAND_MODULES: tuple[str, ...] = ("paced_jax.commands", "paced_jax.convert",
+COMMAND_MODULES: tuple[str, ...] = ("paced_jax.commands", "paced_jax.convert", "paced_jax.plan",
                                      "paced_jax.report")
 
 
@@ -79,7 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_smoke)
   for name in COMMAND_MODULES:
     importlib.import_module(name).add_parser(sub)
+  for p in sub.choices.values():
+    add_distributed_args(p)
   return parser
+
+
+def add_distributed_args(p: argparse.ArgumentParser) -> None:
+  dist = p.add_argument_group(
+      "multi-process (every host runs the same command; see paced_jax/distributed.py)")
+  dist.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                    help="address of process 0's coordinator service")
+  dist.add_argument("--num-processes", type=int, default=None, metavar="N")
+  dist.add_argument("--process-id", type=int, default=None, metavar="I")
+  dist.add_argument("--distributed", choices=("auto", "off"), default="auto",
+                    help="auto (default): initialize jax.distributed on Cloud TPU VMs and "
+                    "detected clusters, or when --coordinator is given; off: one process")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.print_help()
     return 2
   try:
+    from paced_jax.distributed import initialize
+
+    initialize(args.coordinator, args.num_processes, args.process_id, args.distributed)
     return args.func(args)
   except ConfigError as e:
     print(f"paced: error: {e}", file=sys.stderr)

@@ -56,9 +56,12 @@ def cmd_train(args) -> int:
   except TrainingDiverged as e:
     print(f"paced: error: {e}", file=sys.stderr)
     return 1
-  print(f"done: step {last.get('step')} loss {last.get('loss', float('nan')):.4f}; "
-        f"run directory {args.workdir}")
-  _print_summary(args.workdir)
+  from paced_jax.distributed import is_main
+
+  if is_main():  # one report per run, not one per host
+    print(f"done: step {last.get('step')} loss {last.get('loss', float('nan')):.4f}; "
+          f"run directory {args.workdir}")
+    _print_summary(args.workdir)
   return 0
 
 

@@ -27,6 +27,7 @@ from paced_jax.config import ConfigError, SampleConfig
 from paced_jax.data.schema import Problem
 from paced_jax.models.transformer import Decoder
 from paced_jax.sampler import Knobs, Sample, Strategy, SampleOutput, generate
+from paced_jax.distributed import to_host
 from paced_jax.verify import Verifier, verify_batch
 
 
@@ -97,8 +98,8 @@ def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
                     budget_buckets=budget_buckets, pad_rows_to=rows, row_offset=start * rollouts)
 
   def finish(start: int, out: SampleOutput, pool) -> tuple[int, concurrent.futures.Future, list]:
-    tokens, logprobs = np.asarray(out.tokens_BS), np.asarray(out.logprobs_BS)
-    lengths = np.asarray(out.lengths_B)
+    tokens, logprobs = to_host(out.tokens_BS), to_host(out.logprobs_BS)
+    lengths = to_host(out.lengths_B)
     batch = problems[start:start + per_batch]
     texts = [decode(tokens[r, :lengths[r]].tolist()) for r in range(len(lengths))]
     owners = [p for p in batch for _ in range(rollouts)]

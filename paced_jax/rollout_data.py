@@ -14,6 +14,7 @@ from paced_jax.config import Config, to_dict
 from paced_jax.data.packing import pack_rows, pick_bucket
 from paced_jax.data.pipeline import to_global_batch
 from paced_jax.data.tokenizer import encode_prompt
+from paced_jax.distributed import to_host
 from paced_jax.flops import sample_flops
 from paced_jax.models.transformer import Decoder
 from paced_jax.sampler import Knobs, generate
@@ -32,7 +33,7 @@ def teacher_references(cfg: Config, wd: Path, source, teacher: Decoder, tok, ver
                    knobs=Knobs.from_config(cfg.sample), eos_id=tok.eos_id, pad_id=tok.pad_id,
                    mesh=mesh, prompt_buckets=cfg.sample.prompt_buckets,
                    budget_buckets=cfg.sample.budget_buckets)
-    toks, lens = np.asarray(out.tokens_BS), np.asarray(out.lengths_B)
+    toks, lens = to_host(out.tokens_BS), to_host(out.lengths_B)
     # Drop the stop token: packing appends EOS to every reference.
     texts = [tok.decode([t for t in toks[r, :lens[r]].tolist() if t != tok.eos_id])
              for r in range(len(lens))]
@@ -48,21 +49,21 @@ def teacher_references(cfg: Config, wd: Path, source, teacher: Decoder, tok, ver
 def on_policy_batch(run, state, batch: dict, step: int) -> dict:
   """Replaces the reference responses of a sampled batch by fresh student rollouts."""
   cfg, tok, pool = run.cfg, run.tokenizer, run.pipeline.pool
-  index = np.asarray(jax.device_get(batch["index"]))
+  index = to_host(batch["index"])
   prompts = [pool.prompt(int(i)) for i in index]
   out = generate(nnx.merge(run.student_def, state.params), [p.tolist() for p in prompts],
                  rng=jax.random.fold_in(jax.random.key(cfg.seed + 1), step),
                  knobs=Knobs.from_config(cfg.sample), eos_id=tok.eos_id, pad_id=tok.pad_id,
                  mesh=run.mesh, prompt_buckets=cfg.sample.prompt_buckets,
                  budget_buckets=cfg.sample.budget_buckets)
-  toks, lens = np.asarray(out.tokens_BS), np.asarray(out.lengths_B)
+  toks, lens = to_host(out.tokens_BS), to_host(out.lengths_B)
   run.compute["rollout_flops"] += sample_flops(cfg.model, sum(len(p) for p in prompts),
                                                int(lens.sum()), len(index))
   responses = [toks[b, :min(lens[b], cfg.data.max_response_len)] for b in range(len(index))]
   T = pick_bucket(max(len(p) + len(r) for p, r in zip(prompts, responses)),
                   cfg.data.length_buckets)
   rows = pack_rows(prompts, responses, T, tok.pad_id)
-  rows["weights"] = np.asarray(jax.device_get(batch["weights"]))
+  rows["weights"] = to_host(batch["weights"])
   rows["index"] = index
   if cfg.loss.mode == "self_distill":
     # The teacher scores the same response after a prompt that shows the reference solution.
@@ -74,4 +75,7 @@ def on_policy_batch(run, state, batch: dict, step: int) -> dict:
     t_rows = pack_rows(priv, responses, Tt, tok.pad_id)
     rows.update(teacher_tokens=t_rows["tokens"], teacher_positions=t_rows["positions"],
                 teacher_loss_mask=t_rows["loss_mask"])
-  return to_global_batch(rows, run.mesh, 1)
+  # Every process sampled the whole global batch (same RNG, same rows); each keeps its slice.
+  P, L = jax.process_count(), len(index) // jax.process_count()
+  mine = slice(jax.process_index() * L, (jax.process_index() + 1) * L)
+  return to_global_batch({k: v[mine] for k, v in rows.items()}, run.mesh, P)

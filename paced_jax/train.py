@@ -29,6 +29,7 @@ from paced_jax import checkpoint as ckpt
 from paced_jax import flops as flops_lib
 from paced_jax import step as step_lib
 from paced_jax.config import Config, ConfigError, to_dict
+from paced_jax.distributed import is_main, to_host
 from paced_jax.data.pipeline import FrontierPipeline
 from paced_jax.data.sources import load_pool
 from paced_jax.data.tokenizer import load_tokenizer
@@ -88,7 +89,7 @@ def prepare_workdir(workdir: str | Path, cfg: Config) -> Path:
   wd = Path(workdir)
   try:
     wd.mkdir(parents=True, exist_ok=True)
-    probe = wd / ".write_test"
+    probe = wd / f".write_test_{jax.process_index()}"
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
@@ -101,7 +102,7 @@ def prepare_workdir(workdir: str | Path, cfg: Config) -> Path:
     if diff:
       raise ConfigError(f"workdir {str(wd)!r} holds checkpoints of a different config ({diff}); "
                         "use a new --workdir or the config it was written with")
-  if jax.process_index() == 0:
+  if is_main():
     saved.write_text(json.dumps(to_dict(cfg), indent=2))
   return wd
 
@@ -161,7 +162,7 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
   run = Run(cfg=cfg, workdir=wd, mesh=mesh, tokenizer=tok, student_def=nnx.graphdef(student),
             teacher_def=teacher_def, teacher_params=teacher_params, tx=tx, problems=problems,
             pipeline=pipeline, table=table, verifier=verifier,
-            writer=MetricsWriter(wd, enabled=jax.process_index() == 0))
+            writer=MetricsWriter(wd, enabled=is_main()))
   if cfg.eval.max_problems > 0:
     run.eval_sets = load_eval_sets(cfg)
   run.step_fn = step_lib.compile_train_step(cfg, mesh, state, run.student_def, teacher_params,
@@ -211,7 +212,7 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
     metrics[f"frontier_mass/level_{level}"] = float(run.pipeline.probs[sel].sum())
     if np.isfinite(p_hat[sel]).any():
       metrics[f"frontier_p/level_{level}"] = float(np.nanmean(p_hat[sel]))
-  if jax.process_index() == 0:
+  if is_main():
     (run.workdir / "passrates").mkdir(exist_ok=True)
     run.table.to_jsonl(run.workdir / "passrates" / f"round_{round_:05d}.jsonl")
   return metrics
@@ -253,8 +254,8 @@ def _restore(run: Run, mgr, state):
 
 def _host_metrics(run: Run, m: dict, batch_index) -> dict:
   """Device metrics of one step -> floats, plus the loss per pass-rate bucket."""
-  m = jax.device_get(m)
-  ex = np.asarray(m.pop("example_loss"))
+  m = {k: to_host(v) for k, v in m.items()}
+  ex = m.pop("example_loss")
   out = {k: float(v) for k, v in m.items()}
   p = run.table.pass_rates()[np.asarray(batch_index)]
   for lo, hi in ((0.0, 0.0), (0.0, 0.5), (0.5, 1.0), (1.0, 1.0)):
@@ -268,6 +269,7 @@ def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
           stop_after: int | None = None) -> dict:
   """Runs (or resumes) training; returns the last logged metrics. `stop_after` ends the run
   (with a checkpoint) after that many steps of this invocation, as a preemption would."""
+  progress = progress and is_main()
   run, state = setup(cfg, workdir, progress=progress)
   mgr = ckpt.manager(run.workdir / "checkpoints", cfg.train.max_to_keep)
   start, round_ = 0, 0
@@ -277,7 +279,8 @@ def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
   else:
     if run.eval_sets:
       before = run_eval(run, state, 0, progress)
-      (run.workdir / "eval_before.json").write_text(json.dumps(before, indent=1))
+      if is_main():
+        (run.workdir / "eval_before.json").write_text(json.dumps(before, indent=1))
     run.writer.write(0, refresh(run, state, 0, 0, progress=progress))
   stop = {"flag": False}
   old_handler = None
@@ -323,7 +326,8 @@ def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
       log.info("train.max_flops=%.3g reached at step %d", cfg.train.max_flops, step)
     if run.eval_sets and (step == cfg.train.steps or run.budget_spent()):
       after = run_eval(run, state, step, progress)
-      (run.workdir / "eval_after.json").write_text(json.dumps(after, indent=1))
+      if is_main():
+        (run.workdir / "eval_after.json").write_text(json.dumps(after, indent=1))
       last.update(after)
   finally:
     mgr.wait_until_finished()
@@ -355,7 +359,7 @@ def run_eval(run: Run, state, step: int, progress: bool) -> dict:
 
 def _finish_step(run: Run, pending, bar, t0: float, start: int) -> dict:
   step, metrics, index, compute = pending
-  m = _host_metrics(run, metrics, jax.device_get(index))
+  m = _host_metrics(run, metrics, to_host(index))
   m.update({f"compute/{k}": v for k, v in compute.items()},
            **{"compute/flops": compute["train_flops"] + compute["rollout_flops"]})
   if not (np.isfinite(m["loss"]) and np.isfinite(m["param_norm"])):
