@@ -59,14 +59,20 @@ def learning_rate(cfg: TrainConfig, step):
 
 def init_train_state(student: nnx.Module, tx: optax.GradientTransformation,
                      mesh: Mesh) -> TrainState:
-  """Optimizer moments are created by a jit that inherits the parameters' shardings; scalars
-  are replicated on the mesh."""
+  """Optimizer moments (any part of the optimizer state shaped like the parameters: AdamW's mu
+  and nu) are sharded exactly like their parameters; everything else (counts) is replicated.
+  `zeros_like` inside a plain jit would not inherit the shardings: moments would be copied on
+  every device, 2x the parameter bytes per device."""
   params = nnx.state(student, nnx.Param)
-  with jax.set_mesh(mesh):
-    opt_state = jax.jit(tx.init)(params)
   replicated = NamedSharding(mesh, P())
-  opt_state = jax.tree.map(lambda x: jax.device_put(x, replicated) if x.ndim == 0 else x,
-                           opt_state)
+  param_def = jax.tree.structure(params)
+  param_sh = jax.tree.map(lambda x: x.sharding, params)
+  like_params = lambda sub: jax.tree.structure(sub) == param_def
+  out_sh = jax.tree.map(
+      lambda sub: param_sh if like_params(sub) else jax.tree.map(lambda _: replicated, sub),
+      jax.eval_shape(tx.init, params), is_leaf=like_params)
+  with jax.set_mesh(mesh):
+    opt_state = jax.jit(tx.init, out_shardings=out_sh)(params)
   step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
   return TrainState(step=step, params=params, opt_state=opt_state)
 

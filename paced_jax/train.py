@@ -86,6 +86,10 @@ class Run:
 def prepare_workdir(workdir: str | Path, cfg: Config) -> Path:
   """Creates the run directory, refuses a checkpoint written by an incompatible config, and
   writes the resolved config. Nothing existing is deleted."""
+  if "://" in str(workdir):
+    raise ConfigError(f"workdir {str(workdir)!r} is a URL; paced writes through the filesystem: "
+                      "mount the bucket (e.g. gcsfuse) at the same path on every host and pass "
+                      "that path")
   wd = Path(workdir)
   try:
     wd.mkdir(parents=True, exist_ok=True)

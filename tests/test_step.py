@@ -130,3 +130,14 @@ def test_batch_not_divisible_is_an_error(mesh_2x4):
   cfg = dataclasses.replace(_cfg(), data=DataConfig(batch_size=3))
   with pytest.raises(ConfigError, match="multiple of mesh data\\*fsdp=2"):
     _setup(cfg, mesh_2x4)
+
+
+def test_adamw_moments_are_sharded_like_their_parameters(mesh_2x4):
+  # Replicated moments would cost 2x the parameter bytes on every device.
+  state = _setup(_cfg(), mesh_2x4)[3]
+  mu = state.opt_state[1][0].mu
+  specs = lambda tree: [x.sharding.spec for x in jax.tree.leaves(tree)]
+  assert specs(mu) == specs(state.params)
+  assert any(s != jax.sharding.PartitionSpec() for s in specs(mu))
+  assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(state.opt_state)
+             if x.ndim == 0)

@@ -114,6 +114,13 @@ def test_cli_bad_input(tmp_path, args, match):
   assert lines[-1].startswith("paced: error:") and match in lines[-1], lines[-3:]
 
 
+def test_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ConfigError, match="is a URL"):
+    train(load_config(TINY), "gs://bucket/run", progress=False)
+  assert not any(tmp_path.iterdir())
+
+
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("x")
