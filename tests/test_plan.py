@@ -4,7 +4,7 @@ mesh recommendation and the CLI."""
 import jax
 import pytest
 
-from paced_jax import plan
+from paced_jax import plan, topology
 from paced_jax.cli import main
 from paced_jax.config import ConfigError, load_config
 from paced_jax.sharding import make_mesh
@@ -26,22 +26,22 @@ def _cfg(*sets):
     ("v5p-8", 4, 1, 95, "v5:2x2x1"), ("v5litepod-16", 16, 2, 16, "v5e:4x4"),
     ("v5e-8", 8, 1, 16, "v5e:2x4"), ("v6e-256", 256, 32, 32, "v6e:16x16")])
 def test_tpu_topologies(name, count, hosts, gib, topo):
-  t = plan.parse_target(name, None, None)
+  t = topology.parse_target(name, None, None)
   assert (t.count, t.hosts, t.memory, t.tpu_topology) == (count, hosts, gib * GiB, topo)
 
 
 def test_gpu_and_explicit_targets(monkeypatch):
   monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
-  t = plan.parse_target("8xh100", None, None)
+  t = topology.parse_target("8xh100", None, None)
   assert t.count == 8 and t.memory == int(79.6 * GiB * 0.75) and not t.tpu_topology
-  assert plan.parse_target("a100-80gb", None, None).count == 1
-  t = plan.parse_target(None, 8, "16GiB")
+  assert topology.parse_target("a100-80gb", None, None).count == 1
+  t = topology.parse_target(None, 8, "16GiB")
   assert (t.count, t.memory) == (8, 16 * GiB)
-  assert plan.parse_bytes("80GB") == 80 * 10**9
+  assert topology.parse_bytes("80GB") == 80 * 10**9
   for bad in (("v5p-63", None, None), ("tpu9-8", None, None), (None, 8, "lots"),
               (None, 8, None)):
     with pytest.raises(ConfigError):
-      plan.parse_target(*bad)
+      topology.parse_target(*bad)
 
 
 def test_estimate_follows_the_sharding_table():
@@ -77,9 +77,9 @@ def test_recommendation_prefers_data_then_fsdp_and_respects_kv_heads():
   data8 = plan.estimate(cfg, dict(data=8, fsdp=1, tensor=1), GiB)
   fsdp8 = plan.estimate(cfg, dict(data=1, fsdp=8, tensor=1), GiB)
   assert fsdp8.total < data8.total
-  roomy = plan.Target("t", 8, 16 * GiB)
+  roomy = topology.Target("t", 8, 16 * GiB)
   assert plan.recommend(cfg, roomy)[0].mesh == dict(data=8, fsdp=1, tensor=1)
-  tight = plan.Target("t", 8, (data8.total + fsdp8.total) // 2)  # only sharded params fit
+  tight = topology.Target("t", 8, (data8.total + fsdp8.total) // 2)  # only sharded params fit
   best, tried = plan.recommend(cfg, tight)
   assert best.fits and best.mesh["fsdp"] > 1 and best.mesh["data"] < 8
   assert not tried[0].fits and tried[0].mesh == dict(data=8, fsdp=1, tensor=1)
