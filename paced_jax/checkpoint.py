@@ -23,12 +23,44 @@ import orbax.checkpoint as ocp
 from paced_jax.config import ConfigError
 
 
+def fuse_filesystem(path: str | Path, mounts: str | Path = "/proc/mounts") -> str | None:
+  """The FUSE type (e.g. "fuse.gcsfuse") of the mount holding `path`, or None (not FUSE, or no
+  /proc/mounts). The longest matching mount point wins."""
+  try:
+    lines = Path(mounts).read_text().splitlines()
+  except OSError:
+    return None
+  path, best, kind = str(Path(path).absolute()), "", None
+  for line in lines:
+    parts = line.split()
+    if len(parts) < 3:
+      continue
+    point = parts[1].replace("\\040", " ")
+    inside = path == point or path.startswith(point.rstrip("/") + "/")
+    if inside and len(point) > len(best):
+      best, kind = point, parts[2]
+  return kind if kind and kind.startswith("fuse") else None
+
+
+def _commit_file_path_class():
+  """Orbax's commit-file atomicity (a finished step is marked by a file, not by renaming its
+  temporary directory): renames on a bucket mounted with gcsfuse are copies, not atomic."""
+  try:
+    from orbax.checkpoint._src.path.atomicity import CommitFileTemporaryPath
+  except ImportError:  # older or reorganised Orbax: keep its default
+    return None
+  return CommitFileTemporaryPath
+
+
 def manager(directory: str | Path, max_to_keep: int = 3, async_save: bool = True,
             read_only: bool = False) -> ocp.CheckpointManager:
   directory = Path(directory).absolute()
+  extra = {}
+  if fuse_filesystem(directory) and _commit_file_path_class() is not None:
+    extra["temporary_path_class"] = _commit_file_path_class()
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                          enable_async_checkpointing=async_save,
-                                         read_only=read_only)
+                                         read_only=read_only, **extra)
   return ocp.CheckpointManager(directory, options=options,
                                item_names=("params", "opt_state", "passrates", "meta"))
 

@@ -115,9 +115,10 @@ def test_cli_bad_input(tmp_path, args, match):
 
 
 def test_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+  cfg = load_config(TINY)
   monkeypatch.chdir(tmp_path)
   with pytest.raises(ConfigError, match="is a URL"):
-    train(load_config(TINY), "gs://bucket/run", progress=False)
+    train(cfg, "gs://bucket/run", progress=False)
   assert not any(tmp_path.iterdir())
 
 
@@ -184,3 +185,26 @@ def test_constant_schedule_holds_the_peak():
       0.0, 0.05, 0.1, 0.1, 0.1]
   cosine = load_config(TINY, ["train.warmup_steps=2", "train.lr=0.1"])
   assert float(learning_rate(cosine.train, cosine.train.steps)) == pytest.approx(0.01)
+
+
+def test_gcsfuse_workdirs_commit_checkpoints_by_file(tmp_path, monkeypatch):
+  from paced_jax import checkpoint as ckpt
+
+  mounts = tmp_path / "mounts"
+  mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nbkt {tmp_path}/bucket fuse.gcsfuse rw 0 0\n")
+  assert ckpt.fuse_filesystem(tmp_path / "bucket" / "run", mounts) == "fuse.gcsfuse"
+  assert ckpt.fuse_filesystem(tmp_path / "bucketx", mounts) is None
+  assert ckpt.fuse_filesystem(tmp_path, tmp_path / "missing") is None
+  # On such a mount a step is marked finished by a commit file (renames there are copies).
+  monkeypatch.setattr(ckpt, "fuse_filesystem", lambda path: "fuse.gcsfuse")
+  mgr = ckpt.manager(tmp_path / "ckpt", async_save=False)
+  params = {"w": np.arange(4.0, dtype=np.float32)}
+  ckpt.save(mgr, 1, params=params, opt_state={"m": np.zeros(2, np.float32)},
+            passrates={"s": np.ones(3, np.int64)}, meta={"step": 1})
+  mgr.wait_until_finished()
+  out = ckpt.restore(mgr, None, params=params, opt_state={"m": np.zeros(2, np.float32)},
+                     passrates={"s": np.zeros(3, np.int64)})
+  mgr.close()
+  np.testing.assert_array_equal(out["params"]["w"], params["w"])
+  assert out["meta"] == {"step": 1}
+  assert any("commit" in p.name for p in (tmp_path / "ckpt" / "1").iterdir())
