@@ -39,6 +39,7 @@ import dataclasses
 import functools
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -207,8 +208,8 @@ def write_markdown(path: Path, summary: dict, snr: dict | None, args, seeds, env
   levels = sorted({k for a in arms.values() for k in a if k.startswith("eval/test/level_")},
                   key=lambda k: int(k.rsplit("_", 1)[1]))
   lines = [f"# PACED vs baselines at equal compute ({env})", "",
-           f"Command: `python benchmarks/pace_vs_baselines.py --write-results` "
-           f"(config {args.config}, seeds {list(seeds)}, budget = uniform seed 0 at "
+           f"Command: `{args.command}` "
+           f"(config {args.config}, seeds {list(seeds)}, budget = uniform seed {seeds[0]} at "
            f"{args.budget_steps} steps = {summary['budget_flops']:.3g} model FLOPs).",
            "Accuracy is avg@k on the held-out test split (mean ± sample std over seeds); "
            "forgetting = probe accuracy before - after (positive = forgot); 'to reach' is the "
@@ -326,8 +327,11 @@ def main(argv=None) -> int:
   ap.add_argument("--snr-problems", type=int, default=400)
   ap.add_argument("--snr-rollouts", type=int, default=8)
   ap.add_argument("--write-results", action="store_true",
-                  help="also write benchmarks/results/pace_vs_baselines.{md,json} and PNGs")
+                  help="also write benchmarks/results/NAME.{md,json} and PNGs")
+  ap.add_argument("--name", default="pace_vs_baselines", help="NAME of the result files")
   args = ap.parse_args(argv)
+  args.command = shlex.join(["python", "benchmarks/pace_vs_baselines.py",
+                             *(sys.argv[1:] if argv is None else argv)])
   os.chdir(ROOT)
   import jax
 
@@ -374,12 +378,12 @@ def main(argv=None) -> int:
   payload = {"env": env, "args": vars(args), "summary": summary, "snr": snr, "runs": results}
   (out / "results.json").write_text(json.dumps(payload, indent=1))
   write_markdown(out / "results.md", summary, snr, args, args.seeds, env)
-  written = plot(out / "pace_vs_baselines", results, summary, snr)
+  written = plot(out / args.name, results, summary, snr)
   if args.write_results:
     dest = ROOT / "benchmarks" / "results"
-    (dest / "pace_vs_baselines.json").write_text(json.dumps(payload, indent=1))
-    write_markdown(dest / "pace_vs_baselines.md", summary, snr, args, args.seeds, env)
-    written = plot(dest / "pace_vs_baselines", results, summary, snr)
+    (dest / f"{args.name}.json").write_text(json.dumps(payload, indent=1))
+    write_markdown(dest / f"{args.name}.md", summary, snr, args, args.seeds, env)
+    written = plot(dest / args.name, results, summary, snr)
   print((out / "results.md").read_text())
   for w in written:
     log(f"wrote {w}")
