@@ -94,6 +94,7 @@ def cmd_estimate(args) -> int:
   from paced_jax.frontier import PassRateTable, frontier_stats, frontier_weights, sampling_probs
   from paced_jax.sharding import make_mesh
   from paced_jax.models.io import load_model
+  from paced_jax.distributed import is_main
   from paced_jax.verify import verifier_from_config
 
   cfg = load_config(args.config, args.overrides)
@@ -117,7 +118,9 @@ def cmd_estimate(args) -> int:
   verifier = verifier_from_config(cfg.paced)
   est = estimate_for_config(model, problems, tok, verifier, cfg, mesh,
                             rollouts=cfg.paced.rollouts, rng=jax.random.key(cfg.seed),
-                            progress=not args.quiet)
+                            progress=not args.quiet and is_main())
+  if not is_main():  # every process sampled its share; one writes
+    return 0
   table = PassRateTable([p.id for p in problems])
   table.update([p.id for p in problems], est.successes, est.trials, step=0)
   table.to_jsonl(out / "passrates.jsonl")
@@ -138,6 +141,7 @@ def cmd_eval(args) -> int:
   from paced_jax.evaluate import evaluate, load_eval_sets, summary_table
   from paced_jax.models.io import load_model
   from paced_jax.sharding import make_mesh
+  from paced_jax.distributed import is_main
   from paced_jax.verify import verifier_from_config
 
   cfg = load_config(args.config, args.overrides)
@@ -151,7 +155,10 @@ def cmd_eval(args) -> int:
     if not path or path == "none":
       continue
     model, _ = load_model(path, mesh=mesh)
-    results[name] = evaluate(model, sets, tok, verifier, cfg, mesh, progress=not args.quiet)
+    results[name] = evaluate(model, sets, tok, verifier, cfg, mesh,
+                             progress=not args.quiet and is_main())
+  if not is_main():
+    return 0
   if "baseline" in results:
     print(summary_table(results["baseline"], results["student"]))
   else:
