@@ -92,6 +92,9 @@ def normalize_answer(text: str) -> str:
   return s
 
 
+MAX_EXPONENT = 400
+
+
 def as_number(s: str) -> Fraction | None:
   """Exact rational value of an integer, decimal, `a/b`, `\\frac{a}{b}` or percentage string."""
   s = s.replace(" ", "")
@@ -101,7 +104,13 @@ def as_number(s: str) -> Fraction | None:
   scale = Fraction(1)
   if s.endswith("%") or s.endswith("\\%"):
     s, scale = s.rstrip("%").rstrip("\\"), Fraction(1, 100)
-  if not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?(/[+-]?\d+(\.\d*)?)?", s):
+  m = re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE]([+-]?\d+))?(/[+-]?\d+(\.\d*)?)?", s)
+  if not m:
+    return None
+  # Fraction("1e999999999") builds that integer exactly, which takes hours: a sampled
+  # response must not be able to stall verification. No answer we compare needs |exp| > 400.
+  exp = m.group(4)
+  if exp is not None and (len(exp.lstrip("+-")) > 4 or abs(int(exp)) > MAX_EXPONENT):
     return None
   try:
     return Fraction(s) * scale

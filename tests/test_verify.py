@@ -104,3 +104,12 @@ def test_math_equiv_equivalences_timeout_and_crash():
     assert math("\\boxed{7}", _p("7"))  # a fresh worker replaces the killed one
   finally:
     math.close()
+
+
+def test_huge_exponents_cannot_stall_verification():
+  # A sampled response ended in "#### 1e999999999"; Fraction would build that integer exactly
+  # (hours). It is not a number we compare; it is simply not the answer.
+  p = Problem(id="x", prompt="?", answer="1000")
+  assert V.as_number("1e999999999") is None and V.as_number("1e" + "9" * 5000) is None
+  assert not V.exact_match("#### 1e999999999", p)
+  assert V.exact_match("#### 1e3", p) and V.as_number("2.5e-3") == V.as_number("1/400")
