@@ -181,9 +181,13 @@ def summarise(results: list[dict], arms: list[str], budget: float) -> dict:
   import numpy as np
 
   by_arm = {a: [r for r in results if r["arm"] == a] for a in arms}
-  uni = by_arm.get("uniform") or results
-  target = float(np.mean([r["after"]["eval/test/overall"] for r in uni]))
-  summary = {"target_accuracy": target, "budget_flops": budget, "arms": {}}
+  # Paired by seed: a seed fixes the eval draws, so every arm of one seed starts from the same
+  # measured accuracy and differences to uniform's run of that seed cancel the eval noise.
+  uni = {r["seed"]: r for r in by_arm.get("uniform", [])}
+  acc = lambda r, when: r[when]["eval/test/overall"]
+  gained = {seed: acc(r, "after") for seed, r in uni.items() if acc(r, "after") > acc(r, "before")}
+  summary = {"budget_flops": budget, "arms": {},
+             "uniform_final": {str(k): acc(r, "after") for k, r in uni.items()}}
   for arm, rs in by_arm.items():
     if not rs:
       continue
@@ -195,7 +199,13 @@ def summarise(results: list[dict], arms: list[str], budget: float) -> dict:
                             for r in rs if "eval/probe/overall" in r["before"]] or [np.nan])
     s["steps"] = stat([r["steps"] for r in rs])
     s["rollout_share"] = stat([r["rollout_flops"] / r["flops"] for r in rs])
-    reach = [flops_to_reach(r["curve"], target) for r in rs]
+    s["gain"] = stat([acc(r, "after") - acc(r, "before") for r in rs])
+    s["delta_vs_uniform"] = stat([acc(r, "after") - acc(uni[r["seed"]], "after") for r in rs
+                                  if r["seed"] in uni] or [np.nan])
+    # Compute to reach uniform's final accuracy of the same seed, over the seeds where uniform
+    # ended above its start (elsewhere every run "reaches" it at step 0).
+    reach = [flops_to_reach(r["curve"], gained[r["seed"]]) for r in rs if r["seed"] in gained]
+    s["paired_seeds"] = len(reach)
     s["reached"] = sum(x is not None for x in reach)
     s["flops_to_target"] = stat([x / budget for x in reach if x is not None] or [np.nan])
     summary["arms"][arm] = s
@@ -211,18 +221,22 @@ def write_markdown(path: Path, summary: dict, snr: dict | None, args, seeds, env
            f"Command: `{args.command}` "
            f"(config {args.config}, seeds {list(seeds)}, budget = uniform seed {seeds[0]} at "
            f"{args.budget_steps} steps = {summary['budget_flops']:.3g} model FLOPs).",
-           "Accuracy is avg@k on the held-out test split (mean ± sample std over seeds); "
-           "forgetting = probe accuracy before - after (positive = forgot); 'to reach' is the "
-           f"compute, as a fraction of the budget, at which a run first reaches uniform's mean "
-           f"final accuracy {summary['target_accuracy']:.3f} (runs that reached it / seeds).", "",
-           "| arm | test overall | " + " | ".join(k.rsplit("/", 1)[1] for k in levels)
+           "Accuracy is avg@k on the held-out test split (mean ± sample std over seeds); gain = "
+           "after - before; Δ uniform = after - uniform's after, paired by seed (a seed fixes the "
+           "eval draws); forgetting = probe accuracy before - after (positive = forgot); 'to "
+           "reach uniform' is the compute, as a fraction of the budget, at which a run first "
+           "reaches uniform's final accuracy of the same seed (runs that reached it / seeds "
+           "where uniform ended above its start).", "",
+           "| arm | test overall | gain | Δ uniform | " + " | ".join(
+               k.rsplit("/", 1)[1] for k in levels)
            + " | probe | forgetting | steps | rollout share | to reach uniform |",
-           "|---" * (7 + len(levels)) + "|"]
+           "|---" * (9 + len(levels)) + "|"]
   for arm, s in arms.items():
-    n = len(s["steps"]["values"])
+    n = s["paired_seeds"]
     reach = (f"{s['flops_to_target']['mean']:.2f} ({s['reached']}/{n})" if s["reached"]
              else f"never (0/{n})")
-    lines.append(f"| {arm} | {fmt(s['eval/test/overall'])} | "
+    lines.append(f"| {arm} | {fmt(s['eval/test/overall'])} | {s['gain']['mean']:+.3f} | "
+                 f"{s['delta_vs_uniform']['mean']:+.3f} ± {s['delta_vs_uniform']['std']:.3f} | "
                  + " | ".join(f"{s[k]['mean']:.3f}" for k in levels)
                  + f" | {fmt(s['eval/probe/overall']) if 'eval/probe/overall' in s else '-'}"
                  f" | {fmt(s['forgetting'])} | {s['steps']['mean']:.0f} | "
@@ -258,7 +272,6 @@ def plot(prefix: Path, results: list[dict], summary: dict, snr: dict | None) -> 
     line, = ax.plot(grid, m, label=arm, lw=2.2 if arm in ("uniform", "paced") else 1.2)
     ax.fill_between(grid, np.min(curves, 0), np.max(curves, 0), color=line.get_color(),
                     alpha=0.12)
-  ax.axhline(summary["target_accuracy"], color="gray", ls=":", lw=1)
   ax.set(xlabel="compute (fraction of the FLOP budget)", ylabel="held-out accuracy (avg@k)",
          title="Accuracy vs compute (mean over seeds, band = min..max)")
   ax.legend(fontsize=8, ncol=2)
@@ -293,6 +306,9 @@ def plot(prefix: Path, results: list[dict], summary: dict, snr: dict | None) -> 
     ax.plot([b["p_mean"] for b in bs], [b["snr"] for b in bs], "o-", label="SNR")
     ax.plot([b["p_mean"] for b in bs], [b["snr_unbiased"] for b in bs], "s--",
             label="SNR, 1/n bias removed")
+    for b in bs:
+      ax.annotate(f"n={b['n']}", (b["p_mean"], b["snr"]), textcoords="offset points",
+                  xytext=(0, 6), ha="center", fontsize=8)
     ax.set(xlabel="pass rate p (bucket mean)", ylabel="cross-problem gradient SNR",
            title="Gradient SNR by pass rate (starting student)")
     ax.legend()
@@ -371,7 +387,15 @@ def main(argv=None) -> int:
           f"(before {r['before']['eval/test/overall']:.3f}), {r['steps']} steps, "
           f"{time.perf_counter() - t0:.0f} s; elapsed {el / 60:.1f} min, "
           f"eta {el / k * (total - k) / 60:.0f} min")
-  snr = gradient_snr(args, log) if args.snr_problems > 0 else None
+  snr = None
+  previous = Path(args.out) / "results.json"
+  if previous.exists():  # like the runs, the SNR measurement is read back, not redone
+    old = json.loads(previous.read_text())
+    same = all(old["args"].get(k) == getattr(args, k)
+               for k in ("config", "snr_problems", "snr_rollouts", "refresh_subset"))
+    snr = old.get("snr") if same else None
+  if snr is None and args.snr_problems > 0:
+    snr = gradient_snr(args, log)
   summary = summarise(results, args.arms, budget)
   env = environment()
   out = Path(args.out)
