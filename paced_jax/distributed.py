@@ -4,7 +4,7 @@
 
   - explicit: `--coordinator HOST:PORT --num-processes N --process-id I` (any cluster, and CPU
     processes on one machine; CPU collectives then use gloo);
-  - automatic: on a Cloud TPU VM (libtpu installed), and where JAX's own cluster detection has
+  - automatic: on a Cloud TPU VM (libtpu and TPU chips present), and where JAX's own cluster detection has
     what it needs (JAX_COORDINATOR_ADDRESS, or SLURM with more than one task),
     `jax.distributed.initialize()` finds the coordinator itself;
   - `--distributed off`: never (one process, whatever the environment says).
@@ -16,6 +16,7 @@ writes metrics, reports and progress bars (`is_main`).
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 
@@ -27,7 +28,10 @@ from paced_jax.config import ConfigError
 
 def _auto_environment() -> str | None:
   """Why a multi-process launch is likely here (a short name), or None."""
-  if importlib.util.find_spec("libtpu") is not None:
+  # libtpu installs anywhere (e.g. for ahead-of-time TPU compilation on a CPU machine); a TPU
+  # VM also has the chips' device files.
+  tpu_chips = glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")
+  if tpu_chips and importlib.util.find_spec("libtpu") is not None:
     return "Cloud TPU VM"
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
     return "JAX_COORDINATOR_ADDRESS"
