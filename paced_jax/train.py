@@ -74,7 +74,7 @@ class Run:
       default_factory=lambda: {"train_flops": 0.0, "rollout_flops": 0.0})
 
   def flops(self) -> float:
-    return self.compute["train_flops"] + self.compute["rollout_flops"]
+    return sum(self.compute.values())
 
   def budget_spent(self) -> bool:
     return 0 < self.cfg.train.max_flops <= self.flops()
@@ -342,8 +342,13 @@ def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
     if old_handler is not None:
       signal.signal(signal.SIGTERM, old_handler)
   last["step"] = step
-  last.update({f"compute/{k}": v for k, v in run.compute.items()}, **{"compute/flops": run.flops()})
+  last.update(_compute_metrics(run.compute))
   return last
+
+
+def _compute_metrics(compute: dict) -> dict:
+  """compute/train_flops, compute/rollout_flops and their sum compute/flops."""
+  return {**{f"compute/{k}": v for k, v in compute.items()}, "compute/flops": sum(compute.values())}
 
 
 def _step_flops(cfg: Config, shape) -> float:
@@ -364,8 +369,7 @@ def run_eval(run: Run, state, step: int, progress: bool) -> dict:
 def _finish_step(run: Run, pending, bar, t0: float, start: int) -> dict:
   step, metrics, index, compute = pending
   m = _host_metrics(run, metrics, to_host(index))
-  m.update({f"compute/{k}": v for k, v in compute.items()},
-           **{"compute/flops": compute["train_flops"] + compute["rollout_flops"]})
+  m.update(_compute_metrics(compute))
   if not (np.isfinite(m["loss"]) and np.isfinite(m["param_norm"])):
     raise TrainingDiverged(f"loss {m['loss']}, parameter norm {m['param_norm']} at step {step}: "
                            "training diverged; the run stopped and saved "
