@@ -294,37 +294,52 @@ def load_config(spec: str, overrides: typing.Sequence[str] = ()) -> Config:
 
 
 def apply_overrides(cfg: Any, overrides: typing.Sequence[str]) -> Any:
+  """Applies `key.sub=value` overrides; each section is rebuilt once with all its changes, so
+  the order of overrides never matters (no intermediate state is validated)."""
+  items = []
   for item in overrides:
     key, sep, raw = item.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
       raise ConfigError(f"override {item!r} is not of the form key.sub=value")
-    cfg = _set(cfg, key.strip().split("."), raw.strip(), key.strip())
-  return cfg
+    items.append((key.strip().split("."), raw.strip(), key.strip()))
+  return _set(cfg, items) if items else cfg
 
 
-def _set(obj: Any, parts: list[str], raw: str, full_key: str) -> Any:
+def _set(obj: Any, items: list[tuple[list[str], str, str]]) -> Any:
+  """`obj` with every (parts, raw, full_key) in `items` applied; parts are relative to obj."""
   hints = typing.get_type_hints(type(obj))
   names = [f.name for f in dataclasses.fields(obj)]
-  head = parts[0]
-  if head not in names:
-    prefix = full_key[: len(full_key) - len(".".join(parts))]
-    raise ConfigError(f"unknown config key {full_key!r}; valid keys under "
-                      f"{prefix.rstrip('.') or 'the top level'!r}: {', '.join(names)}")
-  typ = hints[head]
-  current = getattr(obj, head)
-  if len(parts) == 1:
-    value = _parse(raw, typ, full_key)
-  else:
-    sub_type = _dataclass_in(typ)
-    if sub_type is None:
-      raise ConfigError(f"config key {full_key!r}: {head!r} is a {_describe(typ)}, not a section")
-    if current is None:  # an optional section being filled in, e.g. teacher.hidden=...
-      current = sub_type()
-    value = _set(current, parts[1:], raw, full_key)
+  groups: dict[str, list] = {}
+  for parts, raw, full_key in items:
+    if parts[0] not in names:
+      prefix = full_key[: len(full_key) - len(".".join(parts))]
+      raise ConfigError(f"unknown config key {full_key!r}; valid keys under "
+                        f"{prefix.rstrip('.') or 'the top level'!r}: {', '.join(names)}")
+    groups.setdefault(parts[0], []).append((parts, raw, full_key))
+  changes = {}
+  for head, group in groups.items():
+    typ, value = hints[head], getattr(obj, head)
+    # A whole value (`model.rope_scaling=none`) replaces what came before it; later sub-keys
+    # (`model.rope_scaling.factor=16`) apply on top of it.
+    whole = [i for i, (parts, _, _) in enumerate(group) if len(parts) == 1]
+    if whole:
+      _, raw, full_key = group[whole[-1]]
+      value = _parse(raw, typ, full_key)
+      group = group[whole[-1] + 1:]
+    if group:
+      sub_type = _dataclass_in(typ)
+      if sub_type is None:
+        raise ConfigError(f"config key {group[0][2]!r}: {head!r} is a {_describe(typ)}, not a "
+                          "section")
+      if value is None:  # an optional section being filled in, e.g. teacher.hidden=...
+        value = sub_type()
+      value = _set(value, [(parts[1:], raw, key) for parts, raw, key in group])
+    changes[head] = value
   try:
-    return dataclasses.replace(obj, **{head: value})
+    return dataclasses.replace(obj, **changes)
   except ConfigError as e:
-    raise ConfigError(f"override {full_key}={raw}: {e}") from None
+    given = ", ".join(f"{key}={raw}" for _, raw, key in items)
+    raise ConfigError(f"override{'s' if len(items) > 1 else ''} {given}: {e}") from None
 
 
 def _dataclass_in(typ: Any) -> type | None:
