@@ -108,7 +108,7 @@ def cmd_estimate(args) -> int:
   except OSError as e:
     raise ConfigError(f"--out {args.out!r} cannot be created ({e.strerror})") from None
   mesh = make_mesh(cfg.mesh)
-  tok = load_tokenizer(cfg.data.tokenizer)
+  tok = load_tokenizer(cfg.data.tokenizer, cfg.data.chat_template_kwargs)
   model, _ = load_model(path, mesh=mesh)  # the checkpoint defines the student's shape
   if tok.vocab_size > model.cfg.vocab_size:
     raise ConfigError(f"checkpoint {path!r} has vocab_size={model.cfg.vocab_size} but the "
@@ -146,7 +146,7 @@ def cmd_eval(args) -> int:
 
   cfg = load_config(args.config, args.overrides)
   mesh = make_mesh(cfg.mesh)
-  tok = load_tokenizer(cfg.data.tokenizer)
+  tok = load_tokenizer(cfg.data.tokenizer, cfg.data.chat_template_kwargs)
   verifier = verifier_from_config(cfg.paced)
   sets = load_eval_sets(cfg)
   results = {}

@@ -99,7 +99,8 @@ class DataConfig:
   field_map: tuple[str, ...] = ()  # "prompt=question", "answer=final_answer", ...
   on_error: Literal["error", "skip"] = "error"
   tokenizer: str = "char"  # "char" (built-in) or a tokenizer.json / model directory
-  chat_template: str = ""
+  chat_template: str = ""  # "...{prompt}...": overrides the tokenizer's own chat template
+  chat_template_kwargs: tuple[str, ...] = ()  # "enable_thinking=false": JSON values for it
   max_prompt_len: int = 128
   max_response_len: int = 128
   length_buckets: tuple[int, ...] = (64, 128, 256)
@@ -130,6 +131,12 @@ class DataConfig:
     if self.chat_template and "{prompt}" not in self.chat_template:
       raise ConfigError(f"data.chat_template={self.chat_template!r} has no {{prompt}} "
                         "placeholder; write e.g. 'Q: {prompt}\\nA: '")
+    if self.chat_template and self.chat_template_kwargs:
+      raise ConfigError("data.chat_template_kwargs go to the tokenizer's own chat template, which "
+                        "data.chat_template replaces; set one of them")
+    from paced_jax.data.chat_template import parse_kwargs  # "name=json_value" entries
+
+    parse_kwargs(self.chat_template_kwargs)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,7 +53,7 @@ def estimate_for_config(model, problems, tokenizer, verifier, cfg: Config, mesh,
       model, problems, lambda p: encode_prompt(tokenizer, p.prompt, cfg.data.chat_template),
       tokenizer.decode, verifier, rollouts=rollouts,
       knobs=Knobs.from_config(cfg.sample) if knobs is None else knobs, rng=rng, mesh=mesh,
-      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+      eos_id=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
       batch_size=cfg.sample.batch_size if batch_size is None else batch_size,
       prompt_buckets=cfg.sample.prompt_buckets, budget_buckets=cfg.sample.budget_buckets,
       keep_rollouts=False, verify_workers=cfg.paced.verify_workers, progress=progress)

@@ -130,7 +130,7 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
   """Builds mesh, models, data, table and the compiled step. Returns (run, initial state)."""
   wd = prepare_workdir(workdir, cfg)
   mesh = make_mesh(cfg.mesh)
-  tok = load_tokenizer(cfg.data.tokenizer)
+  tok = load_tokenizer(cfg.data.tokenizer, cfg.data.chat_template_kwargs)
   if cfg.loss.mode not in ("sft", "self_distill") and cfg.teacher is None:
     raise ConfigError(f"loss.mode={cfg.loss.mode!r} needs a teacher: set the config's teacher "
                       "(and train.init_teacher), or use loss.mode=sft")

@@ -27,7 +27,7 @@ import numpy as np
 
 from paced_jax.config import ConfigError, DataConfig
 from paced_jax.data.sources import DataError
-from paced_jax.data.tokenizer import Tokenizer, apply_chat_template, encode_many
+from paced_jax.data.tokenizer import Tokenizer, encode_many, prompt_prefix, prompt_text
 
 log = logging.getLogger("paced_jax.data")
 
@@ -169,8 +169,8 @@ def build_pool(source, tok: Tokenizer, data_cfg: DataConfig,
   if references is not None and len(references) != N:
     raise ValueError(f"references has {len(references)} entries for a pool of {N} problems")
 
-  bos = np.asarray([tok.bos_id] if tok.bos_id is not None else [], np.int32)
-  texts = [apply_chat_template(data_cfg.chat_template, p.prompt) for p in problems]
+  bos = np.asarray(prompt_prefix(tok, data_cfg.chat_template), np.int32)
+  texts = [prompt_text(tok, p.prompt, data_cfg.chat_template) for p in problems]
   try:
     prompt_ids = encode_many(tok, texts)
   except DataError:  # re-encode one by one to name the problem

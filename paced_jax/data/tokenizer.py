@@ -4,13 +4,18 @@ Protocol (used by the pipeline, the sampler and the verifier):
   encode(text) -> list[int]      no special tokens added
   decode(ids) -> str             special tokens (pad/eos/bos) are dropped
   vocab_size, eos_id, pad_id, bos_id (None when the model has no BOS)
+  stop_ids                       every id that ends a rollout, eos_id first (give it to
+                                 `generate(eos_id=tok.stop_ids)`)
 
-Prompts go through `encode_prompt(tok, prompt, chat_template)`: BOS (if any) + the template with
-every `{prompt}` replaced by the problem text (other braces are literal, so JSON or LaTeX in a
-template needs no escaping). Example for Qwen2.5-Instruct:
-  "<|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n"
-Special tokens written in the template (e.g. `<|im_start|>`) are matched as single tokens by the
-Hugging Face tokenizer. An empty template means the raw prompt.
+Prompts go through `encode_prompt(tok, prompt, chat_template)`. A non-empty `chat_template`
+(data.chat_template) is an explicit override: BOS (if any) + the template with every `{prompt}`
+replaced by the problem text (other braces are literal, so JSON or LaTeX in a template needs no
+escaping), e.g. "Q: {prompt}\\nA: ", or "{prompt}" for the raw prompt. Without one, a tokenizer
+directory's own chat template (tokenizer_config.json `chat_template` or chat_template.jinja) is
+rendered as transformers' `apply_chat_template(messages, add_generation_prompt=True)` renders it
+(see chat_template.py; data.chat_template_kwargs such as enable_thinking=false go to the
+template), and BOS is whatever the template writes. Otherwise: BOS + the raw prompt.
+Special tokens in the text (e.g. `<|im_start|>`) are matched as single tokens.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from paced_jax.config import ConfigError
+from paced_jax.data.chat_template import ChatTemplate
 from paced_jax.data.sources import DataError
 
 
@@ -31,6 +37,7 @@ class Tokenizer(Protocol):
   eos_id: int
   pad_id: int
   bos_id: int | None
+  stop_ids: tuple[int, ...]
 
   def encode(self, text: str) -> list[int]: ...
 
@@ -46,6 +53,8 @@ class CharTokenizer:
 
   ALPHABET = "\n" + "".join(chr(c) for c in range(32, 127))
   pad_id, eos_id, bos_id = 0, 1, 2
+  stop_ids = (1,)
+  chat_template = None
   vocab_size = 128
   _OFFSET = 3
 
@@ -96,12 +105,17 @@ class HFTokenizer:
   tokenizer_config.json next to it when present (`eos_token`, `bos_token`, `pad_token`,
   `add_bos_token`); otherwise EOS is the first of <|endoftext|>, </s>, <|end_of_text|>, <eos>
   found in the vocabulary and there is no BOS. pad defaults to EOS (pad tokens are masked out
-  everywhere, so sharing the id is safe).
+  everywhere, so sharing the id is safe). Stop ids: EOS and every `eos_token_id` (an int or a
+  list) of `generation_config.json` next to it, else of `config.json` (as transformers does);
+  Qwen2.5-Instruct lists <|im_end|> and <|endoftext|>, Llama-3.1-Instruct three ids.
   """
 
   _EOS_GUESSES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
+  # The special tokens a chat template sees as variables (bos_token, ...).
+  _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
+                   "mask_token")
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, chat_template_kwargs: Sequence[str] = ()):
     from tokenizers import Tokenizer as _HF
 
     file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
@@ -130,7 +144,11 @@ class HFTokenizer:
     self.bos_id = self._id(bos, "bos_token") if bos and cfg.get("add_bos_token", True) else None
     pad = _token_text(cfg.get("pad_token"))
     self.pad_id = self._id(pad, "pad_token") if pad else self.eos_id
-    self._special = {i for i in (self.eos_id, self.bos_id, self.pad_id) if i is not None}
+    self.stop_ids = tuple(dict.fromkeys([self.eos_id, *_listed_stop_ids(os.path.dirname(file))]))
+    self._special = {i for i in (self.bos_id, self.pad_id, *self.stop_ids) if i is not None}
+    specials = {k: t for k in self._SPECIAL_KEYS if (t := _token_text(cfg.get(k)))}
+    self.chat_template = ChatTemplate.find(os.path.dirname(file), cfg, specials,
+                                           chat_template_kwargs)
 
   def _id(self, token: str, what: str) -> int:
     i = self._tok.token_to_id(token)
@@ -154,24 +172,67 @@ class HFTokenizer:
     return f"HFTokenizer({self.path!r}, vocab_size={self.vocab_size})"
 
 
-def load_tokenizer(spec: str) -> Tokenizer:
-  """"char" -> CharTokenizer; a tokenizer.json file or model directory -> HFTokenizer."""
+def _listed_stop_ids(d: str) -> list[int]:
+  """`eos_token_id` of generation_config.json in `d`, else of config.json; [] when neither."""
+  for name in ("generation_config.json", "config.json"):
+    f = os.path.join(d, name)
+    if not os.path.isfile(f):
+      continue
+    try:
+      with open(f, encoding="utf-8") as fh:
+        ids = json.load(fh).get("eos_token_id")
+    except (json.JSONDecodeError, AttributeError):
+      raise ConfigError(f"{f} is not a JSON object") from None
+    ids = [] if ids is None else ids if isinstance(ids, list) else [ids]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+      raise ConfigError(f"{f}: eos_token_id={ids!r} must be a token id or a list of them")
+    return ids
+  return []
+
+
+def load_tokenizer(spec: str, chat_template_kwargs: Sequence[str] = ()) -> Tokenizer:
+  """"char" -> CharTokenizer; a tokenizer.json file or model directory -> HFTokenizer.
+
+  `chat_template_kwargs` ("key=json_value", data.chat_template_kwargs) go to the directory's
+  own chat template; giving them without such a template is an error.
+  """
   if spec == "char":
-    return CharTokenizer()
-  if not spec or not os.path.exists(spec):
+    tok = CharTokenizer()
+  elif not spec or not os.path.exists(spec):
     raise ConfigError(f"data.tokenizer={spec!r} is neither 'char' nor an existing "
                       "tokenizer.json file or model directory")
-  return HFTokenizer(spec)
+  else:
+    tok = HFTokenizer(spec, chat_template_kwargs)
+  if chat_template_kwargs and tok.chat_template is None:
+    raise ConfigError(f"data.chat_template_kwargs={tuple(chat_template_kwargs)} but tokenizer "
+                      f"{spec!r} has no chat template (tokenizer_config.json chat_template or "
+                      "chat_template.jinja) to give them to")
+  return tok
 
 
 def apply_chat_template(template: str, prompt: str) -> str:
   return template.replace("{prompt}", prompt) if template else prompt
 
 
+def prompt_text(tok: Tokenizer, prompt: str, chat_template: str = "") -> str:
+  """The text the model reads for `prompt` (before `prompt_prefix`): the explicit
+  `chat_template` with {prompt} filled in, else the tokenizer's own template, else `prompt`."""
+  own = getattr(tok, "chat_template", None)
+  if chat_template or own is None:
+    return apply_chat_template(chat_template, prompt)
+  return own.render(prompt)
+
+
+def prompt_prefix(tok: Tokenizer, chat_template: str = "") -> list[int]:
+  """[BOS] before every prompt, or [] when there is no BOS or the tokenizer's own chat template
+  writes it (transformers encodes a rendered chat without adding special tokens)."""
+  own = not chat_template and getattr(tok, "chat_template", None) is not None
+  return [] if own or tok.bos_id is None else [tok.bos_id]
+
+
 def encode_prompt(tok: Tokenizer, prompt: str, chat_template: str = "") -> list[int]:
-  """BOS (if the tokenizer has one) + encode(template with {prompt} filled in)."""
-  ids = tok.encode(apply_chat_template(chat_template, prompt))
-  return ([tok.bos_id] if tok.bos_id is not None else []) + ids
+  """prompt_prefix + encode(prompt_text): the prompt's token ids."""
+  return prompt_prefix(tok, chat_template) + tok.encode(prompt_text(tok, prompt, chat_template))
 
 
 def encode_many(tok: Tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
