@@ -8,11 +8,18 @@ The source is read completely before anything is written; the result goes to a t
 sibling of `--out` and is renamed into place, so a failure never leaves a half-written or
 clobbered `--out`. An existing non-empty `--out` is refused unless `--force`. Large models
 convert on the host: `JAX_PLATFORMS=cpu paced convert ...`.
+
+--to-hf keeps the parameters' dtype unless `--dtype` and writes the source's bos/eos/pad ids
+into config.json, with or without `--tokenizer`: --from-hf keeps the HF directory's ids in
+`hf_token_ids.json`; a training checkpoint takes those of its run (train.init_student, else
+data.tokenizer, from the run's config.json). `--tokenizer` files and ids win; a tokenizer with
+more tokens than the model's vocab_size is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -20,6 +27,7 @@ from pathlib import Path
 
 from paced_jax.config import ConfigError
 
+TOKEN_IDS = "hf_token_ids.json"  # bos/eos/pad ids of the HF source, kept by --from-hf
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
           "GIB": 2**30}
 
@@ -52,7 +60,7 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-  from paced_jax.models.hf import export_hf, load_hf_model
+  from paced_jax.models.hf import export_hf, load_hf_model, token_ids_of
   from paced_jax.models.io import load_model, save_model
 
   out = Path(args.out).absolute()
@@ -80,9 +88,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
   try:
     if args.from_hf:
       save_model(model, tmp, cfg)
+      ids = token_ids_of(src)
+      if ids:
+        (tmp / TOKEN_IDS).write_text(json.dumps(ids) + "\n")
     else:
       export_hf(model, cfg, tmp, tokenizer_dir=args.tokenizer, max_shard_bytes=max_shard,
-                dtype=args.dtype)
+                dtype=args.dtype, token_ids=source_token_ids(src))
     if out.exists():
       shutil.rmtree(out) if out.is_dir() else out.unlink()
     tmp.rename(out)
@@ -93,3 +104,37 @@ def cmd_convert(args: argparse.Namespace) -> int:
   print(f"wrote {kind} {out} ({cfg.arch}, {cfg.num_layers} layers, hidden {cfg.hidden}, "
         f"vocab {cfg.vocab_size}, {args.dtype or cfg.param_dtype})")
   return 0
+
+
+def _read_json(path: Path) -> dict:
+  try:
+    data = json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    return {}
+  return data if isinstance(data, dict) else {}
+
+
+def source_token_ids(src: Path) -> dict:
+  """bos/eos/pad ids for a --to-hf source (see the module docstring); {} when none is found.
+  Looks in `src` and up to 3 directories above it, like models.io.find_model_config."""
+  from paced_jax.data.tokenizer import load_tokenizer
+  from paced_jax.models.hf import is_hf_dir, token_ids_of, tokenizer_token_ids
+
+  for d in [src, *list(src.absolute().parents)[:3]]:
+    if (d / TOKEN_IDS).is_file():
+      return _read_json(d / TOKEN_IDS)
+    if is_hf_dir(d):
+      return token_ids_of(d)
+    run = _read_json(d / "config.json")
+    if not isinstance(run.get("model"), dict):
+      continue
+    init = str((run.get("train") or {}).get("init_student") or "")
+    if init and is_hf_dir(init):
+      return token_ids_of(init)
+    if init and (Path(init) / TOKEN_IDS).is_file():
+      return _read_json(Path(init) / TOKEN_IDS)
+    spec = str((run.get("data") or {}).get("tokenizer") or "")
+    if spec == "char" or (spec and Path(spec).exists()):
+      return tokenizer_token_ids(load_tokenizer(spec))
+    return {}
+  return {}

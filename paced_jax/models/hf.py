@@ -40,6 +40,7 @@ _HF_ARCH = {v: k for k, v in ARCHITECTURES.items()}
 _DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 _FLOAT_ST = {"F32", "BF16", "F16", "F64"}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old checkpoints saved
+_TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
                    "chat_template.jinja", "generation_config.json")
@@ -47,6 +48,20 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 class ModelFileError(ConfigError):
   """A model directory or checkpoint that cannot be used as asked; its message is one line."""
+
+
+def dtype_name(value: Any, what: str = "dtype") -> str | None:
+  """"bfloat16" for "bfloat16", jnp.bfloat16 or np.dtype(ml_dtypes.bfloat16); None stays None."""
+  if value is None:
+    return None
+  try:
+    name = np.dtype(value).name
+  except TypeError:
+    name = str(value)
+  if name not in _DTYPES:
+    raise ModelFileError(f"{what}={value!r} is not one of {', '.join(_DTYPES)} (a name or a "
+                         "jnp / numpy dtype)")
+  return name
 
 
 # ----------------------------------------------------------------------------- config.json
@@ -90,7 +105,7 @@ def model_config_from_hf(hf: dict, **overrides) -> ModelConfig:
     unsupported(f"rope_type={rope_type!r} (supported: default, llama3)")
   try:
     heads = int(hf["num_attention_heads"])
-    dtype = str(hf.get("torch_dtype") or hf.get("dtype") or "float32")
+    dtype = str(hf.get("dtype") or hf.get("torch_dtype") or "float32")
     dtype = dtype if dtype in _DTYPES else "float32"
     fields = dict(
         arch=arch, vocab_size=int(hf["vocab_size"]), hidden=int(hf["hidden_size"]),
@@ -122,9 +137,19 @@ def _hf_arch(cfg: ModelConfig) -> str:
   return "LlamaForCausalLM"
 
 
-def hf_config_from_model(cfg: ModelConfig, dtype: str | None = None) -> dict:
-  """A `config.json` dict that `transformers` (4.4x and 5.x) reads as the same model."""
+def hf_config_from_model(cfg: ModelConfig, dtype: str | None = None,
+                         token_ids: dict | None = None) -> dict:
+  """A `config.json` dict that `transformers` (4.4x and 5.x) reads as the same model.
+
+  transformers 5 style (`dtype`, `rope_parameters`, `layer_types`), plus the keys 4.x reads
+  (`torch_dtype`, `rope_theta`, `rope_scaling`; 5.x ignores them when `rope_parameters` is
+  there). `token_ids`: bos_token_id / eos_token_id (an int or a list) / pad_token_id.
+  """
   arch = _hf_arch(cfg)
+  dtype = dtype or cfg.param_dtype
+  rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+  if cfg.rope_scaling is not None:
+    rope.update(rope_type="llama3", **dataclasses.asdict(cfg.rope_scaling))
   out: dict[str, Any] = {
       "architectures": [arch], "model_type": ARCHITECTURES[arch],
       "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden,
@@ -134,16 +159,20 @@ def hf_config_from_model(cfg: ModelConfig, dtype: str | None = None) -> dict:
       "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.rms_eps,
       "rope_theta": cfg.rope_theta, "rope_scaling": None,
       "tie_word_embeddings": cfg.tie_embeddings, "attention_dropout": 0.0,
-      "initializer_range": 0.02, "use_cache": True, "torch_dtype": dtype or cfg.param_dtype,
+      "initializer_range": 0.02, "use_cache": True, "dtype": dtype, "torch_dtype": dtype,
+      "rope_parameters": rope, "bos_token_id": None, "eos_token_id": None, "pad_token_id": None,
   }
+  out.update({k: v for k, v in (token_ids or {}).items() if k in _TOKEN_ID_KEYS})
   if cfg.rope_scaling is not None:
-    out["rope_scaling"] = {"rope_type": "llama3", **dataclasses.asdict(cfg.rope_scaling)}
+    out["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
   if arch == "LlamaForCausalLM":
     out.update(attention_bias=False, mlp_bias=False)
   elif arch == "Qwen3ForCausalLM":
     out.update(attention_bias=False, use_sliding_window=False, sliding_window=None)
   else:
     out.update(use_sliding_window=False, sliding_window=None)
+  if arch != "LlamaForCausalLM":
+    out["layer_types"] = ["full_attention"] * cfg.num_layers
   return out
 
 
@@ -252,20 +281,19 @@ def read_hf_config(path: str | Path, **overrides) -> ModelConfig:
   return model_config_from_hf(hf, **overrides)
 
 
-def load_hf_model(path: str | Path, dtype: str | None = None, mesh: Mesh | None = None,
-                  param_dtype: str | None = None) -> tuple[Decoder, ModelConfig]:
+def load_hf_model(path: str | Path, dtype: Any = None, mesh: Mesh | None = None,
+                  param_dtype: Any = None) -> tuple[Decoder, ModelConfig]:
   """Loads a local HF Llama-3 / Qwen2 / Qwen2.5 / Qwen3 directory as a `Decoder`.
 
-  `param_dtype` defaults to the checkpoint's `torch_dtype`, `dtype` (compute) to `param_dtype`.
+  `param_dtype` defaults to the checkpoint's `dtype`, `dtype` (compute) to `param_dtype`; both
+  take a name ("bfloat16") or a jnp / numpy dtype.
   With a `mesh`, every parameter is placed by `sharding.LOGICAL_RULES`; `mesh=None` puts the
   whole model on `jax.devices()[0]` (single-process use: conversion, tests, notebooks).
   Raises ModelFileError (one line) for unknown architectures and missing, unexpected or
   wrongly shaped tensors -- checked from the file headers before any tensor is read.
   """
   root = Path(path)
-  for name, value in (("dtype", dtype), ("param_dtype", param_dtype)):
-    if value is not None and value not in _DTYPES:
-      raise ModelFileError(f"{name}={value!r} is not one of {', '.join(_DTYPES)}")
+  dtype, param_dtype = dtype_name(dtype), dtype_name(param_dtype, "param_dtype")
   over = {}
   if param_dtype is not None:
     over["param_dtype"] = param_dtype
@@ -355,13 +383,15 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 def export_hf(model: Decoder, model_config: ModelConfig, out_dir: str | Path,
               tokenizer_dir: str | Path | None = None, max_shard_bytes: int = 5 * 2**30,
-              dtype: str | None = None) -> Path:
+              dtype: Any = None, token_ids: dict | None = None) -> Path:
   """Writes `model` as a HF directory (`config.json`, safetensors shards + index) that
   `transformers.AutoModelForCausalLM.from_pretrained` loads; returns `out_dir`.
 
   One shard is gathered to the host at a time. `dtype` casts on the way out (default: each
-  parameter's own dtype). `tokenizer_dir` (typically the original HF model directory) supplies
-  tokenizer files and `generation_config.json`, and its `config.json` the bos/eos/pad ids.
+  parameter's own dtype, so a bf16 model stays bf16). `token_ids` (bos/eos/pad ids, e.g. from
+  `token_ids_of`) go into config.json. `tokenizer_dir` (typically the original HF model
+  directory) supplies tokenizer files and `generation_config.json`, and its ids replace
+  `token_ids`; a tokenizer with ids beyond the model's vocab_size is refused.
   Only process 0 writes; every process must call this (the gather is collective).
   """
   from safetensors.numpy import save_file
@@ -369,11 +399,16 @@ def export_hf(model: Decoder, model_config: ModelConfig, out_dir: str | Path,
   cfg, out = model_config, Path(out_dir)
   if out.is_dir() and any(out.glob("model*.safetensors*")):  # stale shards would mix in
     raise ModelFileError(f"{out} already holds safetensors files; export into a new directory")
+  token_ids = dict(token_ids or {})
+  if tokenizer_dir is not None:
+    _check_tokenizer_fits(Path(tokenizer_dir), cfg)
+    token_ids.update(token_ids_of(Path(tokenizer_dir)))
   table = tensor_table(cfg)
   if cfg.arch == "qwen2" and not cfg.qkv_bias:  # Qwen2ForCausalLM always has q/k/v biases
     cfg_b = dataclasses.replace(cfg, qkv_bias=True)
     table = tensor_table(cfg_b)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  dtype = dtype_name(dtype)
   out_dtype = np.dtype(_DTYPES[dtype]) if dtype else None
   itemsize = lambda e: (out_dtype or _leaf_dtype(params, e)).itemsize
 
@@ -411,9 +446,9 @@ def export_hf(model: Decoder, model_config: ModelConfig, out_dir: str | Path,
   if len(shards) > 1:
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-  hf_cfg = hf_config_from_model(cfg, dtype or cfg.param_dtype)
   if tokenizer_dir is not None:
-    hf_cfg.update(_copy_tokenizer(Path(tokenizer_dir), out))
+    _copy_tokenizer(Path(tokenizer_dir), out)
+  hf_cfg = hf_config_from_model(cfg, dtype or str(_leaf_dtype(params, table[0])), token_ids)
   (out / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
   return out
 
@@ -425,19 +460,53 @@ def _leaf_dtype(params: dict, e: _Entry) -> np.dtype:
     return np.dtype(params["embed"].dtype)
 
 
-def _copy_tokenizer(src: Path, out: Path) -> dict:
-  """Copies tokenizer files; returns the special-token ids found in `src/config.json`."""
+def _copy_tokenizer(src: Path, out: Path) -> None:
   found = [name for name in TOKENIZER_FILES if (src / name).is_file()]
   if not any(n != "generation_config.json" for n in found):
     raise ModelFileError(f"tokenizer directory {src} holds none of: "
                          f"{', '.join(TOKENIZER_FILES[:-1])}")
   for name in found:
     shutil.copyfile(src / name, out / name)
-  ids = {}
+
+
+def _check_tokenizer_fits(src: Path, cfg: ModelConfig) -> None:
+  """A tokenizer whose ids reach past the embedding would index rows that do not exist."""
+  if not (src / "tokenizer.json").is_file():
+    return  # e.g. sentencepiece only: nothing to count without transformers
+  from tokenizers import Tokenizer
+
+  try:
+    n = Tokenizer.from_file(str(src / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+  except Exception as e:  # tokenizers raises a bare Exception on malformed files
+    raise ModelFileError(f"{src / 'tokenizer.json'} is not a valid tokenizer.json: "
+                         f"{str(e).splitlines()[0]}") from None
+  if n > cfg.vocab_size:
+    raise ModelFileError(f"tokenizer {src} has {n} tokens but the model's vocab_size is "
+                         f"{cfg.vocab_size}; it belongs to another model")
+
+
+def token_ids_of(src: str | Path) -> dict:
+  """bos/eos/pad ids of a model or tokenizer directory: from its `config.json` when that names
+  them, else from its tokenizer files (eos: every stop id; see data.tokenizer.HFTokenizer)."""
+  src = Path(src)
   if (src / "config.json").is_file():
     try:
       src_cfg = json.loads((src / "config.json").read_text())
     except json.JSONDecodeError:
       src_cfg = {}
-    ids = {k: src_cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in src_cfg}
-  return ids
+    ids = {k: src_cfg[k] for k in _TOKEN_ID_KEYS
+           if isinstance(src_cfg, dict) and src_cfg.get(k) is not None}
+    if ids:
+      return ids
+  if not (src / "tokenizer.json").is_file():
+    return {}
+  from paced_jax.data.tokenizer import HFTokenizer
+
+  return tokenizer_token_ids(HFTokenizer(str(src)))
+
+
+def tokenizer_token_ids(tok) -> dict:
+  """config.json ids of a paced_jax tokenizer; eos_token_id lists every stop id."""
+  stops = list(tok.stop_ids)
+  return {"bos_token_id": tok.bos_id, "eos_token_id": stops[0] if len(stops) == 1 else stops,
+          "pad_token_id": tok.pad_id}

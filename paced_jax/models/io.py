@@ -17,13 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import jax
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
 from paced_jax.config import ConfigError, ModelConfig, RopeScaling
-from paced_jax.models.hf import ModelFileError, is_hf_dir, load_hf_model
+from paced_jax.models.hf import ModelFileError, dtype_name, is_hf_dir, load_hf_model
 from paced_jax.models.transformer import Decoder
 from paced_jax.sharding import abstract_state
 
@@ -102,13 +103,14 @@ def _read_json(path: Path) -> dict:
     raise ModelFileError(f"{path} is not valid JSON: {e}") from None
 
 
-def load_model(path: str | Path, mesh: Mesh | None = None, dtype: str | None = None,
-               param_dtype: str | None = None) -> tuple[Decoder, ModelConfig]:
+def load_model(path: str | Path, mesh: Mesh | None = None, dtype: Any = None,
+               param_dtype: Any = None) -> tuple[Decoder, ModelConfig]:
   """Loads a model checkpoint, a training step directory, or a Hugging Face directory.
 
   Parameters are restored straight onto `mesh` (abstract arrays with their shardings from
   `sharding.LOGICAL_RULES`); `mesh=None` puts them on `jax.devices()[0]`. `param_dtype` casts
-  stored parameters on restore; `dtype` sets the compute dtype (default: the stored one).
+  stored parameters on restore; `dtype` sets the compute dtype (default: the stored one); both
+  take a name ("bfloat16") or a jnp / numpy dtype.
   """
   root = Path(path).absolute()
   if not root.is_dir():
@@ -119,7 +121,8 @@ def load_model(path: str | Path, mesh: Mesh | None = None, dtype: str | None = N
     raise ModelFileError(f"{root} is neither a model checkpoint (no {PARAMS}/ directory) nor a "
                          "Hugging Face directory (config.json + *.safetensors)")
   cfg = find_model_config(root)
-  over = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None}
+  over = {k: dtype_name(v, k) for k, v in (("dtype", dtype), ("param_dtype", param_dtype))
+          if v is not None}
   try:
     cfg = dataclasses.replace(cfg, **over)
   except ConfigError as e:
