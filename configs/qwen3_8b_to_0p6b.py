@@ -60,7 +60,7 @@ def get_config(arg: str = "") -> Config:
       sample=SampleConfig(temperature=1.0, max_new_tokens=1024, prompt_buckets=(128, 256, 384),
                           batch_size=256),
       paced=PacedConfig(weighting="paced", use="sample", rollouts=8, refresh_every=50,
-                        verifier="math"),
+                        eps=0.02, verifier="math"),
       loss=LossConfig(mode="two_stage", divergence="forward_kl", chunk_size=256,
                       two_stage_switch=0.5),
       train=TrainConfig(steps=1000, lr=1e-5, warmup_steps=50, weight_decay=0.01,

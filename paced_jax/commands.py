@@ -126,7 +126,7 @@ def cmd_estimate(args) -> int:
   table.to_jsonl(out / "passrates.jsonl")
   w = frontier_weights(est.successes, est.trials, cfg.paced)
   plot_frontier(out / "passrates.png", table.pass_rates(), w)
-  stats = frontier_stats(est.successes, est.trials, sampling_probs(w, max(cfg.paced.eps, 1e-12)))
+  stats = frontier_stats(est.successes, est.trials, sampling_probs(w, cfg.paced.eps))
   print(f"{len(problems)} problems x {cfg.paced.rollouts} rollouts: mean p {stats.mean_p:.3f}, "
         f"p=0 {stats.frac_p0:.1%}, p=1 {stats.frac_p1:.1%}, weight ESS {stats.ess:.0f}; "
         f"wrote {out}/passrates.jsonl and passrates.png")

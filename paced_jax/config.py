@@ -179,7 +179,9 @@ class PacedConfig:
   prior_b0: float = 1.0
   band_lo: float = 0.2
   band_hi: float = 0.8
-  eps: float = 0.0  # uniform exploration floor mixed into the sampling probabilities
+  # Uniform floor: sampling pi = (1 - eps) w / sum(w) + eps / N; in loss-weight mode the loss
+  # weights are N * pi (the same mixture, rescaled to mean 1 over the pool).
+  eps: float = 0.02
   rollouts: int = 8  # K rollouts per problem per estimate
   refresh_every: int = 50  # R steps between re-estimates
   refresh_subset: int = 0  # problems re-estimated per refresh; 0: the whole pool
@@ -202,19 +204,50 @@ class PacedConfig:
     _check("paced", self, checks)
 
 
+# The divergence each mode uses when loss.divergence is "auto" (two_stage: forward KL first).
+MODE_DIVERGENCE = {"distill": "forward_kl", "on_policy": "reverse_kl", "self_distill": "reverse_kl",
+                   "two_stage": "forward_kl", "sft": "ce"}
+
+
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
   """Token-level divergence between teacher and student next-token distributions."""
 
   mode: Literal["distill", "on_policy", "two_stage", "self_distill", "sft"] = "distill"
-  divergence: Literal["forward_kl", "reverse_kl", "akl", "jsd", "ce"] = "forward_kl"
+  # "auto": the mode's own (MODE_DIVERGENCE): forward KL off-policy on references, reverse KL on
+  # the student's own rollouts (on_policy, self_distill), cross-entropy for sft.
+  divergence: Literal["auto", "forward_kl", "reverse_kl", "akl", "jsd", "ce"] = "auto"
   temperature: float = 1.0
-  jsd_beta: float = 0.5
+  jsd_beta: float = 0.5  # 0: forward KL, 1: reverse KL (GKD convention)
   akl_mu: float = 0.5  # head/tail split of the adaptive KL
   chunk_size: int = 128  # sequence chunk for the full-vocabulary divergence; 0: unchunked
-  teacher_top_k: int = 0  # 0: full vocabulary
+  # Forward KL on the teacher's top-k tokens only (off-policy distill mode); 0: full vocabulary.
+  teacher_top_k: int = 0
   two_stage_switch: float = 0.5  # fraction of steps on forward KL before reverse KL
   privileged_template: str = "{prompt}\nReference solution: {solution}\n"
+  # How per-token losses become the batch loss, in both uses of the frontier weights (sampling
+  # by pi, per-example loss weights): "token" mean over the batch's tokens, or "sequence" mean
+  # of per-example token means. See losses.normalise.
+  normalise: Literal["token", "sequence"] = "token"
+
+  def __post_init__(self):
+    _check("loss", self, [
+        ("temperature", self.temperature > 0, "> 0"),
+        ("jsd_beta", 0 <= self.jsd_beta <= 1, "in [0, 1] (0: forward KL, 1: reverse KL)"),
+        ("akl_mu", 0 < self.akl_mu < 1, "in (0, 1)"),
+        ("chunk_size", self.chunk_size >= 0, ">= 1 positions, or 0 for unchunked"),
+        ("teacher_top_k", self.teacher_top_k >= 0, ">= 0 (0: the full vocabulary)"),
+        ("two_stage_switch", 0 < self.two_stage_switch < 1, "in (0, 1)")])
+    if self.teacher_top_k and (self.mode != "distill" or self.resolved_divergence != "forward_kl"):
+      raise ConfigError(
+          f"loss.teacher_top_k={self.teacher_top_k} works only for off-policy forward KL "
+          f"(loss.mode=distill, loss.divergence=forward_kl); got loss.mode={self.mode!r}, "
+          f"divergence {self.resolved_divergence!r}: set loss.teacher_top_k=0")
+
+  @property
+  def resolved_divergence(self) -> str:
+    """The divergence of the (first) stage: `divergence`, or the mode's own when "auto"."""
+    return MODE_DIVERGENCE[self.mode] if self.divergence == "auto" else self.divergence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +275,7 @@ class TrainConfig:
 
   def __post_init__(self):
     _check("train", self, [("steps", self.steps >= 1, ">= 1"),
+                           ("warmup_steps", self.warmup_steps >= 0, ">= 0 (0: no warmup)"),
                            ("max_flops", self.max_flops >= 0, ">= 0 (0 is off)")])
 
 
@@ -267,6 +301,12 @@ class Config:
   eval: EvalConfig = EvalConfig()
   seed: int = 0
   name: str = "run"
+
+  def __post_init__(self):
+    k = self.loss.teacher_top_k
+    if k and self.teacher is not None and k > self.teacher.vocab_size:
+      raise ConfigError(f"loss.teacher_top_k={k} exceeds the teacher's vocabulary "
+                        f"({self.teacher.vocab_size}); use at most that, or 0 for all of it")
 
 
 # ----------------------------------------------------------------------------- loading

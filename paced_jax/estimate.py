@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 
 from paced_jax.config import ConfigError, SampleConfig
 from paced_jax.data.schema import Problem
+from paced_jax.flops import output_flops
 from paced_jax.models.transformer import Decoder
 from paced_jax.sampler import Knobs, Sample, Strategy, SampleOutput, generate
 from paced_jax.distributed import to_host
@@ -47,8 +48,9 @@ class Estimate(NamedTuple):
   successes: np.ndarray  # int64 [N]
   trials: np.ndarray  # int64 [N], = K for every problem
   rollouts: list[Rollout]  # N * K, problem-major; empty when keep_rollouts=False
-  prompt_tokens: int = 0  # summed over the N * K rows (compute accounting, flops.sample_flops)
+  prompt_tokens: int = 0  # summed over the N * K rows
   generated_tokens: int = 0
+  flops: float = 0.0  # what the sampler computed (flops.generate_flops, padding included)
 
 
 def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
@@ -90,6 +92,7 @@ def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
   kept: list[Rollout] = []
   bar = _progress_bar(N, progress)
   n_tokens, t0 = 0, time.perf_counter()
+  flops = [0.0]
 
   def launch(start: int) -> SampleOutput:
     return generate(model, prompts[start:start + per_batch], rng=key, knobs=knobs,
@@ -100,6 +103,7 @@ def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
   def finish(start: int, out: SampleOutput, pool) -> tuple[int, concurrent.futures.Future, list]:
     tokens, logprobs = to_host(out.tokens_BS), to_host(out.logprobs_BS)
     lengths = to_host(out.lengths_B)
+    flops[0] += output_flops(model.cfg, out)
     batch = problems[start:start + per_batch]
     texts = [decode(tokens[r, :lengths[r]].tolist()) for r in range(len(lengths))]
     owners = [p for p in batch for _ in range(rollouts)]
@@ -137,7 +141,7 @@ def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
   bar.close()
   return Estimate(successes=successes, trials=np.full((N,), rollouts, np.int64), rollouts=kept,
                   prompt_tokens=rollouts * sum(len(p) for p in prompts),
-                  generated_tokens=n_tokens)
+                  generated_tokens=n_tokens, flops=flops[0])
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -1,29 +1,41 @@
-"""Model FLOPs per token and MFU for the distillation step.
+"""FLOPs of the distillation step and of rollouts, and MFU.
 
-Counting convention (the PaLM / nanoGPT "model FLOPs" one): a matmul of [M, K] x [K, N] is
-2*M*K*N FLOPs; the backward pass costs twice the forward (one matmul for the input gradient, one
-for the weight gradient), so training is 3x the forward. Only matmuls are counted:
+ONE convention for everything a run spends (train steps and rollouts alike): count the matmul
+FLOPs the hardware executes for the programs as they are shaped. A matmul of [M, K] x [K, N] is
+2*M*K*N FLOPs; only matmuls are counted (not the embedding gather, biases, norms, RoPE,
+softmax, activations). Concretely:
 
-  forward, per token of a T-token sequence, for one decoder (D model, L layers, N q-heads,
-  K kv-heads, H head dim, F mlp, V vocab):
-    2 * P_matmul                  P_matmul = L * (D*N*H [q] + 2*D*K*H [k, v] + N*H*D [o]
-                                                  + 3*D*F [gate, up, down]) + D*V [unembedding]
-    + 4 * L * T * N * H           attention scores q.k and the weighted sum p.v, each 2*T*N*H per
-                                  token per layer; the FULL T x T square is counted (the model
-                                  computes it and masks, it does not skip the upper triangle)
+  * padded rows and padded positions count: a step computes its whole [B, T] bucket, a rollout
+    batch all of its row slots (padding rows, and rows that already stopped) until the last
+    row stops;
+  * attention counts every key slot multiplied: the full T x T square in a train step (the
+    model masks, it does not skip the upper triangle), and all S = prompt bucket + budget
+    bucket cache slots in every prefill and decode step of the sampler;
+  * the unembedding counts where logits are computed: at the scored positions of a train step
+    (padded to a whole chunk), at one position per row after prefill, at every decode step;
+  * recomputation counts: the chunked loss recomputes each chunk's student and teacher logits
+    in the backward pass, and model.remat="full" recomputes the forward of every block
+    ("dots_no_batch": its attention);
+  * backward = 2x forward (one matmul for the input gradient, one for the weight gradient).
 
-  Not counted: the embedding gather (no matmul), biases, norms, RoPE, softmax, activations,
-  the loss. Not counted either: recomputation (remat, and the chunked loss recomputing its logits
-  in the backward pass) -- MFU counts the model's FLOPs, not the hardware's, so remat lowers MFU.
+Per token of a T-token sequence, one decoder (D model, L layers, N q-heads, K kv-heads, H head
+dim, F mlp, V vocab), attending over S key slots:
+    body        2 * L * (D*N*H [q] + 2*D*K*H [k, v] + N*H*D [o] + 3*D*F [gate, up, down])
+    attention   4 * L * S * N * H     (q.k and p.v, each 2*S*N*H)
+    unembedding 2 * D * V             (only where logits are computed)
 
-  distillation step = 3 * forward(student) + forward(teacher)
-                    = 6 * P_s + 12 * L_s*T*N_s*H_s  +  2 * P_t + 4 * L_t*T*N_t*H_t
+  train step  = 3 * (body + attention(T)) * B*T  +  3 * unembed * B*R  [student]
+              +     (body + attention(T)) * B*T  +      unembed * B*R  [teacher]
+              + recomputation (chunked loss: + unembed * B*R for each model; remat)
+  generate    = rows * P * (body + attention(S)) + rows * unembed               [prefill]
+              + (steps - 1) * rows * (body + attention(S) + unembed)            [decode]
 
-The step only unembeds the scored positions (`losses.chunked_divergence` gathers them first), so
-`scored_len` (default: all T) scales the D*V terms by scored_len / T.
+MFU divides the same count by time and peak (`mfu`): "what the hardware computes", so
+recomputation lowers MFU only through time, never by being left out.
 
 Worked example (tests/test_flops.py checks the forward part against XLA's cost analysis):
-qwen2.5-0.5b student + qwen2.5-1.5b teacher at T = 2048 -> about 6.93e9 FLOPs per token.
+qwen2.5-0.5b student + qwen2.5-1.5b teacher at T = 2048 -> about 6.93e9 FLOPs per token
+(unchunked, no remat).
 """
 
 from __future__ import annotations
@@ -75,25 +87,57 @@ def train_flops_per_token(student_cfg: ModelConfig, teacher_cfg: ModelConfig | N
   return flops
 
 
-def sample_flops(cfg: ModelConfig, prompt_tokens: int, generated_tokens: int, rows: int
-                 ) -> float:
-  """Model FLOPs of generating with the KV cache: every prompt and generated token passes the
-  model once. Attention is counted at the rows' mean final length (prompt + response), the same
-  full-square convention as training; decoding only attends to the tokens before it, so this
-  overcounts attention by up to 2x, which at the lengths where sampling costs matter (body and
-  unembedding dominate) is a few percent. Padding is not counted: the sampler stops rows at their
-  stop token, and model FLOPs count the model's work, not the padded batch's."""
-  tokens = prompt_tokens + generated_tokens
-  if tokens <= 0 or rows <= 0:
+def body_flops_per_token(cfg: ModelConfig) -> float:
+  return 2.0 * cfg.num_layers * block_matmul_params(cfg)
+
+
+def attention_flops_per_token(cfg: ModelConfig, key_slots: int) -> float:
+  return 4.0 * cfg.num_layers * key_slots * cfg.num_heads * cfg.head_dim
+
+
+def unembed_flops(cfg: ModelConfig) -> float:
+  return 2.0 * cfg.hidden * cfg.vocab_size
+
+
+def generate_flops(cfg: ModelConfig, rows: int, prompt_len: int, cache_len: int, steps: int
+                   ) -> float:
+  """FLOPs of one `sampler.generate` call as computed: prefill of `rows` x `prompt_len` (the
+  prompt bucket) attending over `cache_len` slots with logits at one position per row, then
+  `steps - 1` decode steps of every row slot (see the module docstring)."""
+  if rows <= 0 or steps <= 0:
     return 0.0
-  return tokens * forward_flops_per_token(cfg, max(round(tokens / rows), 1))
+  layer = body_flops_per_token(cfg) + attention_flops_per_token(cfg, cache_len)
+  prefill = rows * prompt_len * layer + rows * unembed_flops(cfg)
+  return float(prefill + (steps - 1) * rows * (layer + unembed_flops(cfg)))
+
+
+def output_flops(cfg: ModelConfig, out) -> float:
+  """generate_flops of a `sampler.SampleOutput` (reads its step count back from the device)."""
+  steps = 0 if out.steps is None else int(out.steps)
+  return generate_flops(cfg, out.rows, out.prompt_len, out.cache_len, steps)
 
 
 def step_flops(student_cfg: ModelConfig, teacher_cfg: ModelConfig | None, rows: int,
-               seq_len: int, scored_len: int | None = None) -> float:
-  """Model FLOPs of one train step on a [rows, seq_len] batch (padding included: the step
-  computes every position of the bucket)."""
-  return rows * seq_len * train_flops_per_token(student_cfg, teacher_cfg, seq_len, scored_len)
+               seq_len: int, scored_len: int | None = None, chunk: int = 0) -> float:
+  """FLOPs of one train step on a [rows, seq_len] batch as computed (padding included: the
+  step computes every position of the bucket), scoring `scored_len` positions per row (default
+  all) in chunks of `chunk` (0: unchunked; chunked logits are recomputed in the backward)."""
+  R = seq_len if scored_len is None else scored_len
+  chunked = 0 < chunk < R
+  if chunked:
+    R = -(-R // chunk) * chunk  # the last chunk is padded and computed whole
+  tokens, scored = rows * seq_len, rows * R
+
+  def model(cfg, passes):  # body+attention passes; the unembedding is added per scored position
+    layer = body_flops_per_token(cfg) + attention_flops_per_token(cfg, seq_len)
+    extra = {"full": layer,
+             "dots_no_batch": attention_flops_per_token(cfg, seq_len)}.get(cfg.remat, 0.0)
+    return tokens * (passes * layer + (extra if passes == 3 else 0.0))
+
+  flops = model(student_cfg, 3) + scored * unembed_flops(student_cfg) * (3 + chunked)
+  if teacher_cfg is not None:
+    flops += model(teacher_cfg, 1) + scored * unembed_flops(teacher_cfg) * (1 + chunked)
+  return float(flops)
 
 
 def peak_flops(device: Any) -> float | None:

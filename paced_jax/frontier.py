@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -205,7 +206,8 @@ def frontier_weights(successes, trials, cfg: PacedConfig = PacedConfig()) -> np.
 
 
 def sampling_probs(weights, eps: float = 0.0) -> np.ndarray:
-  """pi = (1 - eps) w / sum(w) + eps / N; all-zero weights need eps > 0 (then pi is uniform)."""
+  """pi = (1 - eps) w / sum(w) + eps / N. All-zero weights (every pass rate outside the frontier)
+  give the uniform pi; `frontier_round` reports that as a fallback."""
   w = np.asarray(weights, np.float64)
   if w.size == 0:
     raise ConfigError("the problem pool is empty: there is nothing to sample")
@@ -213,12 +215,32 @@ def sampling_probs(weights, eps: float = 0.0) -> np.ndarray:
     raise ValueError("frontier weights must be finite and >= 0")
   total = w.sum()
   if total <= 0:
-    if eps <= 0:
-      raise ConfigError(f"every one of the {w.size} problems has frontier weight 0 (all pass "
-                        "rates outside the frontier); set paced.eps > 0 or use "
-                        "paced.weighting=paced_posterior")
     return np.full(w.shape, 1.0 / w.size)
   return (1.0 - eps) * w / total + eps / w.size
+
+
+class FrontierRound(typing.NamedTuple):
+  probs: np.ndarray | None  # sampling probabilities [N] (None: uniform sampling)
+  loss_weights: np.ndarray  # per-example loss weights [N] (ones when sampling by pi)
+  fallback_uniform: bool  # every weight was 0: this round is uniform
+
+
+def frontier_round(weights, cfg: PacedConfig, usable=None) -> FrontierRound:
+  """What one data round uses, from the frontier weights: sampling by pi (use=sample), or
+  uniform sampling with loss weights N * pi, the same mixture rescaled to mean 1 (use=
+  loss_weight). Problems that cannot be sampled (`usable` False) get weight 0 first. If no
+  usable problem has weight > 0 the round falls back to uniform over the usable problems."""
+  w = np.asarray(weights, np.float64)
+  sel = np.ones(w.shape, bool) if usable is None else np.asarray(usable, bool)
+  if not sel.any():
+    raise ConfigError("no problem of the pool can be sampled (prompts too long or no reference)")
+  fallback = not w[sel].sum() > 0
+  pi = np.zeros(w.shape)
+  pi[sel] = sampling_probs(w[sel], cfg.eps)  # N in eps / N counts the problems that can be drawn
+  if cfg.use == "sample":
+    return FrontierRound(pi, np.ones(w.shape, np.float32), fallback)
+  n = int(sel.sum())
+  return FrontierRound(None, (n * pi).astype(np.float32), fallback)
 
 
 @dataclasses.dataclass(frozen=True)

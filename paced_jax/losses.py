@@ -12,10 +12,13 @@ gradient magnitudes stay comparable across temperatures.
 Divergences (p = teacher, q = student, per token, summed over the vocabulary):
   forward_kl   KL(p || q)                        mode covering; off-policy distillation
   reverse_kl   KL(q || p)                        mode seeking; on the student's own rollouts
-  jsd          beta KL(p||m) + (1-beta) KL(q||m), m = beta p + (1-beta) q   (generalised JSD)
-  akl          g_head KL(p||q) + g_tail KL(q||p) (Wu et al. 2024): the teacher's head is the
-               smallest set of top tokens holding mass >= mu; g_* are the (stop-gradient) shares
-               of sum |p - q| falling in the head and in the tail
+  jsd          beta KL(p||m) + (1-beta) KL(q||m), m = beta p + (1-beta) q   (generalised JSD,
+               the GKD / TRL convention): beta = 0 is forward KL(p||q), beta = 1 reverse KL(q||p)
+               (the limits of JSD/beta and JSD/(1-beta), returned exactly at the end points)
+  akl          g_head KL(p||q) + g_tail KL(q||p) (Wu et al. 2024, as their reference code): sort
+               the vocabulary by teacher probability; the head is the ranks whose INCLUSIVE
+               cumulative teacher mass is <= mu, rank 0 always included; g_head and g_tail are
+               the (stop-gradient) shares of sum |p - q| over the head and the tail
   ce           -log q(target)                    plain SFT on the reference tokens
 """
 
@@ -44,24 +47,24 @@ def reverse_kl(logp_t, logq_s, **_):
 
 
 def jsd(logp_t, logq_s, *, beta=0.5, **_):
-  if beta <= 0.0:
-    return reverse_kl(logp_t, logq_s)  # limits of the generalised JSD, kept exact
-  if beta >= 1.0:
+  if beta <= 0.0:  # JSD/beta -> KL(p||q) as beta -> 0 (m -> q); GKD returns the limit there
     return forward_kl(logp_t, logq_s)
+  if beta >= 1.0:  # JSD/(1-beta) -> KL(q||p) as beta -> 1 (m -> p)
+    return reverse_kl(logp_t, logq_s)
   logm = jnp.logaddexp(jnp.log(beta) + logp_t, jnp.log1p(-beta) + logq_s)
   return beta * _kl(logp_t, logm) + (1.0 - beta) * _kl(logq_s, logm)
 
 
 def akl(logp_t, logq_s, *, mu=0.5, **_):
   p, q = jnp.exp(logp_t), jnp.exp(logq_s)
-  # Head: tokens whose teacher probability is among the top ones holding mass mu. A token is in
-  # the head iff the mass strictly above it (in sorted order) is < mu.
-  p_sorted = -jnp.sort(-p, axis=-1)
-  above_sorted = jnp.cumsum(p_sorted, axis=-1) - p_sorted
-  n_head = jnp.sum(above_sorted < mu, axis=-1, keepdims=True)  # >= 1
-  threshold = jnp.take_along_axis(p_sorted, n_head - 1, axis=-1)
-  head = p >= threshold
-  gap = jax.lax.stop_gradient(jnp.abs(p - q))
+  # Ranks by teacher probability (stable: ties keep vocabulary order). Head: inclusive
+  # cumulative mass <= mu, and the top token always.
+  order = jnp.argsort(-p, axis=-1, stable=True)
+  p_sorted = jnp.take_along_axis(p, order, axis=-1)
+  q_sorted = jnp.take_along_axis(q, order, axis=-1)
+  head = jnp.cumsum(p_sorted, axis=-1) <= mu
+  head = head.at[..., 0].set(True)
+  gap = jax.lax.stop_gradient(jnp.abs(p_sorted - q_sorted))
   g_head = jnp.sum(jnp.where(head, gap, 0.0), -1)
   g_tail = jnp.sum(jnp.where(head, 0.0, gap), -1)
   total = jnp.maximum(g_head + g_tail, 1e-12)
@@ -102,7 +105,7 @@ def token_divergence(logits_t_BRV, logits_s_BRV, kind: str | jax.Array, *, targe
   logq_s = _log_softmax32(logits_s_BRV, temperature)
   kw = dict(beta=jsd_beta, mu=akl_mu, targets=targets_BR)
   if teacher_top_k:
-    if kind != "forward_kl":
+    if not (isinstance(kind, str) and kind == "forward_kl"):
       raise ValueError(f"loss.teacher_top_k={teacher_top_k} supports only forward_kl, got {kind}")
     logp_t, logq_s = _topk_teacher(logp_t, logq_s, teacher_top_k)
   scale = temperature ** 2
@@ -139,6 +142,11 @@ def chunked_divergence(h_t_BRD, w_t_DV, h_s_BRD, w_s_DV, mask_BR, kind, *, targe
   has_teacher = h_t_BRD is not None
 
   def one(h_t, h_s, m, tgt):
+    # Masked rows are zeroed BEFORE the matmul: a non-finite hidden state at a padded position
+    # then never reaches the logits, the loss or dW (0 * NaN in a matmul would be NaN).
+    keep = (m > 0)[..., None]
+    h_s = jnp.where(keep, h_s, jnp.zeros((), h_s.dtype))
+    h_t = jnp.where(keep, h_t, jnp.zeros((), h_t.dtype)) if has_teacher else None
     logits_s = jnp.einsum("BRD,DV->BRV", h_s, w_s_DV, preferred_element_type=jnp.float32)
     logits_t = (jnp.einsum("BRD,DV->BRV", h_t, w_t_DV, preferred_element_type=jnp.float32)
                 if has_teacher else None)
@@ -168,14 +176,29 @@ def chunked_divergence(h_t_BRD, w_t_DV, h_s_BRD, w_s_DV, mask_BR, kind, *, targe
   return sums, counts
 
 
-def normalise(sums_B, counts_B, weights_B=None):
-  """Batch loss. Without weights: the token mean over the batch. With weights (frontier weights
-  in loss-weight mode): per-example token means weighted by w / sum(w) over the batch."""
-  if weights_B is None:
-    return jnp.sum(sums_B) / jnp.maximum(jnp.sum(counts_B), 1.0)
-  per_example = sums_B / jnp.maximum(counts_B, 1.0)
-  w = weights_B.astype(jnp.float32) * (counts_B > 0)
-  return jnp.sum(w * per_example) / jnp.maximum(jnp.sum(w), 1e-12)
+NORMALISATIONS = ("token", "sequence")
+
+
+def normalise(sums_B, counts_B, weights_B=None, mode: str = "token"):
+  """Batch loss from per-example sums and token counts, with per-example weights w_b (1 when
+  sampling by pi; the frontier loss weights in loss-weight mode):
+
+    token     sum_b w_b sum_t l_bt / sum_b w_b n_b        (a token mean: long responses count
+                                                           more; the default)
+    sequence  sum_b w_b (sum_t l_bt / n_b) / sum_b w_b    (each example counts once; rows with
+                                                           n_b = 0 are left out)
+
+  Both uses of the frontier weights share this, so "sample by pi" and "weight by w" differ only
+  in how w enters. All weights zero gives 0 (the step then skips its update).
+  """
+  w = jnp.ones_like(sums_B) if weights_B is None else weights_B.astype(jnp.float32)
+  if mode == "token":
+    return jnp.sum(w * sums_B) / jnp.maximum(jnp.sum(w * counts_B), 1e-12)
+  if mode == "sequence":
+    w = w * (counts_B > 0)
+    per_example = sums_B / jnp.maximum(counts_B, 1.0)
+    return jnp.sum(w * per_example) / jnp.maximum(jnp.sum(w), 1e-12)
+  raise ValueError(f"loss.normalise={mode!r} must be one of {', '.join(NORMALISATIONS)}")
 
 
 def gather_positions(x_BT, idx_BR):

@@ -10,12 +10,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from paced_jax.config import Config, to_dict
+from paced_jax.config import Config, ConfigError, to_dict
 from paced_jax.data.packing import pack_rows, pick_bucket
 from paced_jax.data.pipeline import to_global_batch
 from paced_jax.data.tokenizer import encode_prompt
 from paced_jax.distributed import to_host
-from paced_jax.flops import sample_flops
+from paced_jax.flops import output_flops
 from paced_jax.models.transformer import Decoder
 from paced_jax.sampler import Knobs, generate
 
@@ -30,13 +30,18 @@ def teacher_references(cfg: Config, wd: Path, source, teacher: Decoder, tok, ver
   def generate_fn(problems):
     prompts = [encode_prompt(tok, p.prompt, cfg.data.chat_template) for p in problems]
     out = generate(teacher, prompts, rng=jax.random.key(cfg.seed + 3), rollouts=K,
-                   knobs=Knobs.from_config(cfg.sample), eos_id=tok.eos_id, pad_id=tok.pad_id,
+                   knobs=Knobs.from_config(cfg.sample), eos_id=tok.stop_ids, pad_id=tok.pad_id,
                    mesh=mesh, prompt_buckets=cfg.sample.prompt_buckets,
                    budget_buckets=cfg.sample.budget_buckets)
     toks, lens = to_host(out.tokens_BS), to_host(out.lengths_B)
-    # Drop the stop token: packing appends EOS to every reference.
-    texts = [tok.decode([t for t in toks[r, :lens[r]].tolist() if t != tok.eos_id])
-             for r in range(len(lens))]
+    texts = []
+    for r in range(len(lens)):
+      row = toks[r, :lens[r]].tolist()
+      stopped = bool(row) and row[-1] in tok.stop_ids
+      # Drop the stop token: packing appends EOS to a complete reference, and none to one cut
+      # at the budget (marked eos=False).
+      text = tok.decode(row[:-1] if stopped else row)
+      texts.append(text if stopped else {"text": text, "eos": False})
     return [texts[i * K:(i + 1) * K] for i in range(len(problems))]
 
   key = json.dumps({"teacher": cfg.train.init_teacher, "model": to_dict(cfg.teacher),
@@ -53,23 +58,35 @@ def on_policy_batch(run, state, batch: dict, step: int) -> dict:
   prompts = [pool.prompt(int(i)) for i in index]
   out = generate(nnx.merge(run.student_def, state.params), [p.tolist() for p in prompts],
                  rng=jax.random.fold_in(jax.random.key(cfg.seed + 1), step),
-                 knobs=Knobs.from_config(cfg.sample), eos_id=tok.eos_id, pad_id=tok.pad_id,
+                 knobs=Knobs.from_config(cfg.sample), eos_id=tok.stop_ids, pad_id=tok.pad_id,
                  mesh=run.mesh, prompt_buckets=cfg.sample.prompt_buckets,
                  budget_buckets=cfg.sample.budget_buckets)
   toks, lens = to_host(out.tokens_BS), to_host(out.lengths_B)
-  run.compute["rollout_flops"] += sample_flops(cfg.model, sum(len(p) for p in prompts),
-                                               int(lens.sum()), len(index))
-  responses = [toks[b, :min(lens[b], cfg.data.max_response_len)] for b in range(len(index))]
-  T = pick_bucket(max(len(p) + len(r) for p, r in zip(prompts, responses)),
-                  cfg.data.length_buckets)
-  rows = pack_rows(prompts, responses, T, tok.pad_id)
-  rows["weights"] = to_host(batch["weights"])
-  rows["index"] = index
+  run.compute["rollout_flops"] += output_flops(cfg.model, out)
+  priv = None
   if cfg.loss.mode == "self_distill":
     # The teacher scores the same response after a prompt that shows the reference solution.
     priv = [np.asarray(encode_prompt(tok, cfg.loss.privileged_template.format(
         prompt=run.problems[int(i)].prompt, solution=run.problems[int(i)].solution or ""),
         cfg.data.chat_template), np.int32) for i in index]
+  # Every row must fit the largest length bucket: a response is capped at what its prompt (and
+  # the teacher's privileged prompt) leaves, and at data.max_response_len.
+  longest = cfg.data.length_buckets[-1]
+  room = [min(cfg.data.max_response_len, longest - len(p),
+              longest - len(priv[b]) if priv is not None else longest) for b, p in
+          enumerate(prompts)]
+  if min(room) < 1:
+    b = int(np.argmin(room))
+    raise ConfigError(f"problem {run.problems[int(index[b])].id!r}: its prompt (or privileged "
+                      f"prompt, loss.privileged_template) leaves no room for a response in the "
+                      f"largest data.length_buckets entry {longest}; add a larger bucket")
+  responses = [toks[b, :min(lens[b], room[b])] for b in range(len(index))]
+  T = pick_bucket(max(len(p) + len(r) for p, r in zip(prompts, responses)),
+                  cfg.data.length_buckets)
+  rows = pack_rows(prompts, responses, T, tok.pad_id)
+  rows["weights"] = to_host(batch["weights"])
+  rows["index"] = index
+  if priv is not None:
     Tt = pick_bucket(max(len(p) + len(r) for p, r in zip(priv, responses)),
                      cfg.data.length_buckets)
     t_rows = pack_rows(priv, responses, Tt, tok.pad_id)

@@ -63,6 +63,12 @@ class SampleOutput:
   tokens_BS: jax.Array  # int32, pad_id after a row's end
   logprobs_BS: jax.Array  # float32, 0 after a row's end
   lengths_B: jax.Array  # int32, generated tokens including the stop token
+  # What the program computed, for compute accounting (flops.generate_flops): tokens sampled
+  # per row slot (the prefill's pick + decode iterations), and the static shapes it ran at.
+  steps: jax.Array | None = None  # int32 scalar
+  rows: int = flax.struct.field(pytree_node=False, default=0)  # rows incl. padding rows
+  prompt_len: int = flax.struct.field(pytree_node=False, default=0)  # prompt bucket
+  cache_len: int = flax.struct.field(pytree_node=False, default=0)  # KV slots attended
 
 
 @flax.struct.dataclass
@@ -208,7 +214,7 @@ def sample_core(graphdef, params, prompts_BP, prompt_lengths_B, knobs: Knobs, rn
 
   state = jax.lax.while_loop(cond, body, state)
   return SampleOutput(tokens_BS=state.tokens_BS, logprobs_BS=state.logprobs_BS,
-                      lengths_B=state.lengths_B)
+                      lengths_B=state.lengths_B, steps=state.step)
 
 
 sample_jit = jax.jit(sample_core, static_argnames=("graphdef", "budget", "strategy", "mesh"))
@@ -316,8 +322,9 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, rng: int | jax
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     out = sample_jit(graphdef, params, args[0], args[1], args[2], key, args[3], stops,
                      np.int32(pad_id), budget=budget, strategy=strategy, mesh=mesh)
+  out = out.replace(rows=n_rows, prompt_len=width, cache_len=width + budget)
   new = int(k.max_new_tokens.max())  # the budget bucket may be wider than any row needs
   if n_rows == n_real and new == budget:
     return out
-  return SampleOutput(tokens_BS=out.tokens_BS[:n_real, :new],
-                      logprobs_BS=out.logprobs_BS[:n_real, :new], lengths_B=out.lengths_B[:n_real])
+  return out.replace(tokens_BS=out.tokens_BS[:n_real, :new],
+                     logprobs_BS=out.logprobs_BS[:n_real, :new], lengths_B=out.lengths_B[:n_real])

@@ -49,12 +49,19 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def learning_rate(cfg: TrainConfig, step):
-  """Linear warmup, then cosine decay to lr/10 at `steps` or (schedule=constant) flat lr."""
-  warmup = max(cfg.warmup_steps, 1)
+  """Linear warmup over `warmup_steps` steps that starts at lr / warmup_steps (step 0 already
+  learns: a zero rate would move the Adam moments and not the parameters), reaching lr at step
+  warmup_steps - 1; then flat (schedule=constant) or cosine decay to lr/10 at `steps`."""
+  W = cfg.warmup_steps
+  step = jnp.asarray(step, jnp.float32)
+  warm = cfg.lr * jnp.minimum(1.0, (step + 1.0) / max(W, 1))
   if cfg.schedule == "constant":
-    return cfg.lr * jnp.minimum(1.0, step / warmup)
-  return optax.warmup_cosine_decay_schedule(
-      0.0, cfg.lr, warmup, max(cfg.steps, cfg.warmup_steps + 1), cfg.lr * 0.1)(step)
+    after = jnp.float32(cfg.lr)
+  else:
+    end, span = cfg.lr * 0.1, max(cfg.steps - W, 1)
+    frac = jnp.clip((step - W) / span, 0.0, 1.0)
+    after = end + (cfg.lr - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+  return jnp.where(step < W, warm, after)
 
 
 def init_train_state(student: nnx.Module, tx: optax.GradientTransformation,
@@ -80,20 +87,17 @@ def init_train_state(student: nnx.Module, tx: optax.GradientTransformation,
 def divergence_at(cfg: Config, step):
   """Index into losses.DIVERGENCES for this step (traced): two-stage switches mid-run."""
   ids = {name: i for i, name in enumerate(losses.DIVERGENCES)}
-  mode = cfg.loss.mode
-  if mode == "sft":
-    return jnp.int32(ids["ce"])
-  if mode == "two_stage":
+  if cfg.loss.mode == "two_stage":
     switch = int(cfg.loss.two_stage_switch * cfg.train.steps)
     return jnp.where(step < switch, ids["forward_kl"], ids["reverse_kl"]).astype(jnp.int32)
-  return jnp.int32(ids[cfg.loss.divergence])
+  return jnp.int32(ids[stage_of(cfg, 0)])
 
 
 def stage_of(cfg: Config, step: int) -> str:
   """Host-side twin of `divergence_at`, for the loop (which batches to build)."""
   if cfg.loss.mode == "two_stage":
     return "forward_kl" if step < int(cfg.loss.two_stage_switch * cfg.train.steps) else "reverse_kl"
-  return "ce" if cfg.loss.mode == "sft" else cfg.loss.divergence
+  return "ce" if cfg.loss.mode == "sft" else cfg.loss.resolved_divergence
 
 
 def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, teacher_def):
@@ -117,11 +121,14 @@ def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, te
         losses.gather_positions(teacher.hidden(t_tokens, t_pos, t_seg), idx_t))
     w_t = jax.lax.stop_gradient(teacher.unembedding())
   lc = cfg.loss
+  if lc.teacher_top_k:  # config validation allows it only with off-policy forward KL
+    kind = "forward_kl"
   sums, counts = losses.chunked_divergence(
       h_t_BRD, w_t, h_s_BRD, student.unembedding(), valid, kind, targets_BR=targets,
-      chunk=lc.chunk_size, temperature=lc.temperature, jsd_beta=lc.jsd_beta, akl_mu=lc.akl_mu)
+      chunk=lc.chunk_size, temperature=lc.temperature, jsd_beta=lc.jsd_beta, akl_mu=lc.akl_mu,
+      teacher_top_k=lc.teacher_top_k)
   weights = batch["weights"] if cfg.paced.use == "loss_weight" else None
-  loss = losses.normalise(sums, counts, weights)
+  loss = losses.normalise(sums, counts, weights, lc.normalise)
   return loss, (sums, counts)
 
 
@@ -134,6 +141,12 @@ def train_step(state: TrainState, teacher_params, batch, *, cfg: Config, student
   (loss, (sums, counts)), grads = grad_fn(state.params, teacher_params, batch, kind)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  if cfg.paced.use == "loss_weight":
+    # A batch whose loss weights are all zero carries no signal: keep the parameters AND the
+    # Adam moments (an update on zero gradients would still move both through the moments).
+    live = jnp.sum(batch["weights"].astype(jnp.float32) * counts) > 0
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(live, a, b), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
   metrics = {
       "loss": loss,
       "grad_norm": optax.tree_utils.tree_norm(grads),

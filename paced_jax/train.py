@@ -34,7 +34,7 @@ from paced_jax.data.pipeline import FrontierPipeline
 from paced_jax.data.sources import load_pool
 from paced_jax.data.tokenizer import load_tokenizer
 from paced_jax.evaluate import estimate_for_config, evaluate, load_eval_sets
-from paced_jax.frontier import PassRateTable, frontier_stats, frontier_weights, sampling_probs
+from paced_jax.frontier import PassRateTable, frontier_round, frontier_stats, frontier_weights
 from paced_jax.metrics import MetricsWriter, progress_bar
 from paced_jax.rollout_data import on_policy_batch, teacher_references
 from paced_jax.models.transformer import Decoder
@@ -72,6 +72,10 @@ class Run:
   # (data.reference=teacher), which is cached and shared by every run on the pool.
   compute: dict = dataclasses.field(
       default_factory=lambda: {"train_flops": 0.0, "rollout_flops": 0.0})
+  # Whether this round's rows carry reference responses (False in on-policy / reverse-KL
+  # phases, where the student samples them), and the pass rates the round was built on.
+  need_reference: bool = True
+  pass_rates: Any = None
 
   def flops(self) -> float:
     return sum(self.compute.values())
@@ -158,8 +162,10 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
       raise ConfigError("data.reference=teacher needs a teacher; loss.mode=sft has none")
     references = teacher_references(cfg, wd, source, nnx.merge(teacher_def, teacher_params),
                                     tok, verifier, mesh)
+  # on_policy rows carry no reference (the student samples every response): problems without
+  # one are usable too.
   pipeline = FrontierPipeline(source, tok, cfg.data, seed=cfg.seed, mesh=mesh,
-                              references=references)
+                              references=references, prompts_only=cfg.loss.mode == "on_policy")
   table = PassRateTable([p.id for p in problems])
   tx = step_lib.make_optimizer(cfg.train)
   state = step_lib.init_train_state(student, tx, mesh)
@@ -181,17 +187,35 @@ def _student(run: Run, state) -> Decoder:
   return nnx.merge(run.student_def, state.params)
 
 
+def needs_reference(cfg: Config, step: int) -> bool:
+  """Whether the rows of `step` are teacher-forced on references (False when the student's own
+  rollouts replace them: on_policy, and the reverse-KL stage of two_stage)."""
+  if cfg.loss.mode == "on_policy":
+    return False
+  return not (cfg.loss.mode == "two_stage" and step_lib.stage_of(cfg, step) == "reverse_kl")
+
+
+def samplable(run: Run, need_reference: bool) -> np.ndarray:
+  """[N] problems the pipeline can draw (a prompt that fits; a reference when rows need one)."""
+  return run.pipeline.pool.usable_for(need_reference)
+
+
 def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -> dict:
   """Re-estimates pass rates (all problems or a subset), rebuilds weights and starts the data
-  round `round_`. Deterministic in (seed, round)."""
+  round `round_`. Deterministic in (seed, round). Only problems that can be drawn and sampled
+  are estimated; nothing is estimated when the weights cannot depend on it (uniform)."""
   cfg = run.cfg
-  needs_estimate = cfg.paced.weighting != "uniform" or cfg.paced.use == "loss_weight"
   metrics: dict[str, float] = {}
-  if needs_estimate:
+  if cfg.paced.weighting != "uniform":
     rng = np.random.default_rng([cfg.seed, round_, 7])
-    N = len(run.problems)
+    pool = run.pipeline.pool
+    # Problems of either phase of the run (two_stage draws prompt-only rows later).
+    ok = samplable(run, True) | samplable(run, needs_reference(cfg, cfg.train.steps - 1))
+    ok &= pool.prompt_lens <= max(cfg.sample.prompt_buckets)
+    candidates = np.flatnonzero(ok)
     subset = cfg.paced.refresh_subset
-    idx = np.sort(rng.choice(N, subset, replace=False)) if 0 < subset < N else np.arange(N)
+    idx = (np.sort(rng.choice(candidates, subset, replace=False))
+           if 0 < subset < len(candidates) else candidates)
     chosen = [run.problems[i] for i in idx]
     t0 = time.perf_counter()
     est = estimate_for_config(
@@ -199,10 +223,10 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
         rollouts=cfg.paced.rollouts, rng=jax.random.fold_in(jax.random.key(cfg.seed), round_),
         progress=progress)
     run.table.update([p.id for p in chosen], est.successes, est.trials, step, cfg.paced.merge)
-    run.compute["rollout_flops"] += flops_lib.sample_flops(
-        cfg.model, est.prompt_tokens, est.generated_tokens, len(chosen) * cfg.paced.rollouts)
+    run.compute["rollout_flops"] += est.flops
     metrics["frontier/estimate_seconds"] = time.perf_counter() - t0
-  apply_round(run, round_)
+    metrics["frontier/estimated"] = len(chosen)
+  metrics.update(apply_round(run, round_, needs_reference(cfg, step)))
   s, n = run.table.counts()
   stats = frontier_stats(s, n, run.pipeline.probs)
   metrics.update(stats.as_metrics())
@@ -210,7 +234,7 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
   metrics["frontier/staleness"] = float(np.mean(step - run.table.step[seen])) if seen.any() else 0.
   metrics["frontier/round"] = round_
   levels = np.asarray([p.difficulty if p.difficulty is not None else -1 for p in run.problems])
-  p_hat = run.table.pass_rates()
+  p_hat = run.pass_rates
   for level in np.unique(levels[levels >= 0]):
     sel = levels == level
     metrics[f"frontier_mass/level_{level}"] = float(run.pipeline.probs[sel].sum())
@@ -222,15 +246,20 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
   return metrics
 
 
-def apply_round(run: Run, round_: int) -> None:
-  """Weights from the table -> the pipeline's round (sampling or loss-weight mode)."""
+def apply_round(run: Run, round_: int, need_reference: bool = True) -> dict:
+  """Weights from the table -> the pipeline's round (sampling or loss-weight mode). When every
+  problem that can be drawn has weight 0 the round is uniform, said once in a warning line."""
   cfg = run.cfg
   s, n = run.table.counts()
-  w = frontier_weights(s, n, cfg.paced)
-  if cfg.paced.use == "sample":
-    run.pipeline.set_round(round_, sampling_probs(w, cfg.paced.eps))
-  else:  # uniform sampling, per-example loss weights (normalised in the loss by their sum)
-    run.pipeline.set_round(round_, None, weights=w + cfg.paced.eps)
+  fr = frontier_round(frontier_weights(s, n, cfg.paced), cfg.paced,
+                      samplable(run, need_reference))
+  if fr.fallback_uniform:
+    log.warning("round %d: every problem has frontier weight 0 (all estimated pass rates in "
+                "{0, 1}); this round samples uniformly", round_)
+  run.pipeline.set_round(round_, fr.probs, weights=fr.loss_weights, need_reference=need_reference)
+  run.need_reference = need_reference
+  run.pass_rates = run.table.pass_rates()  # a new array per round: steps keep their snapshot
+  return {"frontier/fallback_uniform": float(fr.fallback_uniform)}
 
 
 # ----------------------------------------------------------------------------- loop
@@ -238,6 +267,7 @@ def apply_round(run: Run, round_: int) -> None:
 
 def _save(run: Run, mgr, state, step: int, round_: int, force: bool = False) -> None:
   meta = {"step": step, "round": round_, "data": run.pipeline.get_state(),
+          "need_reference": run.need_reference,
           "model_config": to_dict(run.cfg.model), "compute": dict(run.compute)}
   ckpt.save(mgr, step, params=state.params, opt_state=state.opt_state,
             passrates=run.table.state_dict(), meta=meta, force=force)
@@ -251,17 +281,18 @@ def _restore(run: Run, mgr, state):
   run.compute.update(meta.get("compute", {}))
   state = step_lib.TrainState(step=jax.device_put(np.int32(meta["step"]), state.step.sharding),
                               params=out["params"], opt_state=out["opt_state"])
-  apply_round(run, meta["round"])
+  apply_round(run, meta["round"], meta.get("need_reference", True))
   run.pipeline.set_state(meta["data"])
   return state, meta["step"], meta["round"]
 
 
-def _host_metrics(run: Run, m: dict, batch_index) -> dict:
-  """Device metrics of one step -> floats, plus the loss per pass-rate bucket."""
+def _host_metrics(run: Run, m: dict, batch_index, pass_rates) -> dict:
+  """Device metrics of one step -> floats, plus the loss per pass-rate bucket (the pass rates
+  the step was sampled with)."""
   m = {k: to_host(v) for k, v in m.items()}
   ex = m.pop("example_loss")
   out = {k: float(v) for k, v in m.items()}
-  p = run.table.pass_rates()[np.asarray(batch_index)]
+  p = pass_rates[np.asarray(batch_index)]
   for lo, hi in ((0.0, 0.0), (0.0, 0.5), (0.5, 1.0), (1.0, 1.0)):
     sel = (p == lo) if lo == hi else (p > lo) & (p < hi) if lo == 0.0 else (p >= lo) & (p < hi)
     if sel.any():
@@ -301,6 +332,9 @@ def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
       if step // R > round_:  # a new round: fresh pass rates, new pi
         round_ = step // R
         run.writer.write(step, refresh(run, state, round_, step, progress=False))
+      need = needs_reference(cfg, step)
+      if need != run.need_reference:  # two_stage's switch inside a round: prompt-only rows
+        run.writer.write(step, apply_round(run, round_, need))
       batch = next(run.pipeline)
       on_policy = (cfg.loss.mode in ("on_policy", "self_distill")
                    or (cfg.loss.mode == "two_stage" and
@@ -312,7 +346,7 @@ def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
       run.compute["train_flops"] += _step_flops(cfg, batch["tokens"].shape)
       if pending is not None:  # read back step-1 while step runs
         last = _finish_step(run, pending, bar, t0, start)
-      pending = (step, metrics, index, dict(run.compute))
+      pending = (step, metrics, index, dict(run.compute), run.pass_rates)
       step += 1
       boundary = (step % cfg.train.ckpt_every == 0 or step == cfg.train.steps
                   or run.budget_spent())
@@ -356,7 +390,8 @@ def _step_flops(cfg: Config, shape) -> float:
   data.max_response_len positions per row)."""
   B, T = shape
   teacher = {"sft": None, "self_distill": cfg.model}.get(cfg.loss.mode, cfg.teacher)
-  return flops_lib.step_flops(cfg.model, teacher, B, T, min(cfg.data.max_response_len, T))
+  return flops_lib.step_flops(cfg.model, teacher, B, T, min(cfg.data.max_response_len, T),
+                              chunk=cfg.loss.chunk_size)
 
 
 def run_eval(run: Run, state, step: int, progress: bool) -> dict:
@@ -367,8 +402,8 @@ def run_eval(run: Run, state, step: int, progress: bool) -> dict:
 
 
 def _finish_step(run: Run, pending, bar, t0: float, start: int) -> dict:
-  step, metrics, index, compute = pending
-  m = _host_metrics(run, metrics, to_host(index))
+  step, metrics, index, compute, pass_rates = pending
+  m = _host_metrics(run, metrics, to_host(index), pass_rates)
   m.update(_compute_metrics(compute))
   if not (np.isfinite(m["loss"]) and np.isfinite(m["param_norm"])):
     raise TrainingDiverged(f"loss {m['loss']}, parameter norm {m['param_norm']} at step {step}: "

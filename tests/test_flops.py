@@ -77,12 +77,9 @@ def test_peak_and_mfu():
   assert flops.mfu(1000.0, 1e9, None) is None
 
 
-def test_sample_and_step_flops():
+def test_step_flops_is_the_per_token_count_unchunked():
   from paced_jax.config import ModelConfig
-  from paced_jax.flops import forward_flops_per_token, sample_flops, step_flops, train_flops_per_token
+  from paced_jax.flops import step_flops, train_flops_per_token
 
   cfg = ModelConfig()
-  # 4 rows of 10 prompt + 30 generated tokens: 160 tokens, attention at length 40.
-  assert sample_flops(cfg, 40, 120, 4) == 160 * forward_flops_per_token(cfg, 40)
-  assert sample_flops(cfg, 0, 0, 0) == 0.0
   assert step_flops(cfg, cfg, 8, 64, 32) == 8 * 64 * train_flops_per_token(cfg, cfg, 64, 32)

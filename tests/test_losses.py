@@ -40,8 +40,11 @@ def test_jsd_symmetric_and_limits():
                              losses.token_divergence(b, a, "jsd"), rtol=1e-5)
   j = losses.token_divergence(a, b, "jsd")
   assert float(j.max()) <= np.log(2) + 1e-6  # JSD(0.5) is bounded by log 2
-  np.testing.assert_allclose(losses.token_divergence(a, b, "jsd", jsd_beta=1.0),
+  # GKD convention: beta = 0 is forward KL(teacher || student), beta = 1 reverse KL.
+  np.testing.assert_allclose(losses.token_divergence(a, b, "jsd", jsd_beta=0.0),
                              losses.token_divergence(a, b, "forward_kl"), rtol=1e-6)
+  np.testing.assert_allclose(losses.token_divergence(a, b, "jsd", jsd_beta=1.0),
+                             losses.token_divergence(a, b, "reverse_kl"), rtol=1e-6)
 
 
 def test_akl_is_a_mix_of_forward_and_reverse():

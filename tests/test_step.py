@@ -65,8 +65,8 @@ def _reference_loss(student, teacher, batch, kind="forward_kl", weights=None):
   m = jnp.asarray(batch["loss_mask"])
   if weights is None:
     return jnp.sum(tok * m) / jnp.sum(m)
-  per = jnp.sum(tok * m, 1) / jnp.sum(m, 1)
-  return jnp.sum(weights * per) / jnp.sum(weights)
+  # loss.normalise=token (the default): sum_b w_b sum_t l_bt / sum_b w_b n_b
+  return jnp.sum(weights * jnp.sum(tok * m, 1)) / jnp.sum(weights * jnp.sum(m, 1))
 
 
 def test_golden_one_step():
@@ -80,13 +80,20 @@ def test_golden_one_step():
   updates, _ = tx.update(grads, tx.init(params0), params0)
   want_params = optax.apply_updates(params0, updates)
 
+  before = [np.asarray(x).copy() for x in jax.tree.leaves(params0)]  # the step donates them
   new_state, metrics = step(state, tparams, _put(batch, mesh))
   np.testing.assert_allclose(metrics["loss"], want_loss, rtol=1e-5)
   np.testing.assert_allclose(metrics["grad_norm"], optax.tree_utils.tree_norm(grads), rtol=1e-4)
   assert int(metrics["tokens"]) == int(batch["loss_mask"].sum())
   assert int(new_state.step) == 1
-  for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(want_params)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # Step 0 learns at lr / warmup_steps = 5e-3; Adam's first update is ~lr * sign(g), so an
+  # element whose gradient is near float noise (chunked vs full path) may differ by a few 1e-5:
+  # the tolerance is 1% of the update's size (tests/test_optimizer.py checks AdamW exactly).
+  moved = 0
+  for a, b, p0 in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(want_params), before):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5)
+    moved += int(np.sum(np.abs(np.asarray(a) - np.asarray(p0)) > 1e-3))
+  assert moved > 0  # the parameters really moved
 
 
 def test_sharded_step_equals_single_device(mesh_2x4):

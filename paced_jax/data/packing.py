@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from paced_jax.config import ConfigError, DataConfig
+from paced_jax.data.references import reference_text
 from paced_jax.data.sources import DataError
 from paced_jax.data.tokenizer import Tokenizer, encode_many, prompt_prefix, prompt_text
 
@@ -91,7 +92,9 @@ class TokenizedPool:
   Problem i's prompt is `prompt_tokens[prompt_offsets[i]:prompt_offsets[i+1]]`; its references
   are responses `ref_offsets[i]` .. `ref_offsets[i+1]-1`, each `response_tokens[response_offsets[
   j]:response_offsets[j+1]]` (EOS appended unless truncated). `usable[i]` is False for problems
-  that can never be sampled (prompt too long under on_error=skip, or no reference response).
+  that can never be sampled with a reference (prompt too long under on_error=skip, or no
+  reference response); `prompt_ok[i]` only needs the prompt to fit (rows whose response the
+  student samples: on-policy and reverse-KL phases need no reference).
   """
 
   ids: tuple[str, ...]
@@ -103,8 +106,11 @@ class TokenizedPool:
   usable: np.ndarray
   prompts_only: bool
   truncated: int  # responses cut to fit
+  prompt_ok: np.ndarray | None = None  # None: same as usable
 
   def __post_init__(self):
+    if self.prompt_ok is None:
+      object.__setattr__(self, "prompt_ok", self.usable)
     # Cached lengths: batch assembly reads them for every batch.
     object.__setattr__(self, "_plen", np.diff(self.prompt_offsets))
     object.__setattr__(self, "_rlen", np.diff(self.response_offsets))
@@ -127,22 +133,27 @@ class TokenizedPool:
   def response(self, j: int) -> np.ndarray:
     return self.response_tokens[self.response_offsets[j]:self.response_offsets[j + 1]]
 
-  def pack(self, idx: np.ndarray, ref: np.ndarray, T: int, pad_id: int
-           ) -> dict[str, np.ndarray]:
-    """Rows for problems idx with (global) reference indices ref; see pack_rows."""
+  def usable_for(self, need_reference: bool) -> np.ndarray:
+    """Problems that can be drawn when rows need a reference response (or only a prompt)."""
+    return self.usable if need_reference and not self.prompts_only else self.prompt_ok
+
+  def pack(self, idx: np.ndarray, ref: np.ndarray, T: int, pad_id: int,
+           responses: bool = True) -> dict[str, np.ndarray]:
+    """Rows for problems idx with (global) reference indices ref; see pack_rows.
+    `responses=False` packs prompt-only rows (ref ignored)."""
     pstart, plen = self.prompt_offsets[idx], self.prompt_lens[idx]
-    if self.prompts_only:
+    if self.prompts_only or not responses:
       rstart, rlen = np.zeros_like(idx), np.zeros_like(idx)
     else:
       rstart, rlen = self.response_offsets[ref], self._rlen[ref]
     return pack_ragged(self.prompt_tokens, pstart, plen, self.response_tokens, rstart, rlen, T,
                        pad_id)
 
-  def row_lengths(self, idx: np.ndarray, ref: np.ndarray) -> np.ndarray:
+  def row_lengths(self, idx: np.ndarray, ref: np.ndarray, responses: bool = True) -> np.ndarray:
     """Packed length of problem idx[k] with (global) reference ref[k]; ref ignored if
-    prompts_only."""
+    prompts_only or not `responses`."""
     plen = self.prompt_lens[idx]
-    if self.prompts_only:
+    if self.prompts_only or not responses:
       return plen
     return plen + self._rlen[ref]
 
@@ -196,14 +207,17 @@ def build_pool(source, tok: Tokenizer, data_cfg: DataConfig,
   responses, ref_counts, truncated = [], np.zeros(N, np.int64), 0
   eos = np.asarray([tok.eos_id], np.int32)
   if not prompts_only:
-    flat_refs = [(i, r) for i in range(N) if usable[i] for r in references[i]]
+    flat_refs = [(i, reference_text(r), reference_complete(r))
+                 for i in range(N) if usable[i] for r in references[i]]
     try:
-      resp_ids = encode_many(tok, [r for _, r in flat_refs])
+      resp_ids = encode_many(tok, [r for _, r, _ in flat_refs])
     except DataError:
-      resp_ids = [_encode_named(tok, r, problems[i].id, "reference") for i, r in flat_refs]
-    for (i, _), ids in zip(flat_refs, resp_ids):
+      resp_ids = [_encode_named(tok, r, problems[i].id, "reference") for i, r, _ in flat_refs]
+    for (i, _, complete), ids in zip(flat_refs, resp_ids):
       room = min(data_cfg.max_response_len, max_bucket - len(prompts[i]))
-      arr = np.concatenate([ids, eos])
+      # A reference that was itself cut (a teacher sample that hit its token budget) gets no
+      # EOS: the student must not learn to stop where the teacher was cut off.
+      arr = np.concatenate([ids, eos]) if complete else np.asarray(ids, np.int32)
       if len(arr) > room:
         arr, truncated = arr[:room], truncated + 1
       responses.append(arr)
@@ -212,10 +226,12 @@ def build_pool(source, tok: Tokenizer, data_cfg: DataConfig,
     if no_ref.any():
       log.warning("%d problem(s) have no reference response and are never sampled (first: %r)",
                   int(no_ref.sum()), problems[int(np.argmax(no_ref))].id)
-    usable &= ref_counts > 0
     if truncated:
       log.info("%d reference response(s) truncated to fit data.max_response_len / buckets",
                truncated)
+  prompt_ok = usable.copy()
+  if not prompts_only:
+    usable &= ref_counts > 0
   if not usable.any():
     raise DataError(f"no usable problem among {N}: every problem lacks a reference response "
                     "or has a prompt that is too long")
@@ -226,7 +242,11 @@ def build_pool(source, tok: Tokenizer, data_cfg: DataConfig,
   return TokenizedPool(ids=tuple(p.id for p in problems), prompt_tokens=ptoks,
                        prompt_offsets=poff, response_tokens=rtoks, response_offsets=roff,
                        ref_offsets=ref_off, usable=usable, prompts_only=prompts_only,
-                       truncated=truncated)
+                       truncated=truncated, prompt_ok=prompt_ok)
+
+
+def reference_complete(ref) -> bool:
+  return isinstance(ref, str) or bool(ref.get("eos", True))
 
 
 def _encode_named(tok: Tokenizer, text: str, pid: str, what: str) -> np.ndarray:

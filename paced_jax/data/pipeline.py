@@ -74,8 +74,9 @@ class _Round:
 
   def __init__(self, pool: TokenizedPool, cdf: np.ndarray, weights: np.ndarray, seed: int,
                round_: int, global_batch: int, process_index: int, process_count: int,
-               buckets: tuple[int, ...], pad_id: int):
+               buckets: tuple[int, ...], pad_id: int, responses: bool = True):
     self.pool, self.cdf, self.weights = pool, cdf, weights
+    self.responses = responses and not pool.prompts_only
     self.total = float(cdf[-1])
     # The last index with mass: u * total can round up to total, never past this index.
     self.last = int(np.searchsorted(cdf, self.total, side="left"))
@@ -92,7 +93,7 @@ class _Round:
     # side="right": a zero-probability problem i has cdf[i] == cdf[i-1] and is never the first
     # index whose cdf exceeds u * total.
     idx = np.minimum(np.searchsorted(self.cdf, u * self.total, side="right"), self.last)
-    if self.pool.prompts_only:
+    if not self.responses:
       return idx, np.zeros_like(idx)
     n = self.num_refs[idx]
     v = uniforms(self.seed, self.round, positions, stream=1, key=self.keys[1])
@@ -109,10 +110,10 @@ class _Round:
     # bucket; this process keeps its own slice of it.
     b = int(positions[0]) // self.G
     gidx, gref = self.draw(np.arange(b * self.G, (b + 1) * self.G, dtype=np.uint64))
-    T = pick_bucket(int(self.pool.row_lengths(gidx, gref).max()), self.buckets)
+    T = pick_bucket(int(self.pool.row_lengths(gidx, gref, self.responses).max()), self.buckets)
     local = np.asarray(positions, np.int64) - b * self.G
     idx, ref = gidx[local], gref[local]
-    out = self.pool.pack(idx, ref, T, self.pad_id)
+    out = self.pool.pack(idx, ref, T, self.pad_id, self.responses)
     out["weights"] = self.weights[idx]
     out["index"] = idx.astype(np.int32)
     return out
@@ -163,12 +164,14 @@ class FrontierPipeline:
   def __len__(self) -> int:
     return len(self.pool)
 
-  def set_round(self, round_: int, probs: np.ndarray | None, weights: np.ndarray | None = None
-                ) -> None:
+  def set_round(self, round_: int, probs: np.ndarray | None, weights: np.ndarray | None = None,
+                need_reference: bool = True) -> None:
     """Starts round `round_` with sampling probabilities `probs` [N] (unnormalised, >= 0;
     None: uniform) and optional per-example loss weights `weights` [N] (None: ones).
 
     Problems that cannot be sampled (no reference, prompt too long) get probability 0.
+    `need_reference=False` draws prompt-only rows (the student samples the responses: on-policy
+    and reverse-KL phases), so problems without a reference can be drawn too.
     """
     N = len(self.pool)
     p = np.ones(N) if probs is None else np.asarray(probs, np.float64)
@@ -178,16 +181,17 @@ class FrontierPipeline:
         raise ValueError(f"set_round: {name} has shape {a.shape}, expected ({N},) for the pool")
       if not np.isfinite(a).all() or (a < 0).any():
         raise ValueError(f"set_round: {name} must be finite and >= 0")
-    p = np.where(self.pool.usable, p, 0.0)
+    p = np.where(self.pool.usable_for(need_reference), p, 0.0)
     if p.sum() <= 0:
       raise ValueError(f"set_round({round_}): every usable problem has probability 0; mix in "
                        "a floor (paced.eps > 0) or use uniform sampling")
     self.close()
     self.round, self.probs = int(round_), p / p.sum()
-    self._digest = _digest(p, w)
+    # (the flag joins the digest only when set, so earlier checkpoints keep their digest)
+    self._digest = _digest(p, w) if need_reference else _digest(p, w, np.zeros(1, bool))
     self._spec = _Round(self.pool, np.cumsum(p), w, self.seed, self.round, self.cfg.batch_size,
                         self.process_index, self.process_count, self.cfg.length_buckets,
-                        self.tokenizer.pad_id)
+                        self.tokenizer.pad_id, responses=need_reference)
     self._it = iter(self._dataset(self._spec))
 
   def _dataset(self, spec: _Round):

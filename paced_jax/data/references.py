@@ -23,6 +23,11 @@ from typing import Callable, Sequence
 from paced_jax.config import ConfigError, DataConfig
 from paced_jax.data.schema import Problem
 
+
+def reference_text(ref) -> str:
+  """A reference is a string, or {"text": ..., "eos": False} when it was cut at a budget."""
+  return ref if isinstance(ref, str) else ref["text"]
+
 log = logging.getLogger("paced_jax.data")
 
 GenerateFn = Callable[[Sequence[Problem]], Sequence[Sequence[str]]]
@@ -99,7 +104,8 @@ def build_references(source, data_cfg: DataConfig, *, generate_fn: GenerateFn | 
     if len(candidates) != len(problems):
       raise ValueError(f"generate_fn returned {len(candidates)} candidate lists for "
                        f"{len(problems)} problems")
-    kept = {p.id: [t for t in cands if verify(t, p)] for p, cands in zip(problems, candidates)}
+    kept = {p.id: [t for t in cands if verify(reference_text(t), p)]
+            for p, cands in zip(problems, candidates)}
     cache.write(kept, {p.id: len(c) for p, c in zip(problems, candidates)})
     have.update(kept)
   k = data_cfg.references_per_problem
