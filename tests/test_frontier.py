@@ -89,8 +89,14 @@ def test_kernel_and_scheme_weights_at_known_p():
   np.testing.assert_allclose(post, (s + 1) * (n - s + 1) / ((n + 2) * (n + 3)))
   assert post[0] > 0 and post[4] > 0
   # Large exponents and counts stay finite (log space) and match the direct ratio.
-  big = F.posterior_weight(np.array([4000]), np.array([10000]), 50.0, 80.0, 1.0, 1.0)
-  assert np.isfinite(big).all() and big[0] > 0
+  big = F.posterior_weight(np.array([4000, 9990]), np.array([10000, 10000]), 50.0, 80.0, 1.0,
+                           1.0)
+  mpmath = pytest.importorskip("mpmath")
+  mpmath.mp.dps = 50  # B(a + alpha, b + beta) / B(a, b) exactly enough: no cancellation
+  exact = [float(mpmath.beta(s + 51, 10000 - s + 81) / mpmath.beta(s + 1, 10000 - s + 1))
+           for s in (4000, 9990)]
+  assert 0 < exact[1] < 1e-150  # deep in the tail, still a normal float64
+  np.testing.assert_allclose(big, exact, rtol=1e-9)
   np.testing.assert_allclose(F.kernel_weight(np.array([0.0, 1.0]), 0.0, 0.0), [1.0, 1.0])
   small = F.posterior_weight(np.array([3]), np.array([7]), 2.0, 3.0, 0.5, 1.5)
   np.testing.assert_allclose(small, beta_fn(5.5, 8.5) / beta_fn(3.5, 5.5), rtol=1e-10)
