@@ -112,6 +112,39 @@ def _write_rows(cache_BKSH, new_BTKH, start_B):
       cache_BKSH, new_BKTH, start_B)
 
 
+def blocked_decode_attention(q_BKGH, k_BKSH, v_BKSH, valid_B, num_blocks, block: int):
+  """One query per row over cache slots [0, valid_B[b]), visiting only the first `num_blocks`
+  blocks of `block` slots (a traced count: the cost follows the filled length, not S).
+
+  Online softmax (running max and sum per head, fp32) over blocks; equals the masked full
+  softmax up to float rounding. S must be a multiple of `block`; a row with valid_B = 0 gets a
+  finite average of its first blocks (callers ignore such rows).
+  """
+  B, K, G, H = q_BKGH.shape
+  q_BKGH = q_BKGH * jnp.asarray(H ** -0.5, q_BKGH.dtype)
+
+  def body(j, carry):
+    m_BKG, l_BKG, acc_BKGH = carry
+    k_BKCH = jax.lax.dynamic_slice_in_dim(k_BKSH, j * block, block, axis=2)
+    v_BKCH = jax.lax.dynamic_slice_in_dim(v_BKSH, j * block, block, axis=2)
+    s_BKGC = jnp.einsum("BKGH,BKCH->BKGC", q_BKGH, k_BKCH.astype(q_BKGH.dtype),
+                        preferred_element_type=jnp.float32)
+    slot_C = j * block + jnp.arange(block, dtype=jnp.int32)
+    s_BKGC = jnp.where((slot_C[None] < valid_B[:, None])[:, None, None], s_BKGC, _NEG)
+    m_new_BKG = jnp.maximum(m_BKG, jnp.max(s_BKGC, axis=-1))
+    p_BKGC = jnp.exp(s_BKGC - m_new_BKG[..., None])
+    scale_BKG = jnp.exp(m_BKG - m_new_BKG)
+    pv_BKGH = jnp.einsum("BKGC,BKCH->BKGH", p_BKGC.astype(v_BKCH.dtype), v_BKCH,
+                         preferred_element_type=jnp.float32)
+    return (m_new_BKG, l_BKG * scale_BKG + jnp.sum(p_BKGC, axis=-1),
+            acc_BKGH * scale_BKG[..., None] + pv_BKGH)
+
+  init = (jnp.full((B, K, G), _NEG, jnp.float32), jnp.zeros((B, K, G), jnp.float32),
+          jnp.zeros((B, K, G, H), jnp.float32))
+  _, l_BKG, acc_BKGH = jax.lax.fori_loop(0, num_blocks, body, init)
+  return (acc_BKGH / l_BKG[..., None]).astype(q_BKGH.dtype)
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, dtype, param_dtype, rngs: nnx.Rngs):
@@ -130,7 +163,8 @@ class Attention(nnx.Module):
     self.k_norm = RMSNorm(H, cfg.rms_eps, param_dtype) if cfg.qk_norm else None
     self.num_kv_heads, self.head_dim = K, H
 
-  def __call__(self, x_BTD, positions_BT, mask_BTS, inv_freq, kv=None, start_B=None):
+  def __call__(self, x_BTD, positions_BT, mask_BTS, inv_freq, kv=None, start_B=None,
+               bounded=None):
     q_BTNH, k_BTKH, v_BTKH = self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)
     if self.q_norm is not None:
       q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
@@ -145,6 +179,11 @@ class Attention(nnx.Module):
     B, T, N, H = q_BTNH.shape
     K = self.num_kv_heads
     q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+    if bounded is not None:  # one-token decode over the first num_blocks * block cache slots
+      valid_B, num_blocks, block = bounded
+      o_BKGH = blocked_decode_attention(q_BTKGH[:, 0], k_BKSH, v_BKSH, valid_B, num_blocks,
+                                        block)
+      return self.o_proj(o_BKGH.reshape(B, 1, N, H)), new_kv
     s_BKGTS = jnp.einsum("BTKGH,BKSH->BKGTS", q_BTKGH, k_BKSH.astype(q_BTKGH.dtype),
                          preferred_element_type=jnp.float32) * (H ** -0.5)
     s_BKGTS = jnp.where(mask_BTS[:, None, None], s_BKGTS, _NEG)
@@ -174,9 +213,10 @@ class Block(nnx.Module):
     self.post_attn_norm = RMSNorm(cfg.hidden, cfg.rms_eps, param_dtype)
     self.mlp = MLP(cfg, dtype, param_dtype, rngs)
 
-  def __call__(self, x_BTD, positions_BT, mask_BTS, inv_freq, kv=None, start_B=None):
+  def __call__(self, x_BTD, positions_BT, mask_BTS, inv_freq, kv=None, start_B=None,
+               bounded=None):
     a_BTD, new_kv = self.attn(self.input_norm(x_BTD), positions_BT, mask_BTS, inv_freq, kv,
-                              start_B)
+                              start_B, bounded)
     x_BTD = x_BTD + a_BTD
     return x_BTD + self.mlp(self.post_attn_norm(x_BTD)), new_kv
 
@@ -264,6 +304,22 @@ class Decoder(nnx.Module):
     lengths_B = jnp.full((B,), T, jnp.int32) if lengths_B is None else lengths_B
     new = KVCache(k=tuple(ks), v=tuple(vs), end_B=start_B + lengths_B.astype(jnp.int32))
     return self.final_norm(x_BTD), new
+
+  def decode_hidden(self, tokens_B1, cache: KVCache, num_blocks, block: int):
+    """One decode step whose attention reads only the first `num_blocks` (traced) blocks of
+    `block` cache slots; each row attends over its slots [0, end_B] (the new token included).
+    The caller picks num_blocks >= ceil((max end_B + 1) / block) over the rows it reads.
+    Returns (hidden [B, 1, D], cache advanced by one)."""
+    start_B = cache.end_B
+    x_BTD = self._embed(tokens_B1)
+    inv_freq = rope_inv_freq(self.cfg)
+    bounded = (start_B + 1, num_blocks, block)
+    ks, vs = [], []
+    for blk, k, v in zip(self.layers, cache.k, cache.v):
+      x_BTD, (k, v) = blk(x_BTD, start_B[:, None], None, inv_freq, (k, v), start_B, bounded)
+      ks.append(k)
+      vs.append(v)
+    return self.final_norm(x_BTD), KVCache(k=tuple(ks), v=tuple(vs), end_B=start_B + 1)
 
   def extend(self, tokens_BT, cache: KVCache, lengths_B=None):
     h_BTD, cache = self.extend_hidden(tokens_BT, cache, lengths_B)

@@ -1,0 +1,393 @@
+"""Rollout engine: continuous batching, shared prompt prefill, decode attention bounded by the
+filled length, behind one `Rollouts` interface.
+
+    engine = Engine(model, slots=64)
+    out = engine.sample([[1, 5, 9], [1, 7]], rollouts=8, rng=0, stop_ids=[2], pad_id=0,
+                        knobs=Knobs(temperature=1.0, max_new_tokens=256))
+    out.tokens_BS[i * 8 + k]   # rollout k of prompt i; pad_id after its end (as sampler.generate)
+    out.flops(model.cfg)       # matmul FLOPs as computed (see `engine_flops`)
+
+Why: reasoning-length responses are long-tailed. A static batch (sampler.generate) keeps a
+finished row's slot until the longest row ends, prefills each prompt K times and attends over
+the whole cache buffer at every step. Here:
+
+  * slots: a fixed number of decode rows. When a rollout ends (a stop id or its budget) its slot
+    takes the next pending (prompt, rollout) inside the same compiled while-loop: the prompt's
+    KV entries are copied into the slot (one dynamic_update_slice per refilled slot) and the
+    slot decodes on. A slot's stale entries past the new prompt are never read (causal mask) and
+    are overwritten by the new rollout's own tokens.
+  * shared prefill: prompts are prefilled in waves of `wave` prompts, each prompt once; the
+    first token of its K rollouts is drawn from the one set of logits with each rollout's key.
+  * bounded attention: a decode step visits ceil(max filled / block) cache blocks
+    (`Decoder.decode_hidden`), not the whole prompt bucket + budget buffer.
+
+Determinism: rollout k of prompt i is stream r = row_offset + i * K + k; its token t is drawn
+with `fold_in(fold_in(rng, r), t)` exactly as sampler.generate's row r, so a rollout never
+depends on its slot, its neighbours, the slot count or the wave size (greedy and temperature
+rollouts equal sampler.generate's token for token up to float rounding of the attention sum).
+
+Compilation: one prefill program per (wave, prompt bucket) and one decode program per (slots,
+prompt bucket, budget bucket, output rows bucket, K); knobs (temperature, top-k, top-p,
+max_new_tokens, per rollout) are traced. Output rows are padded to a power of two.
+
+An external server (vLLM-TPU, SGLang-Jax) plugs in by implementing `Rollouts.sample` with the
+same arguments and returning a `RolloutOutput` (its `flops` may be 0 if unknown); estimation
+(`estimate_pass_rates(..., engine=...)`) verifies whatever comes back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from typing import Any, Protocol, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from paced_jax.config import ConfigError, SampleConfig
+from paced_jax.flops import attention_flops_per_token, body_flops_per_token, unembed_flops
+from paced_jax.models.transformer import Decoder, KVCache
+from paced_jax.sampler import (Knobs, Sample, Strategy, _constrain, check_knobs, pad_prompts,
+                               pick_bucket)
+from paced_jax.sharding import logical_sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutOutput:
+  """Host arrays, rollout-major (row i * K + k). The counters say what the engine computed."""
+
+  tokens_BS: np.ndarray  # int32 [N * K, max_new_tokens], pad_id after a rollout's end
+  logprobs_BS: np.ndarray  # float32, 0 after the end
+  lengths_B: np.ndarray  # int32, stop token included
+  prefill_rows: int = 0  # prompt rows prefilled (padding rows of the last wave included)
+  prompt_len: int = 0  # prompt bucket
+  slots: int = 0
+  steps: int = 0  # decode iterations (each runs every slot)
+  attended: int = 0  # sum over iterations of the key slots each slot's attention computed
+  busy: int = 0  # decode slot-steps that produced a token of a live rollout
+  computed_flops: float | None = None  # set by implementations that count their own
+
+  @property
+  def wasted_fraction(self) -> float:
+    """Share of decode slot-steps that produced nothing (idle slots)."""
+    total = self.steps * self.slots
+    return 1.0 - self.busy / total if total else 0.0
+
+  def flops(self, cfg) -> float:
+    if self.computed_flops is not None:
+      return self.computed_flops
+    return engine_flops(cfg, self.prefill_rows, self.prompt_len, self.slots, self.steps,
+                        self.attended)
+
+
+def engine_flops(cfg, prefill_rows: int, prompt_len: int, slots: int, steps: int,
+                 attended: int) -> float:
+  """Matmul FLOPs of one `Engine.sample` as computed (paced_jax.flops convention): the prefill
+  of `prefill_rows` x `prompt_len` attending over the prompt bucket, logits at one position per
+  prompt; then `steps` decode iterations of every slot (body + unembedding), whose attention
+  covered `attended` key slots per slot in total (whole blocks: what was multiplied)."""
+  prefill = prefill_rows * prompt_len * (body_flops_per_token(cfg)
+                                         + attention_flops_per_token(cfg, prompt_len))
+  prefill += prefill_rows * unembed_flops(cfg)
+  decode = steps * slots * (body_flops_per_token(cfg) + unembed_flops(cfg))
+  decode += slots * attention_flops_per_token(cfg, attended)
+  return float(prefill + decode)
+
+
+class Rollouts(Protocol):
+  """K rollouts for each of a list of tokenised prompts (verification happens upstream)."""
+
+  def sample(self, prompts: Sequence[Sequence[int]], *, rollouts: int, knobs: Knobs,
+             rng: int | jax.Array, stop_ids: Sequence[int] | int | None, pad_id: int,
+             row_offset: int = 0) -> RolloutOutput:
+    ...
+
+
+# ----------------------------------------------------------------------------- device programs
+
+
+@flax.struct.dataclass
+class EngineState:
+  cache: KVCache  # [slots, K, S, H]
+  rid_B: jax.Array  # int32 rollout in each slot (valid while busy_B)
+  t_B: jax.Array  # int32 tokens that rollout has sampled
+  last_B: jax.Array  # int32 token each slot feeds next
+  busy_B: jax.Array  # bool
+  next: jax.Array  # int32 next rollout id to hand out
+  tokens_RS: jax.Array
+  logprobs_RS: jax.Array
+  lengths_R: jax.Array
+  steps: jax.Array  # int32 decode iterations
+  attended: jax.Array  # int32 key slots per slot, summed over iterations
+  busy: jax.Array  # int32 live slot-steps
+
+
+@flax.struct.dataclass
+class Wave:
+  """Prefilled prompts [W, ...] and the first token of each of their W * K rollouts."""
+
+  k: tuple[jax.Array, ...]  # per layer [W, K, P, H]
+  v: tuple[jax.Array, ...]
+  lengths_W: jax.Array
+  first_R: jax.Array  # int32 [W * K]
+  first_lp_R: jax.Array
+  lo: jax.Array  # int32: rollout id of the wave's first rollout
+  hi: jax.Array  # int32: one past its last real rollout
+
+
+def _keys(rng, ids_B, t_B):
+  return jax.vmap(lambda r, t: jax.random.fold_in(jax.random.fold_in(rng, r), t))(ids_B, t_B)
+
+
+def _stopped(tok_B, stop_ids_E):
+  return jnp.any(tok_B[:, None] == stop_ids_E[None], axis=-1)
+
+
+def prefill_core(graphdef, params, prompts_WP, lengths_W, knobs_R: Knobs, rng, row_offset, lo,
+                 *, rollouts: int, strategy: Strategy) -> Wave:
+  """Prefills W prompts once; draws token 0 of each of their K rollouts with its own key."""
+  model: Decoder = nnx.merge(graphdef, params)
+  W, P = prompts_WP.shape
+  h_WPD, cache = model.extend_hidden(prompts_WP, model.init_cache(W, P), lengths_W)
+  h_W1D = jnp.take_along_axis(h_WPD, (lengths_W - 1)[:, None, None], axis=1)
+  logits_RV = jnp.repeat(model.logits(h_W1D)[:, 0], rollouts, axis=0)
+  rid_R = lo + jnp.arange(W * rollouts, dtype=jnp.int32)
+  R_cap = knobs_R.temperature.shape[0]
+  kn = jax.tree.map(lambda a: a[jnp.minimum(rid_R, R_cap - 1)], knobs_R)
+  tok_R, lp_R = strategy(logits_RV, _keys(rng, row_offset + rid_R, jnp.zeros_like(rid_R)), kn)
+  return Wave(k=cache.k, v=cache.v, lengths_W=lengths_W, first_R=tok_R, first_lp_R=lp_R,
+              lo=lo, hi=lo)
+
+
+def decode_core(graphdef, params, st: EngineState, wave: Wave, knobs_R: Knobs, rng, row_offset,
+                stop_ids_E, pad_id, drain, *, rollouts: int, budget: int, block: int,
+                strategy: Strategy, mesh: Mesh | None = None) -> EngineState:
+  """Decodes until every rollout of `wave` has a slot (and, with `drain`, until all end)."""
+  model: Decoder = nnx.merge(graphdef, params)
+  B = st.rid_B.shape[0]
+  R_cap = st.lengths_R.shape[0]
+  WK = wave.first_R.shape[0]
+  P = wave.k[0].shape[2]
+  max_new_R = jnp.clip(knobs_R.max_new_tokens, 1, budget)
+
+  def refill(st: EngineState) -> EngineState:
+    idle_B = ~st.busy_B
+    rid_B = st.next + jnp.cumsum(idle_B.astype(jnp.int32)) - 1
+    take_B = idle_B & (rid_B < wave.hi)
+    n_take = jnp.sum(take_B.astype(jnp.int32))
+    local_B = jnp.clip(rid_B - wave.lo, 0, WK - 1)
+    src_B = local_B // rollouts
+    order_B = jnp.nonzero(take_B, size=B, fill_value=0)[0]  # the slots to fill, in order
+
+    def copy_one(i, kv):  # one prompt's [K, P, H] entries into slot order_B[i], every layer
+      b = order_B[i]
+      put = lambda c, s: jax.lax.dynamic_update_slice(
+          c, jax.lax.dynamic_slice_in_dim(s, src_B[b], 1, axis=0).astype(c.dtype), (b, 0, 0, 0))
+      return (tuple(put(c, s) for c, s in zip(kv[0], wave.k)),
+              tuple(put(c, s) for c, s in zip(kv[1], wave.v)))
+
+    ks, vs = jax.lax.fori_loop(0, n_take, copy_one, (st.cache.k, st.cache.v))
+    first_B, lp_B = wave.first_R[local_B], wave.first_lp_R[local_B]
+    widx_B = jnp.where(take_B, rid_B, R_cap)  # out of range: dropped
+    done_B = _stopped(first_B, stop_ids_E) | (max_new_R[jnp.clip(rid_B, 0, R_cap - 1)] <= 1)
+    cache = KVCache(k=ks, v=vs, end_B=jnp.where(take_B, wave.lengths_W[src_B], st.cache.end_B))
+    return st.replace(
+        cache=cache, rid_B=jnp.where(take_B, rid_B, st.rid_B),
+        t_B=jnp.where(take_B, 1, st.t_B), last_B=jnp.where(take_B, first_B, st.last_B),
+        busy_B=jnp.where(take_B, ~done_B, st.busy_B), next=st.next + n_take,
+        tokens_RS=st.tokens_RS.at[widx_B, 0].set(first_B, mode="drop"),
+        logprobs_RS=st.logprobs_RS.at[widx_B, 0].set(lp_B, mode="drop"),
+        lengths_R=st.lengths_R.at[widx_B].set(1, mode="drop"))
+
+  def decode(st: EngineState) -> EngineState:
+    busy_B = st.busy_B
+    valid_B = jnp.where(busy_B, st.cache.end_B + 1, 0)
+    num_blocks = jnp.maximum((jnp.max(valid_B) + block - 1) // block, 1)
+    h_B1D, cache = model.decode_hidden(st.last_B[:, None], st.cache, num_blocks, block)
+    cache = cache.replace(end_B=jnp.where(busy_B, cache.end_B, st.cache.end_B))
+    logits_BV = model.logits(h_B1D)[:, 0]
+    rid_B = jnp.where(busy_B, st.rid_B, 0)
+    kn = jax.tree.map(lambda a: a[rid_B], knobs_R)
+    tok_B, lp_B = strategy(logits_BV, _keys(rng, row_offset + rid_B, st.t_B), kn)
+    tok_B = jnp.where(busy_B, tok_B, pad_id)
+    lp_B = jnp.where(busy_B, lp_B, 0.0)
+    widx_B = jnp.where(busy_B, st.rid_B, R_cap)
+    done_B = _stopped(tok_B, stop_ids_E) | (st.t_B + 1 >= max_new_R[rid_B])
+    return st.replace(
+        cache=cache, t_B=st.t_B + 1, last_B=tok_B, busy_B=busy_B & ~done_B,
+        tokens_RS=st.tokens_RS.at[widx_B, st.t_B].set(tok_B, mode="drop"),
+        logprobs_RS=st.logprobs_RS.at[widx_B, st.t_B].set(lp_B, mode="drop"),
+        lengths_R=st.lengths_R.at[widx_B].set(st.t_B + 1, mode="drop"),
+        steps=st.steps + 1, attended=st.attended + num_blocks * block,
+        busy=st.busy + jnp.sum(busy_B.astype(jnp.int32)))
+
+  def cond(st: EngineState):
+    return (st.next < wave.hi) | (drain & jnp.any(st.busy_B))
+
+  def body(st: EngineState) -> EngineState:
+    st = refill(st)
+    # A refill can end rollouts at once (stop id first, budget 1): decode only if a slot runs.
+    return jax.lax.cond(jnp.any(st.busy_B), decode, lambda s: s, st)
+
+  cache_axes = ("batch", "act_kv_heads", "length", None)
+  st = st.replace(cache=jax.tree.map(
+      lambda x: _constrain(x, mesh, cache_axes) if x.ndim == 4 else x, st.cache))
+  return jax.lax.while_loop(cond, body, st)
+
+
+prefill_jit = jax.jit(prefill_core, static_argnames=("graphdef", "rollouts", "strategy"))
+decode_jit = jax.jit(decode_core, donate_argnums=(2,),
+                     static_argnames=("graphdef", "rollouts", "budget", "block", "strategy",
+                                      "mesh"))
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+def _per_rollout(x, dtype, n_prompts: int, K: int, R_cap: int, name: str) -> np.ndarray:
+  a = np.asarray(x, dtype)
+  if a.ndim == 0:
+    return np.full((R_cap,), a, dtype)
+  if a.shape == (n_prompts,):
+    a = np.repeat(a, K)
+  elif a.shape != (n_prompts * K,):
+    raise ConfigError(f"knob {name} has shape {a.shape}; give a scalar, one value per prompt "
+                      f"({n_prompts}) or one per rollout ({n_prompts * K})")
+  return np.concatenate([a, np.full((R_cap - len(a),), a[-1], dtype)])
+
+
+@dataclasses.dataclass
+class Engine:
+  """Continuous-batching rollouts for one model (see the module docstring).
+
+  slots: decode rows (rounded up to a multiple of the mesh's batch shards). wave: prompts
+  prefilled per prefill call (default: enough to fill the slots twice). block: cache slots per
+  attention block (the cache is padded to a multiple of it).
+  """
+
+  model: Decoder
+  slots: int = 64
+  wave: int | None = None
+  block: int = 32
+  strategy: Strategy = Sample()
+  mesh: Mesh | None = None
+  prompt_buckets: Sequence[int] = SampleConfig.prompt_buckets
+  budget_buckets: Sequence[int] = SampleConfig.budget_buckets
+
+  def __post_init__(self):
+    for name, v in (("slots", self.slots), ("block", self.block), ("wave", self.wave or 1)):
+      if v < 1:
+        raise ConfigError(f"rollout engine {name}={v} must be >= 1")
+
+  def sample(self, prompts: Sequence[Sequence[int]], *, rollouts: int, knobs: Knobs = Knobs(),
+             rng: int | jax.Array = 0, stop_ids: Sequence[int] | int | None = None,
+             pad_id: int = 0, row_offset: int = 0) -> RolloutOutput:
+    if rollouts < 1:
+      raise ConfigError(f"rollouts={rollouts} must be >= 1")
+    if len(prompts) == 0:
+      raise ConfigError("the rollout engine got no prompts")
+    lens = [len(p) for p in prompts]
+    if min(lens) < 1:
+      raise ConfigError(f"prompt {lens.index(min(lens))} is empty; every prompt needs >= 1 "
+                        "token (e.g. BOS)")
+    N, K = len(prompts), rollouts
+    P = pick_bucket(max(lens), self.prompt_buckets, "a prompt", "sample.prompt_buckets")
+    R = N * K
+    R_cap = 1 << max(R - 1, 1).bit_length()
+    row = functools.partial(_per_rollout, n_prompts=N, K=K, R_cap=R_cap)
+    kn = Knobs(temperature=row(knobs.temperature, np.float32, name="temperature"),
+               top_k=row(knobs.top_k, np.int32, name="top_k"),
+               top_p=row(knobs.top_p, np.float32, name="top_p"),
+               max_new_tokens=row(knobs.max_new_tokens, np.int32, name="max_new_tokens"))
+    check_knobs(kn)
+    new = int(kn.max_new_tokens[:R].max())
+    budget = pick_bucket(new, self.budget_buckets, "max_new_tokens", "sample.budget_buckets")
+    S = -(-(P + budget) // self.block) * self.block
+    B = self.slots
+    if self.mesh is not None:
+      shards = int(np.prod([self.mesh.shape[a] for a in ("data", "fsdp")]))
+      B = -(-B // shards) * shards
+    W = self.wave or max(1, -(-2 * B // K))
+    W = min(W, N)
+    stops = np.asarray([] if stop_ids is None else np.atleast_1d(stop_ids), np.int32)
+    stops = np.pad(stops, (0, max(4, -(-len(stops) // 4) * 4) - len(stops)), constant_values=-1)
+    key = jax.random.key(rng) if isinstance(rng, (int, np.integer)) else rng
+    graphdef, params = nnx.split(self.model)
+    tokens, plens = pad_prompts(prompts, P, pad_id)
+    n_waves = -(-N // W)
+    tokens = np.concatenate([tokens, np.full((n_waves * W - N, P), pad_id, np.int32)])
+    plens = np.concatenate([plens, np.ones((n_waves * W - N,), np.int32)])
+    cache = self.model.init_cache(B, S)
+    st = EngineState(
+        cache=cache, rid_B=jnp.zeros((B,), jnp.int32), t_B=jnp.zeros((B,), jnp.int32),
+        last_B=jnp.zeros((B,), jnp.int32), busy_B=jnp.zeros((B,), bool), next=jnp.int32(0),
+        tokens_RS=jnp.full((R_cap, budget), pad_id, jnp.int32),
+        logprobs_RS=jnp.zeros((R_cap, budget), jnp.float32),
+        lengths_R=jnp.zeros((R_cap,), jnp.int32), steps=jnp.int32(0),
+        attended=jnp.int32(0), busy=jnp.int32(0))
+    with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+      for w in range(n_waves):
+        lo = w * W * K
+        wave = prefill_jit(graphdef, params, tokens[lo // K:lo // K + W],
+                           plens[lo // K:lo // K + W], kn, key, np.int32(row_offset),
+                           np.int32(lo), rollouts=K, strategy=self.strategy)
+        wave = wave.replace(hi=jnp.int32(min(lo + W * K, R)))
+        st = decode_jit(graphdef, params, st, wave, kn, key, np.int32(row_offset), stops,
+                        np.int32(pad_id), np.bool_(w == n_waves - 1), rollouts=K,
+                        budget=budget, block=self.block, strategy=self.strategy,
+                        mesh=self.mesh)
+    host = jax.device_get((st.tokens_RS, st.logprobs_RS, st.lengths_R, st.steps, st.attended,
+                           st.busy))
+    toks, lps, lengths, steps, attended, busy = host
+    return RolloutOutput(tokens_BS=np.asarray(toks)[:R, :new],
+                         logprobs_BS=np.asarray(lps)[:R, :new], lengths_B=np.asarray(lengths)[:R],
+                         prefill_rows=n_waves * W, prompt_len=P, slots=B, steps=int(steps),
+                         attended=int(attended), busy=int(busy))
+
+
+@dataclasses.dataclass
+class StaticRollouts:
+  """`Rollouts` over the static-batch sampler (sampler.generate), `rows` rows per call: the
+  baseline the engine replaces, kept for comparisons."""
+
+  model: Decoder
+  rows: int = 64
+  strategy: Strategy = Sample()
+  mesh: Mesh | None = None
+  prompt_buckets: Sequence[int] = SampleConfig.prompt_buckets
+  budget_buckets: Sequence[int] = SampleConfig.budget_buckets
+
+  def sample(self, prompts, *, rollouts, knobs=Knobs(), rng=0, stop_ids=None, pad_id=0,
+             row_offset=0) -> RolloutOutput:
+    from paced_jax.flops import output_flops
+    from paced_jax.sampler import generate
+
+    N, K = len(prompts), rollouts
+    per = max(1, self.rows // K)
+    row = functools.partial(_per_rollout, n_prompts=N, K=K, R_cap=N * K)
+    kn = Knobs(row(knobs.temperature, np.float32, name="temperature"),
+               row(knobs.top_k, np.int32, name="top_k"), row(knobs.top_p, np.float32, name="top_p"),
+               row(knobs.max_new_tokens, np.int32, name="max_new_tokens"))
+    parts, flops, steps, busy = [], 0.0, 0, 0
+    for s in range(0, N, per):
+      n = min(per, N - s)
+      out = generate(self.model, prompts[s:s + n], rng=rng,
+                     knobs=jax.tree.map(lambda a: a[s * K:(s + n) * K], kn), eos_id=stop_ids,
+                     pad_id=pad_id, mesh=self.mesh, rollouts=K, strategy=self.strategy,
+                     prompt_buckets=self.prompt_buckets, budget_buckets=self.budget_buckets,
+                     pad_rows_to=per * K, row_offset=row_offset + s * K)
+      parts.append(jax.device_get((out.tokens_BS, out.logprobs_BS, out.lengths_B)))
+      flops += output_flops(self.model.cfg, out)
+      steps += int(out.steps) - 1  # decode iterations (token 0 comes from the prefill)
+      busy += int(np.sum(parts[-1][2] - 1))
+    new = max(p[0].shape[1] for p in parts)
+    pad = lambda a, v: np.pad(a, ((0, 0), (0, new - a.shape[1])), constant_values=v)
+    return RolloutOutput(tokens_BS=np.concatenate([pad(p[0], pad_id) for p in parts]),
+                         logprobs_BS=np.concatenate([pad(p[1], 0) for p in parts]),
+                         lengths_B=np.concatenate([p[2] for p in parts]), slots=per * K,
+                         steps=steps, busy=busy, computed_flops=flops)

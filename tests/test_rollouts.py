@@ -1,0 +1,142 @@
+"""Rollout engine: equals the static sampler token for token (greedy and temperature, any slot
+count or wave size, reused slots), shared prefill == separate prefill, bounded attention == full
+attention, traced knobs, one-line errors, FLOP and waste counters."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from paced_jax import rollouts as RO
+from paced_jax import sampler as S
+from paced_jax.config import ConfigError
+from paced_jax.flops import attention_flops_per_token, body_flops_per_token, unembed_flops
+from test_sampler import PROMPTS, random_model
+
+BUDGETS = np.array([12, 3, 9, 12, 1, 7])  # per prompt: long, short, a 1-token rollout
+PR = PROMPTS[:6]
+K = 3
+
+
+@pytest.fixture(scope="module")
+def model():
+  return random_model("tiny-qwen2")
+
+
+def _static(model, temperature, eos):
+  knobs = S.Knobs(temperature=temperature, max_new_tokens=np.repeat(BUDGETS, K))
+  out = S.generate(model, PR, rng=4, knobs=knobs, rollouts=K, eos_id=eos,
+                   budget_buckets=(32,))
+  return jax.tree.map(np.asarray, out)
+
+
+def _engine(model, temperature, eos, **kw):
+  kw.setdefault("budget_buckets", (32,))
+  kw.setdefault("block", 8)
+  eng = RO.Engine(model, **kw)
+  return eng.sample(PR, rollouts=K, rng=4, stop_ids=eos, pad_id=0,
+                    knobs=S.Knobs(temperature=temperature, max_new_tokens=BUDGETS))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_engine_equals_static_sampler_token_for_token(model, temperature):
+  free = _static(model, 0.0, None)
+  eos = [int(free.tokens_BS[0, 4]), 127]  # a stop id that really ends some rollouts early
+  ref = _static(model, temperature, eos)
+  assert ref.lengths_B.min() >= 1 and (ref.lengths_B < np.repeat(BUDGETS, K)).any()
+  # slots=1: every rollout reuses the slot of a longer one (a leak would change its tokens);
+  # wave=1: one prompt's K rollouts per prefill; 5 slots and 4-prompt waves straddle prompts.
+  for kw in (dict(slots=1, wave=1), dict(slots=5, wave=4), dict(slots=32)):
+    out = _engine(model, temperature, eos, **kw)
+    np.testing.assert_array_equal(out.lengths_B, ref.lengths_B, err_msg=str(kw))
+    np.testing.assert_array_equal(out.tokens_BS, ref.tokens_BS[:, :12], err_msg=str(kw))
+    np.testing.assert_allclose(out.logprobs_BS, ref.logprobs_BS[:, :12], atol=1e-5)
+    assert out.tokens_BS.shape == (len(PR) * K, 12)
+
+
+def test_stale_cache_entries_never_leak(model):
+  """A slot poisoned with huge KV values past its prompt decodes as a clean one would."""
+  cfg = model.cfg
+  P, S_ = 32, 64
+  prompts_BP, lens_B = S.pad_prompts([PROMPTS[0], PROMPTS[0]], P, 0)
+  h, clean = model.extend_hidden(jnp.asarray(prompts_BP), model.init_cache(2, S_),
+                                 jnp.asarray(lens_B))
+  poison = lambda c: c.at[1, :, lens_B[1]:].set(1e4)
+  dirty = clean.replace(k=tuple(map(poison, clean.k)), v=tuple(map(poison, clean.v)))
+  tok = jnp.asarray([[7], [7]])
+  a, _ = model.decode_hidden(tok, dirty, 2, 32)
+  np.testing.assert_allclose(np.asarray(a[1]), np.asarray(a[0]), atol=1e-5)
+  del cfg
+
+
+def test_bounded_attention_equals_full_attention(model):
+  prompts_BP, lens_B = S.pad_prompts(PROMPTS[:4], 32, 0)
+  cache = model.init_cache(4, 64)
+  _, cache = model.extend_hidden(jnp.asarray(prompts_BP), cache, jnp.asarray(lens_B))
+  tok = jnp.asarray([[3], [9], [27], [100]])
+  full, full_cache = model.extend_hidden(tok, cache)
+  need = int(-(-(lens_B.max() + 1) // 8))
+  for blocks in (need, need + 2, 8):  # more blocks than filled: same result
+    bounded, b_cache = jax.jit(model.decode_hidden, static_argnums=3)(tok, cache, blocks, 8)
+    np.testing.assert_allclose(np.asarray(bounded), np.asarray(full), atol=2e-5, rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(b_cache.end_B), np.asarray(full_cache.end_B))
+  np.testing.assert_allclose(np.asarray(b_cache.k[0]), np.asarray(full_cache.k[0]), atol=1e-6)
+
+
+def test_shared_prefill_equals_separate_prefill(model):
+  prompts_BP, lens_B = S.pad_prompts(PR[:3], 32, 0)
+  kn = S.Knobs(*(np.full((16,), v, d) for v, d in ((1.0, np.float32), (0, np.int32),
+                                                   (1.0, np.float32), (8, np.int32))))
+  graphdef, params = nnx.split(model)
+  wave = RO.prefill_jit(graphdef, params, prompts_BP, lens_B, kn, jax.random.key(4),
+                        np.int32(0), np.int32(0), rollouts=K, strategy=S.Sample())
+  for i in range(3):  # each prompt alone, as sampler.generate prefills it (K copies)
+    rows = np.repeat(prompts_BP[i:i + 1], K, 0)
+    _, c = model.extend_hidden(jnp.asarray(rows), model.init_cache(K, 32),
+                               jnp.full((K,), lens_B[i]))
+    for k in range(K):
+      np.testing.assert_allclose(np.asarray(wave.k[1][i]), np.asarray(c.k[1][k]), atol=1e-5)
+      np.testing.assert_allclose(np.asarray(wave.v[0][i]), np.asarray(c.v[0][k]), atol=1e-5)
+  # The K first tokens are K different draws (each rollout's own key), not one copied draw.
+  assert len(set(np.asarray(wave.first_R).tolist())) > K
+
+
+def test_knobs_never_recompile_and_errors_are_one_line(model):
+  _engine(model, 1.0, [5], slots=4)
+  before = (RO.decode_jit._cache_size(), RO.prefill_jit._cache_size())
+  eng = RO.Engine(model, slots=4, block=8, budget_buckets=(32,))
+  for kn in (S.Knobs(temperature=0.3, top_k=5, max_new_tokens=BUDGETS),
+             S.Knobs(temperature=np.linspace(0, 2, 18), top_p=0.8, max_new_tokens=4)):
+    eng.sample(PR, rollouts=K, rng=1, knobs=kn, stop_ids=[9])
+  assert (RO.decode_jit._cache_size(), RO.prefill_jit._cache_size()) == before
+  for bad, match in [(dict(knobs=S.Knobs(top_p=0.0)), "top_p"),
+                     (dict(knobs=S.Knobs(max_new_tokens=10_000)), "budget_buckets"),
+                     (dict(knobs=S.Knobs(temperature=[1.0] * 4)), "one value per prompt"),
+                     (dict(rollouts=0), "rollouts"), (dict(prompts=[[1], []]), "empty"),
+                     (dict(prompts=[[1] * 300]), "prompt_buckets")]:
+    kw = dict(prompts=PR, rollouts=K) | bad
+    with pytest.raises(ConfigError, match=match) as e:
+      eng.sample(kw.pop("prompts"), **kw)
+    assert "\n" not in str(e.value)
+  with pytest.raises(ConfigError, match="slots"):
+    RO.Engine(model, slots=0)
+
+
+def test_counters_flops_and_waste(model):
+  out = _engine(model, 1.0, None, slots=4)
+  real = int(out.lengths_B.sum())
+  assert out.busy == real - len(PR) * K  # token 0 of every rollout comes from the prefill
+  assert out.steps * out.slots >= out.busy and 0 <= out.wasted_fraction < 1
+  cfg = model.cfg
+  want = (out.prefill_rows * 32 * (body_flops_per_token(cfg) + attention_flops_per_token(cfg, 32))
+          + out.prefill_rows * unembed_flops(cfg)
+          + out.steps * 4 * (body_flops_per_token(cfg) + unembed_flops(cfg))
+          + 4 * attention_flops_per_token(cfg, out.attended))
+  assert out.flops(cfg) == pytest.approx(want)
+  assert out.attended % 8 == 0 and out.attended <= out.steps * 64  # whole blocks, bounded
+  static = RO.StaticRollouts(model, rows=6, budget_buckets=(32,)).sample(
+      PR, rollouts=K, rng=4, knobs=S.Knobs(max_new_tokens=BUDGETS))
+  np.testing.assert_array_equal(static.lengths_B, out.lengths_B)
+  assert static.wasted_fraction > out.wasted_fraction
+  assert static.flops(cfg) > out.flops(cfg)
