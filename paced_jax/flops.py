@@ -13,9 +13,10 @@ softmax, activations). Concretely:
     bucket cache slots in every prefill and decode step of the sampler;
   * the unembedding counts where logits are computed: at the scored positions of a train step
     (padded to a whole chunk), at one position per row after prefill, at every decode step;
-  * recomputation counts: the chunked loss recomputes each chunk's student and teacher logits
-    in the backward pass, and model.remat="full" recomputes the forward of every block
-    ("dots_no_batch": its attention);
+  * recomputation counts: model.remat="full" recomputes the forward of every block in the
+    backward pass ("dots_no_batch": its attention). The chunked loss recomputes nothing: it is
+    fused (paced_jax/fused_loss.py: logits, dh and dW in one pass), so a scored position costs
+    3 student unembedding matmuls and 1 teacher one, chunked or not;
   * backward = 2x forward (one matmul for the input gradient, one for the weight gradient).
 
 Per token of a T-token sequence, one decoder (D model, L layers, N q-heads, K kv-heads, H head
@@ -26,7 +27,7 @@ dim, F mlp, V vocab), attending over S key slots:
 
   train step  = 3 * (body + attention(T)) * B*T  +  3 * unembed * B*R  [student]
               +     (body + attention(T)) * B*T  +      unembed * B*R  [teacher]
-              + recomputation (chunked loss: + unembed * B*R for each model; remat)
+              + recomputation (remat)      R: scored positions, padded to whole loss chunks
   generate    = rows * P * (body + attention(S)) + rows * unembed               [prefill]
               + (steps - 1) * rows * (body + attention(S) + unembed)            [decode]
 
@@ -121,10 +122,9 @@ def step_flops(student_cfg: ModelConfig, teacher_cfg: ModelConfig | None, rows: 
                seq_len: int, scored_len: int | None = None, chunk: int = 0) -> float:
   """FLOPs of one train step on a [rows, seq_len] batch as computed (padding included: the
   step computes every position of the bucket), scoring `scored_len` positions per row (default
-  all) in chunks of `chunk` (0: unchunked; chunked logits are recomputed in the backward)."""
+  all) in fused chunks of `chunk` (0: unchunked)."""
   R = seq_len if scored_len is None else scored_len
-  chunked = 0 < chunk < R
-  if chunked:
+  if 0 < chunk < R:
     R = -(-R // chunk) * chunk  # the last chunk is padded and computed whole
   tokens, scored = rows * seq_len, rows * R
 
@@ -134,9 +134,9 @@ def step_flops(student_cfg: ModelConfig, teacher_cfg: ModelConfig | None, rows: 
              "dots_no_batch": attention_flops_per_token(cfg, seq_len)}.get(cfg.remat, 0.0)
     return tokens * (passes * layer + (extra if passes == 3 else 0.0))
 
-  flops = model(student_cfg, 3) + scored * unembed_flops(student_cfg) * (3 + chunked)
+  flops = model(student_cfg, 3) + scored * unembed_flops(student_cfg) * 3
   if teacher_cfg is not None:
-    flops += model(teacher_cfg, 1) + scored * unembed_flops(teacher_cfg) * (1 + chunked)
+    flops += model(teacher_cfg, 1) + scored * unembed_flops(teacher_cfg)
   return float(flops)
 
 

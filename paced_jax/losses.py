@@ -179,8 +179,8 @@ def chunked_divergence(h_t_BRD, w_t_DV, h_s_BRD, w_s_DV, mask_BR, kind, *, targe
 NORMALISATIONS = ("token", "sequence")
 
 
-def normalise(sums_B, counts_B, weights_B=None, mode: str = "token"):
-  """Batch loss from per-example sums and token counts, with per-example weights w_b (1 when
+def normalise_coefs(counts_B, weights_B=None, mode: str = "token"):
+  """coef_B such that the batch loss is sum_b coef_b * sums_b (per-example weights w_b: 1 when
   sampling by pi; the frontier loss weights in loss-weight mode):
 
     token     sum_b w_b sum_t l_bt / sum_b w_b n_b        (a token mean: long responses count
@@ -189,16 +189,22 @@ def normalise(sums_B, counts_B, weights_B=None, mode: str = "token"):
                                                            n_b = 0 are left out)
 
   Both uses of the frontier weights share this, so "sample by pi" and "weight by w" differ only
-  in how w enters. All weights zero gives 0 (the step then skips its update).
+  in how w enters. All weights zero gives coef 0 (the step then skips its update). The coefs
+  depend on counts and weights only: no gradient flows through them.
   """
-  w = jnp.ones_like(sums_B) if weights_B is None else weights_B.astype(jnp.float32)
+  c = counts_B.astype(jnp.float32)
+  w = jnp.ones_like(c) if weights_B is None else weights_B.astype(jnp.float32)
   if mode == "token":
-    return jnp.sum(w * sums_B) / jnp.maximum(jnp.sum(w * counts_B), 1e-12)
+    return w / jnp.maximum(jnp.sum(w * c), 1e-12)
   if mode == "sequence":
-    w = w * (counts_B > 0)
-    per_example = sums_B / jnp.maximum(counts_B, 1.0)
-    return jnp.sum(w * per_example) / jnp.maximum(jnp.sum(w), 1e-12)
+    w = w * (c > 0)
+    return w / (jnp.maximum(c, 1.0) * jnp.maximum(jnp.sum(w), 1e-12))
   raise ValueError(f"loss.normalise={mode!r} must be one of {', '.join(NORMALISATIONS)}")
+
+
+def normalise(sums_B, counts_B, weights_B=None, mode: str = "token"):
+  """The batch loss sum_b coef_b * sums_b; see normalise_coefs."""
+  return jnp.sum(normalise_coefs(counts_B, weights_B, mode) * sums_B)
 
 
 def gather_positions(x_BT, idx_BR):

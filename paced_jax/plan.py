@@ -205,6 +205,9 @@ def estimate(cfg: Config, mesh: dict[str, int], memory: int) -> Estimate:
   n_logits = LOSS_BUFFERS if tcfg is not None else LOSS_BUFFERS // 2
   out.append(("train step", f"loss logits (chunk {chunk} x vocab, fp32)",
               int(n_logits * b * chunk * _div(m.vocab_size, tn) * 4)))
+  if 0 < cfg.loss.chunk_size < R:  # the fused loss carries dW of the unembedding in fp32
+    out.append(("train step", "fused loss dW accumulator (fp32)",
+                int(m.hidden * _div(m.vocab_size, tn) * 4)))
   if tcfg is not None:
     tc = jnp.dtype(tcfg.dtype).itemsize
     t_act = b * T * (_layer_elements(tcfg, T, tn, "none") + 2 * tcfg.hidden) * tc

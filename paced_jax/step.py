@@ -26,6 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from paced_jax import losses
+from paced_jax.fused_loss import fused_divergence_loss
 from paced_jax.config import Config, ConfigError, TrainConfig
 from paced_jax.sharding import LOGICAL_RULES
 
@@ -123,12 +124,18 @@ def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, te
   lc = cfg.loss
   if lc.teacher_top_k:  # config validation allows it only with off-policy forward KL
     kind = "forward_kl"
-  sums, counts = losses.chunked_divergence(
-      h_t_BRD, w_t, h_s_BRD, student.unembedding(), valid, kind, targets_BR=targets,
-      chunk=lc.chunk_size, temperature=lc.temperature, jsd_beta=lc.jsd_beta, akl_mu=lc.akl_mu,
-      teacher_top_k=lc.teacher_top_k)
+  opts = dict(targets_BR=targets, temperature=lc.temperature, jsd_beta=lc.jsd_beta,
+              akl_mu=lc.akl_mu, teacher_top_k=lc.teacher_top_k)
+  counts = jnp.sum(valid.astype(jnp.float32), axis=-1)
   weights = batch["weights"] if cfg.paced.use == "loss_weight" else None
-  loss = losses.normalise(sums, counts, weights, lc.normalise)
+  coef = losses.normalise_coefs(counts, weights, lc.normalise)
+  if lc.chunk_size > 0:  # fused: chunked logits, gradients in the same pass, no recompute
+    loss, sums = fused_divergence_loss(h_t_BRD, w_t, h_s_BRD, student.unembedding(), valid,
+                                       coef, kind, chunk=lc.chunk_size, **opts)
+  else:  # the unchunked reference: [B, R, V] logits, plain autodiff
+    sums, _ = losses.chunked_divergence(h_t_BRD, w_t, h_s_BRD, student.unembedding(), valid,
+                                        kind, chunk=0, **opts)
+    loss = jnp.sum(coef * sums)
   return loss, (sums, counts)
 
 

@@ -50,10 +50,11 @@ def test_train_step_flops_hand_count():
   rows, T, R, chunk = 2, 16, 10, 4
   layer = BODY + ATTN(T)
   scored = rows * 12  # 10 scored positions, computed as 3 whole chunks of 4
-  student = 3 * rows * T * layer + (3 + 1) * scored * UNEMBED  # + logits recomputed in backward
-  teacher = rows * T * layer + (1 + 1) * scored * UNEMBED
+  # The fused loss: logits, dh and dW per student position (3), logits per teacher one (1).
+  student = 3 * rows * T * layer + 3 * scored * UNEMBED
+  teacher = rows * T * layer + scored * UNEMBED
   assert flops.step_flops(cfg, cfg, rows, T, R, chunk=chunk) == student + teacher
-  # Unchunked: nothing recomputed, no chunk padding.
+  # Unchunked: no chunk padding.
   assert flops.step_flops(cfg, None, rows, T, R) == 3 * rows * T * layer + 3 * rows * R * UNEMBED
   # remat="full" recomputes the student's forward of every block.
   import dataclasses

@@ -1,0 +1,134 @@
+"""Fused linear divergence: the distillation loss of `h @ W` logits, chunk by chunk, with the
+gradients computed in the same pass (the idea behind "cut cross-entropy" and Liger's fused linear
+JSD), so chunking costs memory nothing and time nothing.
+
+    loss, sums_B = fused_divergence_loss(h_t_BRD, w_t_DV, h_s_BRD, w_s_DV, mask_BR, coef_B,
+                                         kind, chunk=128)
+    # loss = sum_b coef_b * sum_r mask_br * d_br     (coef from losses.normalise_coefs)
+
+For each chunk of C scored positions the forward pass computes the student's and the teacher's
+logits [B, C, V] (fp32 accumulation), the per-token divergence d (losses.token_divergence: every
+divergence, temperature, teacher top-k) and, by the chain rule through the unembedding,
+  dz_BCV  = coef_b * mask_bc * dd/dz          (the per-token gradient of d w.r.t. the student's
+                                               logits, from `jax.vjp` of the elementwise d)
+  dh_BCD  = dz @ W_s^T                         (gradient w.r.t. the student's hidden states)
+  dW_DV  += h_s^T @ dz                         (fp32 accumulator, carried across chunks)
+then drops the chunk's logits. The backward pass only scales dh and dW by the incoming cotangent:
+no logits are recomputed. Unembedding matmuls per scored position: 3 for the student (logits,
+dh, dW) and 1 for the teacher, as an unchunked step (the `jax.checkpoint` chunking in
+losses.chunked_divergence needs 4 + 2). Peak extra memory: a few [B, C, V] fp32 buffers and dW.
+
+Differentiable inputs: h_s and w_s. The teacher (h_t, w_t), mask, coef and targets are constants
+(the step holds the teacher under stop_gradient; coef depends only on counts and weights).
+`sums_B` (per-example divergence sums, for metrics) carries no gradient.
+Masked positions: their hidden rows are zeroed before any matmul, so a non-finite hidden state
+at a padded position never reaches the loss, dh or dW.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from paced_jax import losses
+
+
+def _chunks(x, n: int, chunk: int):
+  """[B, n*chunk, ...] -> [n, B, chunk, ...]."""
+  B = x.shape[0]
+  return jnp.moveaxis(x.reshape(B, n, chunk, *x.shape[2:]), 1, 0)
+
+
+def _unchunk(x):
+  """[n, B, chunk, ...] -> [B, n*chunk, ...]."""
+  x = jnp.moveaxis(x, 0, 1)
+  return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
+
+
+def _forward(static, h_s, w_s, h_t, w_t, mask, coef, targets, kind):
+  chunk, temperature, jsd_beta, akl_mu, top_k, name = static
+  kind = kind if name is None else name  # a name when it is known on the host (top-k)
+  opts = dict(temperature=temperature, jsd_beta=jsd_beta, akl_mu=akl_mu, teacher_top_k=top_k)
+  B, R, _ = h_s.shape
+  has_teacher = h_t is not None
+  n = -(-R // chunk)
+  pad = n * chunk - R
+  padR = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)) if pad else x
+  xs = (_chunks(padR(h_s), n, chunk), _chunks(padR(mask), n, chunk),
+        _chunks(padR(targets), n, chunk),
+        _chunks(padR(h_t), n, chunk) if has_teacher else jnp.zeros((n,)))
+
+  def body(carry, x):
+    sums, dw = carry
+    h_s_c, m, tgt, h_t_c = x
+    keep = (m > 0)[..., None]
+    h_s_c = jnp.where(keep, h_s_c, jnp.zeros((), h_s_c.dtype))
+    z_t = None
+    if has_teacher:
+      h_t_c = jnp.where(keep, h_t_c, jnp.zeros((), h_t_c.dtype))
+      z_t = jnp.einsum("BCD,DV->BCV", h_t_c, w_t, preferred_element_type=jnp.float32)
+    z_s = jnp.einsum("BCD,DV->BCV", h_s_c, w_s, preferred_element_type=jnp.float32)
+    per_token = lambda z: losses.token_divergence(z_t, z, kind, targets_BR=tgt, **opts)
+    d_BC, vjp = jax.vjp(per_token, z_s)
+    m32 = m.astype(jnp.float32)
+    d_BC = jnp.where(m32 > 0, d_BC, 0.0) * m32
+    (dz,) = vjp(coef[:, None] * m32)
+    dz = jnp.where(keep, dz, 0.0).astype(w_s.dtype)
+    dh = jnp.einsum("BCV,DV->BCD", dz, w_s, preferred_element_type=jnp.float32)
+    dw = dw + jnp.einsum("BCD,BCV->DV", h_s_c, dz, preferred_element_type=jnp.float32)
+    return (sums + jnp.sum(d_BC, -1), dw), dh.astype(h_s.dtype)
+
+  init = (jnp.zeros((B,), jnp.float32), jnp.zeros(w_s.shape, jnp.float32))
+  (sums, dw), dh = jax.lax.scan(body, init, xs)
+  dh = _unchunk(dh)[:, :R]
+  loss = jnp.sum(coef * sums)
+  return (loss, sums), (dh, dw.astype(w_s.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused(static, h_s, w_s, h_t, w_t, mask, coef, targets, kind):
+  return _forward(static, h_s, w_s, h_t, w_t, mask, coef, targets, kind)[0]
+
+
+def _fused_fwd(static, h_s, w_s, h_t, w_t, mask, coef, targets, kind):
+  return _forward(static, h_s, w_s, h_t, w_t, mask, coef, targets, kind)
+
+
+def _fused_bwd(static, res, ct):
+  dh, dw = res
+  ct_loss, _ = ct  # sums_B are for metrics: no gradient flows through them
+  return (ct_loss.astype(dh.dtype) * dh, ct_loss.astype(dw.dtype) * dw,
+          None, None, None, None, None, None)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def fused_divergence_loss(h_t_BRD, w_t_DV, h_s_BRD, w_s_DV, mask_BR, coef_B, kind, *,
+                          targets_BR=None, chunk: int = 128, temperature: float = 1.0,
+                          jsd_beta: float = 0.5, akl_mu: float = 0.5, teacher_top_k: int = 0):
+  """(loss, sums_B) with loss = sum_b coef_b sum_r mask_br d_br; see the module docstring.
+
+  `kind` is a name in losses.DIVERGENCES or a traced index into it; `h_t_BRD`/`w_t_DV` may be None
+  for cross-entropy. `chunk` >= 1 positions per chunk (R is padded to a whole number of chunks;
+  padded positions are masked)."""
+  if chunk < 1:
+    raise ValueError(f"chunk={chunk} must be >= 1 (use losses.chunked_divergence(chunk=0) for "
+                     "the unchunked reference)")
+  B, R, _ = h_s_BRD.shape
+  name = None
+  if isinstance(kind, str):
+    if kind not in losses.DIVERGENCES:
+      raise ValueError(f"unknown divergence {kind!r}; choose one of "
+                       f"{', '.join(losses.DIVERGENCES)}")
+    kind = jnp.int32(losses.DIVERGENCES.index(kind))
+  if teacher_top_k:  # forward KL only, known on the host (token_divergence checks the name)
+    name = "forward_kl"
+  if targets_BR is None:
+    targets_BR = jnp.zeros((B, R), jnp.int32)
+  static = (min(chunk, R), float(temperature), float(jsd_beta), float(akl_mu),
+            int(teacher_top_k), name)
+  return _fused(static, h_s_BRD, w_s_DV, h_t_BRD, w_t_DV, mask_BR,
+                jax.lax.stop_gradient(coef_B.astype(jnp.float32)), targets_BR, kind)
