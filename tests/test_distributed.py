@@ -43,14 +43,22 @@ def _params(workdir, step, like=None):
   return ocp.StandardCheckpointer().restore(path, target)
 
 
-def test_two_processes_match_one(tmp_path):
+def test_two_processes_match_one(tmp_path, monkeypatch):
+  # The tiny student solves nothing under the exact verifier, so every pass rate would be 0
+  # whatever the rollouts: this verifier's outcome is a function of the sampled text instead.
+  (tmp_path / "parity_verifier.py").write_text(
+      "def verify(text, problem):\n  return sum(map(ord, text)) % 2 == 0\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  over = OVER + ["paced.verifier=parity_verifier:verify"]
   one, two = tmp_path / "one", tmp_path / "two"
-  train(load_config(TINY, OVER), one, progress=False)
+  train(load_config(TINY, over), one, progress=False)
 
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  sets = [a for o in OVER for a in ("--set", o)]
+             XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path),
+                                                      os.environ.get("PYTHONPATH")])))
+  sets = [a for o in over for a in ("--set", o)]
   procs = [subprocess.Popen(
       [sys.executable, "-m", "paced_jax.cli", "train", TINY, "--workdir", str(two), "--quiet",
        *sets, "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id",
@@ -78,6 +86,9 @@ def test_two_processes_match_one(tmp_path):
     ra = [json.loads(x) for x in (one / "passrates" / r).read_text().splitlines()]
     rb = [json.loads(x) for x in (two / "passrates" / r).read_text().splitlines()]
     assert ra == rb
+    estimated = [x for x in ra if x["trials"]]
+    assert any(x["successes"] > 0 for x in estimated)  # the outcomes are not trivial
+    assert any(x["successes"] < x["trials"] for x in estimated)
   # ... and the same parameters in the checkpoint both processes wrote with Orbax.
   import jax
 
@@ -102,3 +113,65 @@ def test_single_process_stays_single(monkeypatch):
   for var in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS"):
     monkeypatch.delenv(var, raising=False)
   assert initialize() is False and initialize(mode="off") is False
+
+
+def _cluster(monkeypatch, env, chips, libtpu):
+  """A fake environment: variables, TPU device files, an installed libtpu; records whether
+  jax.distributed.initialize was called (with no arguments: JAX's own cluster detection)."""
+  import importlib.util
+
+  import jax
+  from paced_jax import distributed
+
+  for var in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS"):
+    monkeypatch.delenv(var, raising=False)
+  for k, v in env.items():
+    monkeypatch.setenv(k, v)
+  monkeypatch.setattr(distributed.glob, "glob",
+                      lambda pattern: ["/dev/accel0"] if chips and "accel" in pattern else [])
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(distributed.importlib.util, "find_spec",
+                      lambda name, *a: object() if name == "libtpu" and libtpu else (
+                          None if name == "libtpu" else find_spec(name, *a)))
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+  return calls
+
+
+@pytest.mark.parametrize("env,chips,libtpu,started", [
+    ({}, False, False, False),
+    ({"SLURM_NTASKS": "1"}, False, False, False),  # one task: nothing to coordinate
+    ({"SLURM_NTASKS": "4"}, False, False, True),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234"}, False, False, True),
+    ({}, True, True, True),  # a Cloud TPU VM
+    ({}, False, True, False),  # libtpu on a CPU machine (for AOT compilation) is no TPU VM
+    ({}, True, False, False),
+])
+def test_auto_detection(monkeypatch, env, chips, libtpu, started):
+  calls = _cluster(monkeypatch, env, chips, libtpu)
+  assert initialize() is started
+  assert calls == ([((), {})] if started else [])
+  assert initialize(mode="off") is False and len(calls) == started
+
+
+@pytest.mark.parametrize("env,chips,why", [({"SLURM_NTASKS": "2"}, False, "SLURM"),
+                                           ({"JAX_COORDINATOR_ADDRESS": "h:1"}, False,
+                                            "JAX_COORDINATOR_ADDRESS"),
+                                           ({}, True, None)])
+def test_auto_detection_failure(monkeypatch, env, chips, why):
+  import jax
+  from paced_jax.config import ConfigError
+
+  _cluster(monkeypatch, env, chips, True)
+
+  def fail(*a, **k):
+    raise RuntimeError("no coordinator found\nsecond line")
+  monkeypatch.setattr(jax.distributed, "initialize", fail)
+  if why is None:  # a TPU VM whose JAX cannot start the service: one process, not an error
+    assert initialize() is False
+    return
+  with pytest.raises(ConfigError) as e:
+    initialize()
+  msg = str(e.value)
+  assert f"from the {why} environment" in msg and "no coordinator found" in msg
+  assert "--distributed off" in msg and "\n" not in msg
