@@ -27,6 +27,7 @@ from paced_jax.config import ConfigError, SampleConfig
 from paced_jax.data.schema import Problem
 from paced_jax.flops import output_flops
 from paced_jax.models.transformer import Decoder
+from paced_jax.rollouts import Engine, Rollouts, RolloutOutput
 from paced_jax.sampler import Knobs, Sample, Strategy, SampleOutput, generate
 from paced_jax.distributed import to_host
 from paced_jax.verify import Verifier, verify_batch
@@ -62,13 +63,18 @@ def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
                         prompt_buckets: Sequence[int] = SampleConfig.prompt_buckets,
                         budget_buckets: Sequence[int] = SampleConfig.budget_buckets,
                         verify_workers: int = 4, keep_rollouts: bool = True,
-                        progress: bool = True) -> Estimate:
+                        progress: bool = True, engine: str | Rollouts = "static") -> Estimate:
   """K = `rollouts` samples per problem, each verified; successes and trials per problem.
 
   `batch_size` counts rows (problems x K) per generate call. `decode` receives each row's
   tokens up to and including the stop token. Determinism: row k of problem i always uses RNG
   stream i * K + k of `rng`, so the draws do not depend on the batch size (up to float rounding
   when a batch lands in a different prompt bucket).
+
+  engine: "static" (sampler.generate, `batch_size` rows per call), "continuous"
+  (rollouts.Engine with `batch_size` slots, fed groups of 16 slots' worth of rollouts: a
+  finished rollout's slot takes the next one) or any `rollouts.Rollouts` implementation. The
+  draws are the same rollouts either way; `flops` counts what the chosen engine computed.
   """
   problems = list(problems)
   if not problems:
@@ -85,6 +91,13 @@ def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
       raise ConfigError(f"problem {p.id!r} has a prompt of {len(toks)} tokens; prompts need "
                         f"1..{limit} tokens (the largest of sample.prompt_buckets)")
   per_batch = batch_size // rollouts
+  if engine == "continuous":
+    engine = Engine(model, slots=batch_size, strategy=strategy, mesh=mesh,
+                    prompt_buckets=prompt_buckets, budget_buckets=budget_buckets)
+  elif engine != "static" and not hasattr(engine, "sample"):
+    raise ConfigError(f"rollout engine {engine!r} is not 'static', 'continuous' or a Rollouts")
+  if engine != "static":  # one call per group: more rollouts per call, less drain at its end
+    per_batch = max(per_batch, 16 * batch_size // rollouts)
   rows = per_batch * rollouts
   key = jax.random.key(rng) if isinstance(rng, (int, np.integer)) else rng
   N = len(problems)
@@ -94,16 +107,20 @@ def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
   n_tokens, t0 = 0, time.perf_counter()
   flops = [0.0]
 
-  def launch(start: int) -> SampleOutput:
+  def launch(start: int) -> SampleOutput | RolloutOutput:
+    if engine != "static":
+      return engine.sample(prompts[start:start + per_batch], rollouts=rollouts, knobs=knobs,
+                           rng=key, stop_ids=eos_id, pad_id=pad_id, row_offset=start * rollouts)
     return generate(model, prompts[start:start + per_batch], rng=key, knobs=knobs,
                     eos_id=eos_id, pad_id=pad_id, mesh=mesh, rollouts=rollouts,
                     strategy=strategy, prompt_buckets=prompt_buckets,
                     budget_buckets=budget_buckets, pad_rows_to=rows, row_offset=start * rollouts)
 
-  def finish(start: int, out: SampleOutput, pool) -> tuple[int, concurrent.futures.Future, list]:
+  def finish(start: int, out, pool) -> tuple[int, concurrent.futures.Future, list]:
     tokens, logprobs = to_host(out.tokens_BS), to_host(out.logprobs_BS)
     lengths = to_host(out.lengths_B)
-    flops[0] += output_flops(model.cfg, out)
+    flops[0] += (out.flops(model.cfg) if isinstance(out, RolloutOutput)
+                 else output_flops(model.cfg, out))
     batch = problems[start:start + per_batch]
     texts = [decode(tokens[r, :lengths[r]].tolist()) for r in range(len(lengths))]
     owners = [p for p in batch for _ in range(rollouts)]

@@ -51,7 +51,7 @@ def estimate_for_config(model, problems, tokenizer, verifier, cfg: Config, mesh,
   config implies (shared by training refreshes, `paced estimate` and evaluation)."""
   return estimate_pass_rates(
       model, problems, lambda p: encode_prompt(tokenizer, p.prompt, cfg.data.chat_template),
-      tokenizer.decode, verifier, rollouts=rollouts,
+      tokenizer.decode, verifier, rollouts=rollouts, engine="continuous",
       knobs=Knobs.from_config(cfg.sample) if knobs is None else knobs, rng=rng, mesh=mesh,
       eos_id=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
       batch_size=cfg.sample.batch_size if batch_size is None else batch_size,

@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from typing import Any, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import flax.struct
 import jax
@@ -50,11 +50,11 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from paced_jax.config import ConfigError, SampleConfig
+from paced_jax.distributed import to_host
 from paced_jax.flops import attention_flops_per_token, body_flops_per_token, unembed_flops
 from paced_jax.models.transformer import Decoder, KVCache
 from paced_jax.sampler import (Knobs, Sample, Strategy, _constrain, check_knobs, pad_prompts,
                                pick_bucket)
-from paced_jax.sharding import logical_sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,9 +341,8 @@ class Engine:
                         np.int32(pad_id), np.bool_(w == n_waves - 1), rollouts=K,
                         budget=budget, block=self.block, strategy=self.strategy,
                         mesh=self.mesh)
-    host = jax.device_get((st.tokens_RS, st.logprobs_RS, st.lengths_R, st.steps, st.attended,
-                           st.busy))
-    toks, lps, lengths, steps, attended, busy = host
+    toks, lps, lengths, steps, attended, busy = map(to_host, (
+        st.tokens_RS, st.logprobs_RS, st.lengths_R, st.steps, st.attended, st.busy))
     return RolloutOutput(tokens_BS=np.asarray(toks)[:R, :new],
                          logprobs_BS=np.asarray(lps)[:R, :new], lengths_B=np.asarray(lengths)[:R],
                          prefill_rows=n_waves * W, prompt_len=P, slots=B, steps=int(steps),
@@ -381,7 +380,7 @@ class StaticRollouts:
                      pad_id=pad_id, mesh=self.mesh, rollouts=K, strategy=self.strategy,
                      prompt_buckets=self.prompt_buckets, budget_buckets=self.budget_buckets,
                      pad_rows_to=per * K, row_offset=row_offset + s * K)
-      parts.append(jax.device_get((out.tokens_BS, out.logprobs_BS, out.lengths_B)))
+      parts.append(tuple(map(to_host, (out.tokens_BS, out.logprobs_BS, out.lengths_B))))
       flops += output_flops(self.model.cfg, out)
       steps += int(out.steps) - 1  # decode iterations (token 0 comes from the prefill)
       busy += int(np.sum(parts[-1][2] - 1))
