@@ -15,7 +15,6 @@ from paced_jax.distributed import to_host
 from paced_jax.metrics import read_metrics
 
 TINY = "configs/demo.py:tiny"
-NEW = pytest.mark.xfail(reason="issue 12 semantics not landed yet", strict=False)
 
 
 class Stub:
@@ -88,7 +87,6 @@ def test_draws_follow_pi_and_extremes_only_at_eps(tmp_path):
   assert m["frontier/n_estimated"] == len(s) and m["frontier/round"] == 0
 
 
-@NEW
 def test_loss_weight_mode_draws_uniformly_with_weights_n_pi(tmp_path):
   K = 4
   stub = Stub(K)
@@ -101,7 +99,6 @@ def test_loss_weight_mode_draws_uniformly_with_weights_n_pi(tmp_path):
   np.testing.assert_allclose(weights, len(pi) * pi[idx], rtol=1e-5)
 
 
-@NEW
 def test_all_zero_weights_fall_back_to_uniform(tmp_path):
   stub = Stub(2, levels=(0, 2))  # every problem solved always or never: every weight is 0
   run, state = _run(tmp_path, stub, "paced.eps=0.0")
@@ -142,7 +139,6 @@ def _buckets(p, ex):
   return out
 
 
-@NEW
 def test_loss_by_p_uses_the_pass_rates_of_the_step(tmp_path, monkeypatch):
   # Outcomes change every round, so step 2 (read back after round 1's refresh, ckpt_every
   # large) would see other pass rates if the buckets were read at readback time.

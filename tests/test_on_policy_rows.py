@@ -18,7 +18,6 @@ from paced_jax.distributed import to_host
 from paced_jax.step import stage_of
 
 TINY = "configs/demo.py:tiny"
-NEW = pytest.mark.xfail(reason="issue 12 semantics not landed yet", strict=False)
 
 
 @pytest.fixture
@@ -116,7 +115,6 @@ def test_rows_are_the_students_samples_and_the_loss_matches_numpy(tmp_path, reco
   run.pipeline.close()
 
 
-@NEW
 def test_rows_are_capped_to_the_largest_bucket(tmp_path, recorded):
   run, state = _setup(tmp_path, "on_policy")
   batch = next(run.pipeline)
@@ -135,7 +133,6 @@ def test_rows_are_capped_to_the_largest_bucket(tmp_path, recorded):
   run.pipeline.close()
 
 
-@NEW
 def test_on_policy_modes_default_to_reverse_kl():
   for mode in ("on_policy", "self_distill"):
     assert stage_of(Config(loss=LossConfig(mode=mode)), 0) == "reverse_kl"

@@ -16,7 +16,6 @@ from paced_jax.sharding import make_mesh, shard_init
 from paced_jax.step import compile_train_step, init_train_state, make_optimizer
 
 B, T = 8, 12
-NEW = pytest.mark.xfail(reason="issue 12 semantics not landed yet", strict=False)
 
 
 def _batch():
@@ -28,7 +27,7 @@ def _batch():
           "loss_mask": mask, "weights": np.ones(B, np.float32)}
 
 
-@pytest.mark.parametrize("normalise", ["token", pytest.param("sequence", marks=NEW)])
+@pytest.mark.parametrize("normalise", ["token", "sequence"])
 def test_sft_step_is_cross_entropy_on_the_next_token(normalise):
   mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   loss_kw = {} if normalise == "token" else {"normalise": normalise}
