@@ -188,8 +188,11 @@ class PacedConfig:
   merge: Literal["replace", "accumulate"] = "replace"
   verifier: str = "exact"  # "exact", "math", or "package.module:function"
   answer_marker: str = "####"
-  verify_timeout_s: float = 5.0
+  verify_timeout_s: float = 5.0  # per response, every verifier; a timeout counts as wrong
   verify_workers: int = 4  # host threads (and math-verify processes) checking responses
+  # A verifier that raises: "error" stops the run with one line naming the problem; "wrong"
+  # counts that response as wrong (metric verify/errors) and goes on.
+  verifier_errors: Literal["error", "wrong"] = "error"
 
   def __post_init__(self):
     checks = [("alpha", self.alpha >= 0, ">= 0"), ("beta", self.beta >= 0, ">= 0"),
@@ -274,9 +277,19 @@ class TrainConfig:
   max_flops: float = 0.0
 
   def __post_init__(self):
-    _check("train", self, [("steps", self.steps >= 1, ">= 1"),
-                           ("warmup_steps", self.warmup_steps >= 0, ">= 0 (0: no warmup)"),
-                           ("max_flops", self.max_flops >= 0, ">= 0 (0 is off)")])
+    _check("train", self, [
+        ("steps", self.steps >= 1, ">= 1"),
+        ("lr", self.lr >= 0, ">= 0 (a negative rate trains the loss upward)"),
+        ("warmup_steps", self.warmup_steps >= 0, ">= 0 (0: no warmup)"),
+        ("weight_decay", self.weight_decay >= 0, ">= 0"),
+        ("b1", 0 <= self.b1 < 1, "in [0, 1)"), ("b2", 0 <= self.b2 < 1, "in [0, 1)"),
+        ("grad_clip", self.grad_clip >= 0, ">= 0 (0: no clipping)"),
+        ("log_every", self.log_every >= 1, ">= 1 step"),
+        ("eval_every", self.eval_every >= 1, ">= 1 step"),
+        ("ckpt_every", self.ckpt_every >= 1, ">= 1 step"),
+        ("max_to_keep", self.max_to_keep >= 1,
+         ">= 1 (the number of newest checkpoints kept; earlier ones are rotated out)"),
+        ("max_flops", self.max_flops >= 0, ">= 0 (0 is off)")])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,6 +297,11 @@ class EvalConfig:
   samples: int = 4  # k of avg@k
   temperature: float = 1.0
   max_problems: int = 200  # per split
+
+  def __post_init__(self):
+    _check("eval", self, [("samples", self.samples >= 1, ">= 1 (k of avg@k)"),
+                          ("temperature", self.temperature >= 0, ">= 0 (0 is greedy)"),
+                          ("max_problems", self.max_problems >= 0, ">= 0 (0: no evaluation)")])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,8 +351,8 @@ def load_config(spec: str, overrides: typing.Sequence[str] = ()) -> Config:
     cfg = module.get_config(arg)
   except ConfigError:
     raise
-  except (ValueError, TypeError, KeyError) as e:
-    raise ConfigError(f"{path}:get_config({arg!r}) failed: {e}") from e
+  except Exception as e:  # any error of the user's code is one line naming the file
+    raise ConfigError(f"{path}:get_config({arg!r}) failed: {type(e).__name__}: {e}") from e
   if not dataclasses.is_dataclass(cfg):
     raise ConfigError(f"{path}:get_config({arg!r}) returned {type(cfg).__name__}, not a Config")
   return apply_overrides(cfg, overrides)

@@ -7,7 +7,11 @@ Built-ins (pick one with `load_verifier`):
   "math"   `MathEquiv`: symbolic equivalence by the `math-verify` package, each call in a worker
            process with a time limit; a hang or crash counts as incorrect and is counted in
            `COUNTERS`.
-  "pkg.mod:fn"  any importable callable with the same signature.
+  "pkg.mod:fn"  any importable callable with the same signature, run by `Guarded`: each call
+           in a daemon thread bounded by `paced.verify_timeout_s` (a hang counts as wrong and in
+           `COUNTERS["timeout"]`, and never blocks Ctrl-C or exit); an exception is one
+           `VerifierError` line naming the verifier, problem and exception, or with
+           `paced.verifier_errors=wrong` counts as wrong (`COUNTERS["error"]`).
 
 Pass rates come from these raw outcomes, never from a shaped reward.
 """
@@ -37,14 +41,64 @@ class Verifier(Protocol):
 
 
 # Counts of verifier incidents since import (read by metrics logging): "math_timeout",
-# "math_error". Thread-safe increments through `_count`.
+# "math_error", "timeout", "error". Thread-safe increments through `_count`.
 COUNTERS: collections.Counter = collections.Counter()
 _COUNT_LOCK = threading.Lock()
+_TAKEN: collections.Counter = collections.Counter()
 
 
 def _count(name: str) -> None:
   with _COUNT_LOCK:
     COUNTERS[name] += 1
+
+
+def take_counts() -> dict[str, float]:
+  """verify/timeouts and verify/errors since the previous call (one refresh round's)."""
+  with _COUNT_LOCK:
+    new = COUNTERS - _TAKEN
+    _TAKEN.update(new)
+  return {"verify/timeouts": float(new["timeout"] + new["math_timeout"]),
+          "verify/errors": float(new["error"] + new["math_error"])}
+
+
+class VerifierError(ConfigError):
+  """A user verifier raised (paced.verifier_errors=error); one line."""
+
+
+class Guarded:
+  """A user verifier under a time limit, each call in a daemon thread (a hung call is left
+  behind, never joined: it cannot block Ctrl-C, the run or interpreter exit)."""
+
+  def __init__(self, fn: Callable, name: str, timeout_s: float = 5.0, errors: str = "error"):
+    self.fn, self.name, self.timeout_s, self.errors = fn, name, float(timeout_s), errors
+
+  def __call__(self, response_text: str, problem: Problem) -> bool:
+    box: dict = {}
+    done = threading.Event()
+
+    def call():
+      try:
+        box["ok"] = bool(self.fn(response_text, problem))
+      except BaseException as e:  # noqa: BLE001 -- reported in the caller's thread
+        box["error"] = e
+      finally:
+        done.set()
+
+    threading.Thread(target=call, daemon=True, name="paced-verifier").start()
+    if not done.wait(self.timeout_s):
+      _count("timeout")
+      return False
+    if "error" not in box:
+      return box["ok"]
+    if self.errors == "wrong":
+      _count("error")
+      return False
+    e = box["error"]
+    msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    raise VerifierError(f"paced.verifier={self.name!r} raised on problem "
+                        f"{getattr(problem, 'id', '?')!r}: {type(e).__name__}: {msg}; fix the "
+                        "verifier, or set paced.verifier_errors=wrong to count such responses "
+                        "as wrong")
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -217,8 +271,9 @@ class MathEquiv:
 
 
 def load_verifier(spec: str, marker: str = "####", timeout: float = 5.0,
-                  workers: int = 2) -> Verifier:
-  """A verifier for "exact", "math" or "package.module:function"; a bad spec -> ConfigError."""
+                  workers: int = 2, errors: str = "error") -> Verifier:
+  """A verifier for "exact", "math" or "package.module:function" (`Guarded`: time limit
+  `timeout`, exceptions per `errors`); a bad spec -> ConfigError."""
   if spec == "exact":
     return functools.partial(exact_match, marker=marker)
   if spec == "math":
@@ -234,13 +289,15 @@ def load_verifier(spec: str, marker: str = "####", timeout: float = 5.0,
   fn = getattr(module, attr, None)
   if not callable(fn):
     raise ConfigError(f"paced.verifier={spec!r}: {module_name} has no callable {attr!r}")
-  return fn
+  if getattr(fn, "__module__", None) == __name__:  # this module's own: trusted, unguarded
+    return fn
+  return Guarded(fn, spec, timeout, errors)
 
 
 def verifier_from_config(cfg) -> Verifier:
   """The verifier a run's `PacedConfig` names (marker, timeout and workers included)."""
   return load_verifier(cfg.verifier, cfg.answer_marker, cfg.verify_timeout_s,
-                       workers=cfg.verify_workers)
+                       workers=cfg.verify_workers, errors=cfg.verifier_errors)
 
 
 def verify_batch(texts: Sequence[str], problems: Sequence[Problem],
@@ -256,7 +313,10 @@ def verify_batch(texts: Sequence[str], problems: Sequence[Problem],
   if len(texts) != len(problems):
     raise ValueError(f"verify_batch got {len(texts)} texts but {len(problems)} problems")
   if executor is None:
-    with concurrent.futures.ThreadPoolExecutor(max_workers) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers)
+    try:
       return verify_batch(texts, problems, verifier, executor=pool)
+    finally:  # on an error or Ctrl-C, queued checks are dropped, not run to the end
+      pool.shutdown(wait=False, cancel_futures=True)
   return np.fromiter(executor.map(lambda tp: bool(verifier(*tp)), zip(texts, problems)), bool,
                      count=len(texts))
