@@ -8,11 +8,16 @@ Layout of `<workdir>/checkpoints/<step>/` (an Orbax CheckpointManager step):
                  student's model config (so `paced_jax.models.io.load_model` can read a step)
 The teacher is frozen and never checkpointed. Saves are asynchronous and atomic (Orbax writes a
 temporary directory and renames it), so a crash or a failing run never leaves a half-written
-step behind and never touches earlier steps; `max_to_keep` prunes only after a save committed.
+step behind and never touches earlier steps; `max_to_keep` prunes only after a save committed
+(this module rotates, not Orbax). A write failure is one `CheckpointError` line; an unreadable
+newest step is set aside (kept, in `<workdir>/checkpoints_unreadable/`) and the run resumes
+from the newest intact one.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +57,97 @@ def _commit_file_path_class():
   return CommitFileTemporaryPath
 
 
+class CheckpointError(ConfigError):
+  """A checkpoint could not be written or read; one line naming the step and what to do."""
+
+
 def manager(directory: str | Path, max_to_keep: int = 3, async_save: bool = True,
             read_only: bool = False) -> ocp.CheckpointManager:
+  """An Orbax manager that never deletes anything itself: `save` rotates (keeps the
+  `max_to_keep` newest) only after the previous save is confirmed committed. Orbax's own
+  rotation runs even when a save fails, deleting a good checkpoint for a bad one."""
+  if max_to_keep < 1:
+    raise ConfigError(f"train.max_to_keep={max_to_keep} must be >= 1")
   directory = Path(directory).absolute()
   extra = {}
   if fuse_filesystem(directory) and _commit_file_path_class() is not None:
     extra["temporary_path_class"] = _commit_file_path_class()
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+  options = ocp.CheckpointManagerOptions(max_to_keep=None, create=not read_only,
                                          enable_async_checkpointing=async_save,
                                          read_only=read_only, **extra)
-  return ocp.CheckpointManager(directory, options=options,
-                               item_names=("params", "opt_state", "passrates", "meta"))
+  mgr = ocp.CheckpointManager(directory, options=options,
+                              item_names=("params", "opt_state", "passrates", "meta"))
+  mgr.paced_keep = max_to_keep
+  return mgr
+
+
+def _reason(e: BaseException) -> str:
+  """The useful part of an Orbax / TensorStore / OS error, one short line."""
+  if isinstance(e, OSError) and e.strerror:
+    return e.strerror
+  text = str(e)
+  for known in ("No space left on device", "Read-only file system", "Permission denied",
+                "Transport endpoint is not connected", "Input/output error"):
+    if known in text:
+      return known
+  first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+  return first[:200]
+
+
+def wait(mgr: ocp.CheckpointManager) -> None:
+  """Waits for the save in flight; a failed write becomes one CheckpointError (earlier steps
+  are intact: Orbax writes a temporary directory and this module rotates only after commits)."""
+  try:
+    mgr.wait_until_finished()
+    mgr.check_for_errors()
+  except Exception as e:  # noqa: BLE001 -- Orbax raises many types from its threads
+    latest = committed_steps(mgr.directory)
+    raise CheckpointError(
+        f"a checkpoint could not be written to {mgr.directory} ({_reason(e)}); earlier "
+        f"checkpoints are intact (latest: {latest[-1] if latest else 'none'}): fix the "
+        "directory (space, permissions, mount) and run the same command to resume") from None
+
+
+def close(mgr: ocp.CheckpointManager) -> None:
+  """Closes without raising (used while another error is already on its way out)."""
+  try:
+    mgr.close()
+  except Exception:  # noqa: BLE001
+    pass
+
+
+def committed_steps(directory: str | Path) -> list[int]:
+  """Sorted steps with a finished directory (`<step>/`, not Orbax's temporary ones)."""
+  d = Path(str(directory))
+  if not d.is_dir():
+    return []
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def incomplete(step_dir: str | Path) -> str | None:
+  """Why a step directory is not a whole training checkpoint (missing items or commit
+  marker), or None."""
+  d = Path(str(step_dir))
+  missing = [n for n in ("params", "opt_state", "passrates", "meta") if not (d / n).is_dir()]
+  if missing:
+    return f"no {', '.join(missing)}"
+  if not any(f.is_file() for f in (d / "meta").iterdir()):
+    return "an empty meta/"
+  if any("commit" in p.name for p in d.iterdir()) or (
+      d / "_CHECKPOINT_METADATA").exists():
+    return None
+  return "no commit marker (the save did not finish)"
+
+
+def rotate(mgr: ocp.CheckpointManager) -> None:
+  """Deletes committed steps beyond the `max_to_keep` newest (never an unfinished one)."""
+  keep = getattr(mgr, "paced_keep", None)
+  steps = committed_steps(mgr.directory)
+  if keep is None or len(steps) <= keep:
+    return
+  for step in steps[:-keep]:
+    if incomplete(Path(str(mgr.directory)) / str(step)) is None:
+      mgr.delete(step)
 
 
 def _abstract(tree: Any) -> Any:
@@ -76,32 +161,124 @@ def _abstract(tree: Any) -> Any:
 
 def save(mgr: ocp.CheckpointManager, step: int, *, params, opt_state, passrates: dict,
          meta: dict, force: bool = False) -> bool:
+  """Confirms the previous save, rotates, and starts this one (asynchronous: call `wait`)."""
+  wait(mgr)
+  rotate(mgr)
   passrates = {k: np.asarray(v) for k, v in passrates.items()}
-  return mgr.save(step, force=force, args=ocp.args.Composite(
-      params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-      passrates=ocp.args.StandardSave(passrates), meta=ocp.args.JsonSave(meta)))
+  try:
+    return mgr.save(step, force=force, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+        passrates=ocp.args.StandardSave(passrates), meta=ocp.args.JsonSave(meta)))
+  except Exception as e:  # noqa: BLE001 -- a synchronous part of the write failed
+    raise CheckpointError(
+        f"checkpoint step {step} could not be written to {mgr.directory} ({_reason(e)}); "
+        "earlier checkpoints are intact: fix the directory and run the same command to "
+        "resume") from None
+  finally:
+    fault_point(f"save:{step}")
+
+
+def fault_point(name: str) -> None:
+  """Test hook (tests/test_fault_injection.py): `PACED_FAULT=save:6` SIGKILLs this process right
+  after the save of step 6 is dispatched, its files half written. Unset: nothing."""
+  if os.environ.get("PACED_FAULT") == name:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+_UNREADABLE = ("OUT_OF_RANGE", "DATA_LOSS", "Error reading", "Error opening", "corrupt",
+               "truncat", "NOT_FOUND", "No such file", "Unexpected end", "JSONDecodeError",
+               "Expecting value")
 
 
 def restore(mgr: ocp.CheckpointManager, step: int | None, *, params, opt_state,
             passrates: dict) -> dict:
   """Restores onto the shardings of the given (live or abstract) trees; returns a dict with
-  params, opt_state, passrates, meta."""
+  params, opt_state, passrates, meta. Raises CheckpointError: incomplete, unreadable, or
+  written by another config."""
   step = mgr.latest_step() if step is None else step
   if step is None:
     raise ConfigError(f"no checkpoint in {mgr.directory}")
+  where = f"checkpoint {mgr.directory}/{step}"
+  why = incomplete(Path(str(mgr.directory)) / str(step))
+  if why:
+    raise CheckpointError(f"{where} is incomplete ({why})")
   try:
     out = mgr.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(_abstract(params)),
         opt_state=ocp.args.StandardRestore(_abstract(opt_state)),
         passrates=ocp.args.StandardRestore({k: np.asarray(v) for k, v in passrates.items()}),
         meta=ocp.args.JsonRestore()))
-  except (ValueError, KeyError, TypeError) as e:
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise ConfigError(f"checkpoint {mgr.directory}/{step} does not match this config "
-                      f"({msg[:200]}); use another --workdir or the config it was written "
-                      "with") from None
+  except Exception as e:  # noqa: BLE001 -- TensorStore raises bare Exception for bad bytes
+    text = f"{e} {e.__cause__ or ''}"
+    if any(k in text for k in _UNREADABLE):
+      raise CheckpointError(f"{where} is unreadable (truncated or corrupt: "
+                            f"{_reason(e.__cause__ or e)})") from None
+    raise CheckpointError(f"{where} does not match this config ({_reason(e)}); use another "
+                          "--workdir or the config it was written with") from None
+  if not isinstance(out["meta"], dict) or "step" not in out["meta"]:
+    raise CheckpointError(f"{where} is incomplete (its meta has no step)")
   return {"params": out["params"], "opt_state": out["opt_state"],
           "passrates": dict(out["passrates"]), "meta": out["meta"]}
+
+
+def restore_newest_intact(mgr: ocp.CheckpointManager, **targets) -> tuple[dict, list]:
+  """Restores the newest step that reads back; returns (restored, [(bad step, why), ...]).
+  When no step restores, raises the newest step's error."""
+  bad, first = [], None
+  for step in reversed(committed_steps(mgr.directory)):
+    try:
+      return restore(mgr, step, **targets), bad
+    except CheckpointError as e:
+      first = first or e
+      bad.append((step, str(e)))
+  if first is None:
+    raise ConfigError(f"no checkpoint in {mgr.directory}")
+  raise first
+
+
+def set_aside(workdir: Path, checkpoints: Path, step: int) -> Path:
+  """Moves an unreadable step out of the way of new saves, keeping it (never deleted)."""
+  dest = workdir / "checkpoints_unreadable" / str(step)
+  n = 1
+  while dest.exists():
+    dest, n = workdir / "checkpoints_unreadable" / f"{step}.{n}", n + 1
+  dest.parent.mkdir(exist_ok=True)
+  (checkpoints / str(step)).rename(dest)
+  return dest
+
+
+def check_model_path(path: str | Path, flag: str) -> None:
+  """Cheap checks of a --checkpoint / --baseline / init path before anything is built."""
+  p = Path(str(path))
+  if not p.exists():
+    raise ConfigError(f"{flag}{'' if flag.endswith('=') else ' '}{path} does not exist; pass a model checkpoint, a training step "
+                      "directory (WORKDIR/checkpoints/STEP) or a Hugging Face directory")
+  if p.is_dir() and (p / "params").is_dir() and p.parent.name == "checkpoints" and \
+      p.name.isdigit():
+    why = incomplete(p)
+    if why:
+      raise ConfigError(f"{flag}{'' if flag.endswith('=') else ' '}{path} is an incomplete training checkpoint ({why}); use "
+                        "another step of WORKDIR/checkpoints")
+
+
+def load_model_checked(path: str | Path, flag: str, **kw):
+  """`models.io.load_model` whose unreadable-file failures are one ConfigError line."""
+  from paced_jax.models.io import load_model
+
+  check_model_path(path, flag)
+  p = Path(str(path))
+  step_dir = p.name.isdigit() and p.parent.name == "checkpoints" and (p / "meta").is_dir()
+  try:
+    return load_model(path, **kw)
+  except ConfigError as e:
+    if not step_dir:
+      raise
+    # A trainer's step holds its own model config: params that disagree with it are damaged.
+    raise ConfigError(f"{flag} {path} cannot be read: truncated or corrupt? ({e})") from None
+  except Exception as e:  # noqa: BLE001 -- TensorStore / safetensors raise many types
+    cause = e.__cause__ or e
+    raise ConfigError(f"{flag} {path} cannot be read: truncated or corrupt? "
+                      f"({type(cause).__name__}: {_reason(cause)})") from None
 
 
 def config_mismatch(saved: dict, current: dict, sections=("model", "data", "loss")) -> str | None:

@@ -1,13 +1,17 @@
 """The `paced` console script.
 
-Every subcommand turns user errors (bad config, bad override, bad path) into one line on stderr
-and exit code 2; a Python traceback means a bug in paced_jax.
+Every subcommand turns user errors (bad config, bad override, bad path, an unreadable or
+unwritable checkpoint) into one line on stderr and exit code 2; Ctrl-C is one line and exit 130.
+A Python traceback means a bug in paced_jax. Log lines of `paced_jax.*` (INFO and up) go to
+stderr above any progress bar; Orbax's own log chatter is dropped (its failures surface as our
+one-line errors).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 import time
 
@@ -32,6 +36,9 @@ def cmd_smoke(args) -> int:
   from paced_jax.models import Decoder, param_count
   from paced_jax.sharding import make_mesh, shard_init
 
+  if args.batch < 1 or args.seq < 2:
+    raise ConfigError(f"paced smoke needs --batch >= 1 and --seq >= 2 (got --batch {args.batch}, "
+                      f"--seq {args.seq})")
   cfg = load_config(args.config, args.overrides)
   mesh = make_mesh(cfg.mesh)
   print(f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s)")
@@ -96,12 +103,47 @@ def add_distributed_args(p: argparse.ArgumentParser) -> None:
                     "detected clusters, or when --coordinator is given; off: one process")
 
 
+class _BarSafeHandler(logging.StreamHandler):
+  """Writes through tqdm, so a log line never lands glued to a progress bar."""
+
+  def emit(self, record):
+    try:
+      from tqdm import tqdm
+
+      tqdm.write(self.format(record), file=sys.stderr)
+    except Exception:  # noqa: BLE001 -- logging must not raise
+      self.handleError(record)
+
+
+def _not_orbax(record: logging.LogRecord) -> bool:
+  return "orbax" not in record.pathname or record.levelno >= logging.CRITICAL
+
+
+def setup_logging() -> None:
+  """INFO lines of paced_jax really print (libraries install root handlers first, which makes
+  `logging.basicConfig` a no-op), once each."""
+  logger = logging.getLogger("paced_jax")
+  if not any(isinstance(h, _BarSafeHandler) for h in logger.handlers):
+    handler = _BarSafeHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+  for name in ("absl", ""):
+    if _not_orbax not in logging.getLogger(name).filters:
+      logging.getLogger(name).addFilter(_not_orbax)
+  for h in logging.getLogger().handlers:
+    if _not_orbax not in h.filters:
+      h.addFilter(_not_orbax)
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   if args.command is None:
     parser.print_help()
     return 2
+  setup_logging()
   try:
     from paced_jax.distributed import initialize
 
@@ -110,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as e:
     print(f"paced: error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print("paced: interrupted (Ctrl-C)", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import sys
 
 from paced_jax.cli import add_config_args
@@ -44,10 +43,11 @@ def add_parser(sub) -> None:
 
 
 def cmd_train(args) -> int:
-  from paced_jax.config import load_config
-  from paced_jax.train import TrainingDiverged, train
+  import signal
 
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  from paced_jax.config import load_config
+  from paced_jax.train import Interrupted, TrainingDiverged, train
+
   cfg = load_config(args.config, args.overrides)
   if args.mode == "sft":
     cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, mode="sft"))
@@ -56,8 +56,14 @@ def cmd_train(args) -> int:
   except TrainingDiverged as e:
     print(f"paced: error: {e}", file=sys.stderr)
     return 1
+  except Interrupted as e:
+    print(f"paced: {e}", file=sys.stderr)
+    return 128 + e.signum
   from paced_jax.distributed import is_main
 
+  if last.get("stopped_by") is not None:  # saved at a step boundary; the line was logged
+    # SIGTERM is a preemption the scheduler asked for (exit 0); Ctrl-C is the user's (130).
+    return 130 if last["stopped_by"] == signal.SIGINT else 0
   if is_main():  # one report per run, not one per host
     print(f"done: step {last.get('step')} loss {last.get('loss', float('nan')):.4f}; "
           f"run directory {args.workdir}")
@@ -93,15 +99,20 @@ def cmd_estimate(args) -> int:
   from paced_jax.evaluate import estimate_for_config
   from paced_jax.frontier import PassRateTable, frontier_stats, frontier_weights, sampling_probs
   from paced_jax.sharding import make_mesh
-  from paced_jax.models.io import load_model
   from paced_jax.distributed import is_main
   from paced_jax.verify import verifier_from_config
+
+  from paced_jax.checkpoint import check_model_path, load_model_checked
+  from paced_jax.preflight import check_data_files
 
   cfg = load_config(args.config, args.overrides)
   path = args.checkpoint or cfg.train.init_student
   if not path:
     raise ConfigError("no student to estimate: pass --checkpoint PATH or set "
                       "train.init_student")
+  flag = "--checkpoint" if args.checkpoint else "train.init_student="
+  check_model_path(path, flag)
+  check_data_files(cfg.data)
   out = Path(args.out)
   try:
     out.mkdir(parents=True, exist_ok=True)
@@ -109,7 +120,7 @@ def cmd_estimate(args) -> int:
     raise ConfigError(f"--out {args.out!r} cannot be created ({e.strerror})") from None
   mesh = make_mesh(cfg.mesh)
   tok = load_tokenizer(cfg.data.tokenizer, cfg.data.chat_template_kwargs)
-  model, _ = load_model(path, mesh=mesh)  # the checkpoint defines the student's shape
+  model, _ = load_model_checked(path, flag, mesh=mesh)  # the checkpoint defines the shape
   if tok.vocab_size > model.cfg.vocab_size:
     raise ConfigError(f"checkpoint {path!r} has vocab_size={model.cfg.vocab_size} but the "
                       f"tokenizer {cfg.data.tokenizer!r} has {tok.vocab_size} ids")
@@ -139,22 +150,27 @@ def cmd_eval(args) -> int:
   from paced_jax.config import load_config
   from paced_jax.data.tokenizer import load_tokenizer
   from paced_jax.evaluate import evaluate, load_eval_sets, summary_table
-  from paced_jax.models.io import load_model
+  from paced_jax.checkpoint import check_model_path, load_model_checked
+  from paced_jax.preflight import check_data_files
   from paced_jax.sharding import make_mesh
   from paced_jax.distributed import is_main
   from paced_jax.verify import verifier_from_config
 
   cfg = load_config(args.config, args.overrides)
+  baseline = cfg.train.init_student if args.baseline is None else args.baseline
+  models = [(name, flag, path) for name, flag, path in (
+      ("baseline", "--baseline" if args.baseline else "train.init_student=", baseline),
+      ("student", "--checkpoint", args.checkpoint)) if path and path != "none"]
+  for _, flag, path in models:  # cheap checks before any model is built or evaluated
+    check_model_path(path, flag)
+  check_data_files(cfg.data)
   mesh = make_mesh(cfg.mesh)
   tok = load_tokenizer(cfg.data.tokenizer, cfg.data.chat_template_kwargs)
   verifier = verifier_from_config(cfg.paced)
   sets = load_eval_sets(cfg)
   results = {}
-  baseline = cfg.train.init_student if args.baseline is None else args.baseline
-  for name, path in (("baseline", baseline), ("student", args.checkpoint)):
-    if not path or path == "none":
-      continue
-    model, _ = load_model(path, mesh=mesh)
+  for name, flag, path in models:
+    model, _ = load_model_checked(path, flag, mesh=mesh)
     results[name] = evaluate(model, sets, tok, verifier, cfg, mesh,
                              progress=not args.quiet and is_main())
   if not is_main():

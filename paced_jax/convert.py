@@ -61,7 +61,8 @@ def add_parser(subparsers) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> int:
   from paced_jax.models.hf import export_hf, load_hf_model, token_ids_of
-  from paced_jax.models.io import load_model, save_model
+  from paced_jax.checkpoint import load_model_checked
+  from paced_jax.models.io import save_model
 
   out = Path(args.out).absolute()
   src = Path(args.from_hf or args.to_hf)
@@ -80,9 +81,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
   max_shard = parse_size(args.max_shard_size)
 
   if args.from_hf:
-    model, cfg = load_hf_model(src, param_dtype=args.dtype)
+    try:
+      model, cfg = load_hf_model(src, param_dtype=args.dtype)
+    except ConfigError:
+      raise
+    except Exception as e:  # noqa: BLE001 -- safetensors / JSON readers raise many types
+      raise ConfigError(f"--from-hf {src} cannot be read: truncated or corrupt? "
+                        f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
   else:
-    model, cfg = load_model(src)
+    model, cfg = load_model_checked(src, "--to-hf")
   tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
   out.parent.mkdir(parents=True, exist_ok=True)
   try:

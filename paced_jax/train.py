@@ -6,8 +6,12 @@
     every C steps:  Orbax checkpoint (params, opt_state, pass rates, data state, rng, step)
 
 Resume is automatic when `<workdir>/checkpoints` has a step; it continues exactly (the data
-stream and the estimation RNG are functions of (seed, round, position), not carried state).
-SIGTERM (TPU preemption) saves at the next step boundary and returns normally.
+stream and the estimation RNG are functions of (seed, round, position), not carried state), from
+the newest step that reads back (an unreadable one is set aside with a warning, never deleted),
+and `metrics.jsonl` keeps each step once. Everything is validated before anything is written;
+`config.json` is this invocation's config and `configs/<start step>.json` keeps each one's.
+SIGTERM (TPU preemption) or SIGINT in the step loop saves at the next step boundary and returns
+(`last["stopped_by"]`); before the loop, or a second signal, raises `Interrupted`.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from paced_jax.data.tokenizer import load_tokenizer
 from paced_jax.evaluate import estimate_for_config, evaluate, load_eval_sets
 from paced_jax.frontier import PassRateTable, frontier_round, frontier_stats, frontier_weights
 from paced_jax.metrics import MetricsWriter, progress_bar
+from paced_jax.preflight import check_run as preflight
 from paced_jax.rollout_data import on_policy_batch, teacher_references
 from paced_jax.models.transformer import Decoder
 from paced_jax.sharding import make_mesh, shard_init
@@ -46,6 +51,17 @@ log = logging.getLogger("paced_jax.train")
 
 class TrainingDiverged(RuntimeError):
   """The loss became NaN/Inf; nothing from the diverged steps was saved."""
+
+
+class Interrupted(Exception):
+  """SIGINT / SIGTERM before the step loop (nothing to save yet), or a second signal."""
+
+  def __init__(self, signum: int, step: int | None):
+    name = signal.Signals(signum).name
+    where = "before the first checkpoint" if step is None else f"at step {step}"
+    super().__init__(f"interrupted by {name} {where}; run the same command to "
+                     f"{'start' if step is None else 'resume'}")
+    self.signum = signum
 
 
 @dataclasses.dataclass
@@ -88,8 +104,8 @@ class Run:
 
 
 def prepare_workdir(workdir: str | Path, cfg: Config) -> Path:
-  """Creates the run directory, refuses a checkpoint written by an incompatible config, and
-  writes the resolved config. Nothing existing is deleted."""
+  """Creates the run directory and refuses a checkpoint written by an incompatible config.
+  Writes nothing else (`record_config` does, once everything is validated)."""
   if "://" in str(workdir):
     raise ConfigError(f"workdir {str(workdir)!r} is a URL; paced writes through the filesystem: "
                       "mount the bucket (e.g. gcsfuse) at the same path on every host and pass "
@@ -104,15 +120,34 @@ def prepare_workdir(workdir: str | Path, cfg: Config) -> Path:
     raise ConfigError(f"workdir {str(wd)!r} is not writable ({e.strerror}); pass a directory "
                       "you can write to with --workdir") from None
   saved = wd / "config.json"
-  has_ckpt = (wd / "checkpoints").is_dir() and any((wd / "checkpoints").iterdir())
-  if saved.exists() and has_ckpt:
-    diff = ckpt.config_mismatch(json.loads(saved.read_text()), to_dict(cfg))
+  if saved.exists() and ckpt.committed_steps(wd / "checkpoints"):
+    try:
+      old = json.loads(saved.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+      raise ConfigError(f"{saved} is not valid JSON; restore it from {wd}/configs/ or use a new "
+                        "--workdir") from None
+    diff = ckpt.config_mismatch(old, to_dict(cfg), sections=("model", "data", "loss", "seed"))
     if diff:
       raise ConfigError(f"workdir {str(wd)!r} holds checkpoints of a different config ({diff}); "
                         "use a new --workdir or the config it was written with")
-  if is_main():
-    saved.write_text(json.dumps(to_dict(cfg), indent=2))
   return wd
+
+
+def record_config(wd: Path, cfg: Config, start: int) -> None:
+  """`config.json` (this invocation's) and `configs/<start>.json` (every invocation's, so the
+  config that produced each checkpoint is never lost)."""
+  if not is_main():
+    return
+  text = json.dumps(to_dict(cfg), indent=2)
+  hist = wd / "configs"
+  if (wd / "config.json").exists() and not hist.is_dir():  # a run from before configs/
+    hist.mkdir()
+    (hist / "earlier.json").write_text((wd / "config.json").read_text())
+  hist.mkdir(exist_ok=True)
+  for path in (hist / f"{start}.json", wd / "config.json"):
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # a kill never leaves half a config
 
 
 def load_or_init(path: str, model_cfg, mesh, seed: int, role: str) -> Decoder:
@@ -131,9 +166,14 @@ def load_or_init(path: str, model_cfg, mesh, seed: int, role: str) -> Decoder:
 
 
 def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[Run, Any]:
-  """Builds mesh, models, data, table and the compiled step. Returns (run, initial state)."""
+  """Builds mesh, models, data, table and the compiled step. Returns (run, initial state).
+  Cheap checks (paths, data files, vocabularies, the pool) come before any model is built."""
+  preflight(cfg)
   wd = prepare_workdir(workdir, cfg)
   mesh = make_mesh(cfg.mesh)
+  if cfg.loss.chunk_size < 0:  # auto: what fits these devices (config.json keeps "-1")
+    cfg = step_lib.resolve_loss_chunk(cfg, mesh)
+    log.info("loss.chunk_size=-1 (auto): %d scored positions per chunk", cfg.loss.chunk_size)
   tok = load_tokenizer(cfg.data.tokenizer, cfg.data.chat_template_kwargs)
   if cfg.loss.mode not in ("sft", "self_distill") and cfg.teacher is None:
     raise ConfigError(f"loss.mode={cfg.loss.mode!r} needs a teacher: set the config's teacher "
@@ -145,6 +185,10 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
   if tok.vocab_size > cfg.model.vocab_size:
     raise ConfigError(f"tokenizer {cfg.data.tokenizer!r} has {tok.vocab_size} ids but "
                       f"model.vocab_size={cfg.model.vocab_size}; raise model.vocab_size")
+  source = load_pool(cfg.data, "train", seed=cfg.seed)
+  problems = [source[i] for i in range(len(source))]
+  eval_sets = load_eval_sets(cfg) if cfg.eval.max_problems > 0 else []
+  verifier = verifier_from_config(cfg.paced)
   student = load_or_init(cfg.train.init_student, cfg.model, mesh, cfg.seed, "student")
   teacher_def = teacher_params = None
   if cfg.loss.mode == "self_distill":  # the teacher is a frozen copy of the initial student
@@ -153,9 +197,6 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
   elif cfg.loss.mode != "sft":
     teacher = load_or_init(cfg.train.init_teacher, cfg.teacher, mesh, cfg.seed + 1, "teacher")
     teacher_def, teacher_params = nnx.split(teacher)
-  source = load_pool(cfg.data, "train", seed=cfg.seed)
-  problems = [source[i] for i in range(len(source))]
-  verifier = verifier_from_config(cfg.paced)
   references = None
   if cfg.data.reference == "teacher":
     if teacher_params is None:
@@ -172,9 +213,7 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
   run = Run(cfg=cfg, workdir=wd, mesh=mesh, tokenizer=tok, student_def=nnx.graphdef(student),
             teacher_def=teacher_def, teacher_params=teacher_params, tx=tx, problems=problems,
             pipeline=pipeline, table=table, verifier=verifier,
-            writer=MetricsWriter(wd, enabled=is_main()))
-  if cfg.eval.max_problems > 0:
-    run.eval_sets = load_eval_sets(cfg)
+            writer=MetricsWriter(wd, enabled=is_main()), eval_sets=eval_sets)
   run.step_fn = step_lib.compile_train_step(cfg, mesh, state, run.student_def, teacher_params,
                                             teacher_def, tx)
   return run, state
@@ -246,10 +285,12 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
   return metrics
 
 
-def apply_round(run: Run, round_: int, need_reference: bool = True) -> dict:
+def apply_round(run: Run, round_: int, need_reference: bool = True, table=None) -> dict:
   """Weights from the table -> the pipeline's round (sampling or loss-weight mode). When every
   problem that can be drawn has weight 0 the round is uniform, said once in a warning line."""
   cfg = run.cfg
+  if table is not None:
+    run.table = table
   s, n = run.table.counts()
   fr = frontier_round(frontier_weights(s, n, cfg.paced), cfg.paced,
                       samplable(run, need_reference))
@@ -274,15 +315,27 @@ def _save(run: Run, mgr, state, step: int, round_: int, force: bool = False) -> 
 
 
 def _restore(run: Run, mgr, state):
-  out = ckpt.restore(mgr, None, params=state.params, opt_state=state.opt_state,
-                     passrates=run.table.state_dict())
-  run.table = PassRateTable.from_state_dict(out["passrates"])
+  """The newest intact checkpoint (unreadable newer ones are set aside with one warning line
+  each, kept). Checks the data stream against the config before anything is written."""
+  out, bad = ckpt.restore_newest_intact(mgr, params=state.params, opt_state=state.opt_state,
+                                        passrates=run.table.state_dict())
   meta = out["meta"]
+  try:
+    table = PassRateTable.from_state_dict(out["passrates"])
+    apply_round(run, meta["round"], meta.get("need_reference", True), table=table)
+    run.pipeline.set_state(meta["data"])
+  except (ValueError, KeyError) as e:
+    raise ConfigError(f"checkpoint {mgr.directory}/{meta.get('step')} does not match this "
+                      f"config ({str(e).splitlines()[0][:200]}); resume with the config it was "
+                      f"written with ({run.workdir}/configs/) or use a new --workdir") from None
+  for step, why in bad:
+    kept = ckpt.set_aside(run.workdir, Path(str(mgr.directory)), step)
+    log.warning("%s; kept as %s, resuming from step %d", why, kept, meta["step"])
+  if bad:
+    mgr.reload()
   run.compute.update(meta.get("compute", {}))
   state = step_lib.TrainState(step=jax.device_put(np.int32(meta["step"]), state.step.sharding),
                               params=out["params"], opt_state=out["opt_state"])
-  apply_round(run, meta["round"], meta.get("need_reference", True))
-  run.pipeline.set_state(meta["data"])
   return state, meta["step"], meta["round"]
 
 
@@ -300,38 +353,68 @@ def _host_metrics(run: Run, m: dict, batch_index, pass_rates) -> dict:
   return out
 
 
+class _Signals:
+  """SIGTERM / SIGINT: inside the step loop, a flag read at the next step boundary (the run
+  saves and stops); before it (setup, the first estimate) or on a second signal, `Interrupted`
+  at once. Installed only in the main thread of a POSIX process."""
+
+  def __init__(self):
+    self.received, self.in_loop, self.step, self._old = None, False, None, {}
+
+  def __enter__(self):
+    if _main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.received is not None or not self.in_loop:
+      raise Interrupted(signum, self.step)
+    self.received = signum
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
 def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
           stop_after: int | None = None) -> dict:
   """Runs (or resumes) training; returns the last logged metrics. `stop_after` ends the run
   (with a checkpoint) after that many steps of this invocation, as a preemption would."""
-  progress = progress and is_main()
+  with _Signals() as signals:
+    return _train(cfg, workdir, progress and is_main(), stop_after, signals)
+
+
+def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals) -> dict:
   run, state = setup(cfg, workdir, progress=progress)
   mgr = ckpt.manager(run.workdir / "checkpoints", cfg.train.max_to_keep)
-  start, round_ = 0, 0
-  if mgr.latest_step() is not None:
-    state, start, round_ = _restore(run, mgr, state)
-    log.info("resumed from step %d (round %d)", start, round_)
-  else:
-    if run.eval_sets:
-      before = run_eval(run, state, 0, progress)
-      if is_main():
-        (run.workdir / "eval_before.json").write_text(json.dumps(before, indent=1))
-    run.writer.write(0, refresh(run, state, 0, 0, progress=progress))
-  stop = {"flag": False}
-  old_handler = None
-  if hasattr(signal, "SIGTERM") and _main_thread():
-    old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
-  R = max(cfg.paced.refresh_every, 1)
-  bar = progress_bar(cfg.train.steps, start, enabled=progress)
-  last, pending, t0 = {}, None, time.perf_counter()
-  step = start
+  bar = None
   try:
+    start, round_ = 0, 0
+    if ckpt.committed_steps(mgr.directory):
+      state, start, round_ = _restore(run, mgr, state)
+      signals.step = start
+    record_config(run.workdir, cfg, start)
+    run.writer.truncate(start)  # steps >= start are recomputed: each step is logged once
+    if start:
+      log.info("resumed from step %d (round %d)", start, round_)
+    else:
+      if run.eval_sets:
+        before = run_eval(run, state, 0, progress)
+        if is_main():
+          (run.workdir / "eval_before.json").write_text(json.dumps(before, indent=1))
+      _write_round(run, 0, refresh(run, state, 0, 0, progress=progress))
+    R = max(cfg.paced.refresh_every, 1)
+    bar = progress_bar(cfg.train.steps, start, enabled=progress)
+    last, pending, t0 = {}, None, time.perf_counter()
+    step = start
+    signals.in_loop = True
     while step < cfg.train.steps and not run.budget_spent():
-      if run.eval_sets and step > start and step % cfg.train.eval_every == 0:
+      if run.eval_sets and step > 0 and step % cfg.train.eval_every == 0:
         run_eval(run, state, step, False)
       if step // R > round_:  # a new round: fresh pass rates, new pi
         round_ = step // R
-        run.writer.write(step, refresh(run, state, round_, step, progress=False))
+        _write_round(run, step, refresh(run, state, round_, step, progress=False))
       need = needs_reference(cfg, step)
       if need != run.need_reference:  # two_stage's switch inside a round: prompt-only rows
         run.writer.write(step, apply_round(run, round_, need))
@@ -343,41 +426,66 @@ def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
         batch = on_policy_batch(run, state, batch, step)
       index = batch["index"]
       state, metrics = run.step_fn(state, run.teacher_params, batch)
-      run.compute["train_flops"] += _step_flops(cfg, batch["tokens"].shape)
+      run.compute["train_flops"] += _step_flops(run.cfg, batch["tokens"].shape)
       if pending is not None:  # read back step-1 while step runs
         last = _finish_step(run, pending, bar, t0, start)
       pending = (step, metrics, index, dict(run.compute), run.pass_rates)
       step += 1
+      signals.step = step
       boundary = (step % cfg.train.ckpt_every == 0 or step == cfg.train.steps
                   or run.budget_spent())
-      preempted = stop["flag"] or (stop_after is not None and step - start >= stop_after)
+      preempted = (signals.received is not None
+                   or (stop_after is not None and step - start >= stop_after))
       if boundary or preempted:
         last = _finish_step(run, pending, bar, t0, start)
         pending = None
         _save(run, mgr, state, step, round_, force=preempted)
         if preempted:
-          log.warning("stopping at step %d (checkpoint saved)", step)
           break
+    signals.in_loop = False
     if pending is not None:
       last = _finish_step(run, pending, bar, t0, start)
+    ckpt.wait(mgr)  # a failed last write is an error, not a silent loss
+    ckpt.rotate(mgr)
+    bar.close()
+    if signals.received is not None or (stop_after is not None and step < cfg.train.steps):
+      by = signal.Signals(signals.received).name if signals.received else "stop_after"
+      log.warning("stopped by %s at step %d (checkpoint saved); run the same command to "
+                  "resume", by, step)
+      last["stopped_by"] = signals.received
     if run.budget_spent() and step < cfg.train.steps:
       log.info("train.max_flops=%.3g reached at step %d", cfg.train.max_flops, step)
-    if run.eval_sets and (step == cfg.train.steps or run.budget_spent()):
+    if run.eval_sets and (step == cfg.train.steps or run.budget_spent()) and \
+        last.get("stopped_by") is None:
       after = run_eval(run, state, step, progress)
       if is_main():
         (run.workdir / "eval_after.json").write_text(json.dumps(after, indent=1))
       last.update(after)
   finally:
-    mgr.wait_until_finished()
-    mgr.close()
-    bar.close()
+    signals.in_loop = False
+    ckpt.close(mgr)
+    if bar is not None:
+      bar.close()
     run.pipeline.close()
     run.writer.close()
-    if old_handler is not None:
-      signal.signal(signal.SIGTERM, old_handler)
   last["step"] = step
   last.update(_compute_metrics(run.compute))
   return last
+
+
+def _write_round(run: Run, step: int, metrics: dict) -> None:
+  """A refresh's metrics (with this round's verifier incidents) and one INFO line."""
+  from paced_jax.verify import take_counts
+
+  metrics.update(take_counts())
+  run.writer.write(step, metrics)
+  log.info("round %d at step %d: %d problems estimated, mean p %.3f, p=0 %.1f%%, p=1 %.1f%%%s",
+           metrics.get("frontier/round", 0), step, metrics.get("frontier/estimated", 0),
+           metrics.get("frontier/mean_p", float("nan")),
+           100 * metrics.get("frontier/frac_p0", float("nan")),
+           100 * metrics.get("frontier/frac_p1", float("nan")),
+           f", {metrics['verify/timeouts']:.0f} verifier timeouts"
+           if metrics.get("verify/timeouts") else "")
 
 
 def _compute_metrics(compute: dict) -> dict:
