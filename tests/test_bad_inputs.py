@@ -1,0 +1,253 @@
+"""One line and a non-zero exit for every bad input; nothing lost (RELIABILITY.md lists them).
+
+Rows call `paced_jax.cli.main` in-process (a traceback would fail the test); the rows that need
+a run share one tiny trained workdir (module fixture, copied per row).
+"""
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from paced_jax import cli
+from paced_jax.metrics import read_metrics
+
+TINY = "configs/demo.py:tiny"
+FAST = ["--quiet", "--set", "eval.max_problems=0", "--set", "paced.weighting=uniform"]
+
+
+def _main(capsys, *argv):
+  """cli.main(argv) -> (exit code, stderr); leaves the logging setup as it found it."""
+  lg, root = logging.getLogger("paced_jax"), logging.getLogger()
+  saved = (list(lg.handlers), lg.propagate, lg.level, list(root.filters),
+           [list(h.filters) for h in root.handlers])
+  capsys.readouterr()
+  try:
+    rc = cli.main([str(a) for a in argv])
+  finally:
+    lg.handlers[:], lg.propagate, lg.level = saved[0], saved[1], saved[2]
+    root.filters[:] = saved[3]
+    for h, f in zip(root.handlers, saved[4]):
+      h.filters[:] = f
+  return rc, capsys.readouterr().err
+
+
+def _one_line(rc, err, match, code=2):
+  lines = err.strip().splitlines()
+  assert rc == code, err[-2000:]
+  assert lines and lines[-1].startswith("paced: error:") and match in lines[-1], lines[-3:]
+  assert "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """A finished 2-step run with checkpoints 1 and 2."""
+  wd = tmp_path_factory.mktemp("base") / "run"
+  from paced_jax.config import load_config
+  from paced_jax.train import train
+
+  train(load_config(TINY, ["train.steps=2", "train.ckpt_every=1", "eval.max_problems=0",
+                           "paced.weighting=uniform"]), wd, progress=False)
+  return wd
+
+
+def _copy(run_dir, tmp_path):
+  wd = tmp_path / "run"
+  shutil.copytree(run_dir, wd)
+  return wd
+
+
+def _corrupt(step_dir: Path):
+  for f in (step_dir / "params").rglob("d/*"):
+    if f.is_file():
+      f.write_bytes(f.read_bytes()[:10])
+
+
+# ----------------------------------------------------------------------------- cheap rows
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["train", TINY, "--set", "train.max_to_keep=0"], "train.max_to_keep=0 must be >= 1"),
+    (["train", TINY, "--set", "train.max_to_keep=-1"], "train.max_to_keep=-1 must be >= 1"),
+    (["train", TINY, "--set", "train.lr=-0.1"], "train.lr=-0.1 must be >= 0"),
+    (["train", TINY, "--set", "train.ckpt_every=0"], "train.ckpt_every=0 must be >= 1"),
+    (["train", TINY, "--set", "train.log_every=0"], "train.log_every=0 must be >= 1"),
+    (["train", TINY, "--set", "eval.samples=0"], "eval.samples=0 must be >= 1"),
+    (["train", TINY, "--set", "paced.verifier_errors=maybe"], "paced.verifier_errors"),
+    (["smoke", TINY, "--batch", "0"], "--batch >= 1"),
+    (["plan", TINY, "--devices", "0", "--device-memory", "16GiB"], ""),
+    (["train", "{badcfg}"], "get_config('') failed: RuntimeError: boom"),
+    (["train", TINY, "--set", "data.source=jsonl", "--set", "data.path={latin1}"],
+     "latin1.jsonl:2: not UTF-8"),
+    (["train", TINY, "--set", "train.init_student={missing}"],
+     "train.init_student={missing} does not exist"),
+    (["eval", TINY, "--checkpoint", "{missing}", "--baseline", "{missing2}"],
+     "--baseline {missing2} does not exist"),
+    (["estimate", TINY, "--checkpoint", "{missing}", "--out", "{tmp}/o"],
+     "--checkpoint {missing} does not exist"),
+])
+def test_bad_input_is_one_line(capsys, tmp_path, argv, match):
+  (tmp_path / "badcfg.py").write_text("def get_config(arg=''):\n  raise RuntimeError('boom')\n")
+  (tmp_path / "latin1.jsonl").write_bytes(
+      b'{"prompt": "1+1", "answer": "2"}\n{"prompt": "caf\xe9", "answer": "1"}\n')
+  fill = dict(badcfg=tmp_path / "badcfg.py", latin1=tmp_path / "latin1.jsonl",
+              missing=tmp_path / "missing", missing2=tmp_path / "missing2", tmp=tmp_path)
+  t0 = time.time()
+  rc, err = _main(capsys, *[a.format(**fill) for a in argv],
+                  *(["--workdir", tmp_path / "w"] if argv[0] == "train" else []))
+  _one_line(rc, err, match.format(**fill))
+  assert time.time() - t0 < 30  # cheap checks: before models are built or a baseline evaluated
+  assert not (tmp_path / "w" / "config.json").exists()
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def test_max_to_keep_zero_and_another_seed_lose_nothing(capsys, run_dir, tmp_path):
+  wd = _copy(run_dir, tmp_path)
+  before = sorted(p.name for p in (wd / "checkpoints").iterdir())
+  config = (wd / "config.json").read_text()
+  rc, err = _main(capsys, "train", TINY, "--workdir", wd, *FAST, "--set", "train.max_to_keep=0")
+  _one_line(rc, err, "train.max_to_keep=0 must be >= 1")
+  rc, err = _main(capsys, "train", TINY, "--workdir", wd, *FAST, "--set", "seed=1",
+                  "--set", "train.steps=3")
+  _one_line(rc, err, "seed: saved 0, now 1")
+  assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == before
+  assert (wd / "config.json").read_text() == config  # validated before anything is written
+  assert sorted(p.name for p in (wd / "configs").iterdir()) == ["0.json"]
+
+
+def test_corrupt_latest_checkpoint_falls_back_and_is_kept(capsys, run_dir, tmp_path):
+  wd = _copy(run_dir, tmp_path)
+  _corrupt(wd / "checkpoints" / "2")
+  # eval / convert on it: one line.
+  rc, err = _main(capsys, "eval", TINY, "--quiet", "--checkpoint", wd / "checkpoints" / "2",
+                  "--baseline", "none")
+  _one_line(rc, err, "cannot be read")
+  rc, err = _main(capsys, "convert", "--to-hf", wd / "checkpoints" / "2", "--out", tmp_path / "h")
+  _one_line(rc, err, "cannot be read")
+  # A step without meta is incomplete, not "lacks N parameters".
+  shutil.rmtree(wd / "checkpoints" / "1" / "meta")
+  rc, err = _main(capsys, "eval", TINY, "--quiet", "--checkpoint", wd / "checkpoints" / "1")
+  _one_line(rc, err, "incomplete training checkpoint (no meta)")
+  # Resume: both unreadable -> the newest error, one line, nothing deleted.
+  rc, err = _main(capsys, "train", TINY, "--workdir", wd, *FAST, "--set", "train.steps=3")
+  _one_line(rc, err, "checkpoints/2 is unreadable")
+  assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == ["1", "2"]
+
+
+def test_resume_skips_an_unreadable_newest_step_with_one_warning(capsys, run_dir, tmp_path):
+  wd = _copy(run_dir, tmp_path)
+  _corrupt(wd / "checkpoints" / "2")
+  rc, err = _main(capsys, "train", TINY, "--workdir", wd, *FAST, "--set", "train.steps=3",
+                  "--set", "train.ckpt_every=1")
+  assert rc == 0, err[-2000:]
+  warn = [l for l in err.splitlines() if "unreadable" in l]
+  assert len(warn) == 1 and "checkpoints/2" in warn[0] and "resuming from step 1" in warn[0]
+  assert "INFO paced_jax.train: resumed from step 1" in err  # INFO lines really print
+  assert (wd / "checkpoints_unreadable" / "2" / "params").is_dir()  # kept
+  assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == ["1", "2", "3"]
+  steps = [m["step"] for m in read_metrics(wd) if "loss" in m]
+  assert steps == [0, 1, 2]  # each step once
+  assert sorted(p.name for p in (wd / "configs").iterdir()) == ["0.json", "1.json"]
+
+
+def test_checkpoint_write_failure_exits_fast_with_one_line(capsys, run_dir, tmp_path,
+                                                          monkeypatch):
+  from orbax.checkpoint._src.serialization import jax_array_handlers as h
+
+  async def no_space(*a, **k):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(h, "_async_serialize_shardings", no_space)
+  wd = _copy(run_dir, tmp_path)
+  t0 = time.time()
+  rc, err = _main(capsys, "train", TINY, "--workdir", wd, *FAST, "--set", "train.steps=4",
+                  "--set", "train.ckpt_every=1")
+  _one_line(rc, err, "No space left on device")
+  assert "earlier checkpoints are intact (latest: 2)" in err
+  assert time.time() - t0 < 120
+  assert [l for l in err.splitlines() if l.strip()][-1].startswith("paced: error:")
+  assert threading.active_count() < 50
+  monkeypatch.undo()
+  from paced_jax.models.io import load_model
+
+  load_model(wd / "checkpoints" / "2")  # intact
+
+
+def test_converted_exports_refuse_bad_files(capsys, run_dir, tmp_path):
+  rc, err = _main(capsys, "convert", "--to-hf", run_dir / "checkpoints" / "2", "--out",
+                  tmp_path / "hf")
+  assert rc == 0, err
+  assert "does not exist" not in err  # no absl _CHECKPOINT_METADATA warning
+  from tokenizer_dirs import byte_bpe_dir
+
+  big = byte_bpe_dir(tmp_path / "tok", ["<|endoftext|>"], {"eos_token": "<|endoftext|>"})
+  rc, err = _main(capsys, "convert", "--to-hf", run_dir / "checkpoints" / "2", "--out",
+                  tmp_path / "hf2", "--tokenizer", big)
+  _one_line(rc, err, "vocab")
+  shard = next((tmp_path / "hf").glob("*.safetensors"))
+  shard.write_bytes(shard.read_bytes()[:100])
+  rc, err = _main(capsys, "convert", "--from-hf", tmp_path / "hf", "--out", tmp_path / "back")
+  _one_line(rc, err, "--from-hf")
+  assert not (tmp_path / "back").exists()
+
+
+def test_all_pass_rates_in_0_1_say_uniform_once_per_round(capsys, tmp_path, monkeypatch):
+  (tmp_path / "always.py").write_text("def right(text, problem):\n  return True\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  rc, err = _main(capsys, "train", TINY, "--workdir", tmp_path / "w", "--quiet", "--set",
+                  "eval.max_problems=0", "--set", "paced.verifier=always:right", "--set",
+                  "paced.eps=0.05", "--set", "train.steps=4", "--set", "paced.refresh_subset=0")
+  assert rc == 0, err[-2000:]
+  warn = [l for l in err.splitlines() if "frontier weight 0" in l]
+  assert len(warn) == 2 and warn[0].startswith("WARNING")  # rounds 0 and 1
+  rounds = [m for m in read_metrics(tmp_path / "w") if "frontier/fallback_uniform" in m]
+  assert [m["frontier/fallback_uniform"] for m in rounds] == [1.0, 1.0]
+  assert len([l for l in err.splitlines() if "problems estimated" in l]) == 2  # --quiet
+
+
+# ----------------------------------------------------------------------------- verifiers
+
+
+def _problems(n):
+  from paced_jax.data.schema import Problem
+
+  return [Problem(id=f"p{i}", prompt="q", answer="1") for i in range(n)]
+
+
+def test_a_hanging_user_verifier_times_out_as_wrong():
+  from paced_jax import verify as V
+
+  def hang(text, problem):
+    if problem.id == "p1":
+      time.sleep(30)
+    return True
+
+  V.take_counts()
+  guarded = V.Guarded(hang, "mod:hang", timeout_s=0.3)
+  t0 = time.time()
+  out = V.verify_batch(["a", "b", "c"], _problems(3), guarded)
+  assert out.tolist() == [True, False, True] and time.time() - t0 < 5
+  assert V.take_counts()["verify/timeouts"] == 1
+
+
+def test_a_raising_user_verifier_is_one_line_or_wrong():
+  from paced_jax import verify as V
+
+  def boom(text, problem):
+    if problem.id == "p2":
+      raise ValueError("no field answer\nsecond line")
+    return True
+
+  with pytest.raises(V.VerifierError, match=r"paced.verifier='mod:boom' raised on problem 'p2': "
+                     r"ValueError: no field answer; .*paced.verifier_errors=wrong"):
+    V.verify_batch(["a"] * 3, _problems(3), V.Guarded(boom, "mod:boom"))
+  V.take_counts()
+  out = V.verify_batch(["a"] * 3, _problems(3), V.Guarded(boom, "mod:boom", errors="wrong"))
+  assert out.tolist() == [True, True, False] and V.take_counts()["verify/errors"] == 1
+  assert np.isfinite(1.0)
