@@ -223,7 +223,9 @@ class LossConfig:
   temperature: float = 1.0
   jsd_beta: float = 0.5  # 0: forward KL, 1: reverse KL (GKD convention)
   akl_mu: float = 0.5  # head/tail split of the adaptive KL
-  chunk_size: int = 128  # sequence chunk for the full-vocabulary divergence; 0: unchunked
+  # Scored positions per chunk of the fused full-vocabulary divergence; 0: unchunked; -1 (auto):
+  # the largest that fits (paced_jax/plan.py auto_loss_chunk), resolved when the step compiles.
+  chunk_size: int = -1
   # Forward KL on the teacher's top-k tokens only (off-policy distill mode); 0: full vocabulary.
   teacher_top_k: int = 0
   two_stage_switch: float = 0.5  # fraction of steps on forward KL before reverse KL
@@ -238,7 +240,8 @@ class LossConfig:
         ("temperature", self.temperature > 0, "> 0"),
         ("jsd_beta", 0 <= self.jsd_beta <= 1, "in [0, 1] (0: forward KL, 1: reverse KL)"),
         ("akl_mu", 0 < self.akl_mu < 1, "in (0, 1)"),
-        ("chunk_size", self.chunk_size >= 0, ">= 1 positions, or 0 for unchunked"),
+        ("chunk_size", self.chunk_size >= -1,
+         ">= 1 positions, 0 for unchunked or -1 for auto (what fits)"),
         ("teacher_top_k", self.teacher_top_k >= 0, ">= 0 (0: the full vocabulary)"),
         ("two_stage_switch", 0 < self.two_stage_switch < 1, "in (0, 1)")])
     if self.teacher_top_k and (self.mode != "distill" or self.resolved_divergence != "forward_kl"):

@@ -23,8 +23,11 @@ T = max(data.length_buckets), scores in fp32 (the model has no flash attention):
   full           D                                            the block input only
 plus one layer's `none` set as the backward working set, times ACT_OVERHEAD (XLA keeps a
 layout copy or an fp32 cast of some tensors; measured below). N, K, F terms are divided by
-the tensor axis when it divides them. The loss holds LOSS_BUFFERS fp32 [b, chunk, V/tensor]
-buffers (student and teacher logits, log-softmaxes, their gradients).
+the tensor axis when it divides them. The fused chunked loss holds LOSS_BUFFERS_FUSED fp32
+[b, chunk, V/tensor] buffers (one chunk's student and teacher logits, softmaxes, dz) and an
+fp32 dW of the unembedding; the unchunked one LOSS_BUFFERS fp32 [b, R, V/tensor]. The teacher's
+forward working set is dead before the loss runs, so only its excess over the loss counts.
+loss.chunk_size=-1 picks the chunk with `auto_loss_chunk`.
 
 Measured peak (what the estimate is checked against, tests/test_plan.py and
 benchmarks/results/plan.md): XLA:CPU reports no allocator statistics (`memory_stats()` is
@@ -54,7 +57,11 @@ from flax import nnx
 from paced_jax.config import Config, ConfigError, MeshConfig, ModelConfig
 from paced_jax.topology import GiB, Target, parse_target
 ACT_OVERHEAD = 1.0  # XLA:CPU buffers over the structural count (benchmarks/results/plan.md)
-LOSS_BUFFERS = 12  # live fp32 [b, chunk, V] buffers of the chunked divergence, fwd + bwd
+LOSS_BUFFERS = 12  # live fp32 [b, R, V] buffers of the unchunked divergence, fwd + bwd
+# ... of the fused chunked divergence (one chunk's logits, softmaxes and dz; nothing is kept for
+# the backward): measured 5.2 per [b, chunk, V] on XLA:CPU (benchmarks/results/plan.md).
+LOSS_BUFFERS_FUSED = 6
+LOSS_SHARE = 0.1  # of device memory that loss.chunk_size=-1 (auto) gives the loss buffers
 
 
 # ----------------------------------------------------------------------------- abstract state
@@ -170,6 +177,23 @@ def _layer_param_bytes(m: ModelConfig, tensor: int) -> float:
   return n * jnp.dtype(m.dtype).itemsize
 
 
+def auto_loss_chunk(cfg: Config, mesh: dict[str, int], device_memory: int | None) -> int:
+  """loss.chunk_size=-1 (auto): the largest power-of-two chunk of scored positions whose loss
+  buffers (LOSS_BUFFERS_FUSED fp32 [b, chunk, V/tensor], the planner's count) fit in LOSS_SHARE of the
+  device memory (1 GiB when the device reports none, e.g. CPU); the whole response (one chunk)
+  when that fits. The fused loss recomputes nothing, so a smaller chunk costs only loop steps."""
+  R = min(cfg.data.max_response_len, max(cfg.data.length_buckets))
+  b = cfg.data.batch_size / (mesh["data"] * mesh["fsdp"])
+  per_position = LOSS_BUFFERS_FUSED * b * _div(cfg.model.vocab_size, mesh["tensor"]) * 4
+  budget = LOSS_SHARE * device_memory if device_memory else 2**30
+  if R * per_position <= budget:
+    return R
+  chunk = 16
+  while chunk * 2 * per_position <= budget and chunk * 2 < R:
+    chunk *= 2
+  return chunk
+
+
 def _budget(cfg: Config) -> int:
   return min(b for b in cfg.sample.budget_buckets if b >= cfg.sample.max_new_tokens)
 
@@ -201,17 +225,26 @@ def estimate(cfg: Config, mesh: dict[str, int], memory: int) -> Estimate:
   act = b * T * (per_tok + 3 * m.hidden) * c * ACT_OVERHEAD  # + embeddings, final norm, gather
   out.append(("train step", f"student activations (remat={m.remat})", int(act)))
   R = min(cfg.data.max_response_len, T)
-  chunk = R if not cfg.loss.chunk_size or cfg.loss.chunk_size >= R else cfg.loss.chunk_size
-  n_logits = LOSS_BUFFERS if tcfg is not None else LOSS_BUFFERS // 2
-  out.append(("train step", f"loss logits (chunk {chunk} x vocab, fp32)",
-              int(n_logits * b * chunk * _div(m.vocab_size, tn) * 4)))
-  if 0 < cfg.loss.chunk_size < R:  # the fused loss carries dW of the unembedding in fp32
+  chunk = cfg.loss.chunk_size
+  if chunk < 0:
+    chunk = auto_loss_chunk(cfg, mesh, memory)
+  fused = chunk > 0  # the step's fused loss, also with one chunk (chunk >= R)
+  chunk = R if not chunk or chunk >= R else chunk
+  n_logits = LOSS_BUFFERS_FUSED if fused else LOSS_BUFFERS
+  n_logits = n_logits if tcfg is not None else n_logits // 2
+  loss = int(n_logits * b * chunk * _div(m.vocab_size, tn) * 4)
+  out.append(("train step", f"loss logits (chunk {chunk} x vocab, fp32)", loss))
+  if fused:  # the fused loss carries dW of the unembedding in fp32
+    loss += int(m.hidden * _div(m.vocab_size, tn) * 4)
     out.append(("train step", "fused loss dW accumulator (fp32)",
                 int(m.hidden * _div(m.vocab_size, tn) * 4)))
   if tcfg is not None:
+    # The teacher's forward is done (only its hidden states stay) before the loss runs: its
+    # working set and the loss buffers are never live together; only the excess counts.
     tc = jnp.dtype(tcfg.dtype).itemsize
     t_act = b * T * (_layer_elements(tcfg, T, tn, "none") + 2 * tcfg.hidden) * tc
-    out.append(("train step", "teacher forward (one layer live)", int(t_act)))
+    out.append(("train step", "teacher forward (one layer live), beyond the loss buffers",
+                int(max(0, t_act - loss))))
 
   # Sampler (pass-rate refresh): KV cache [rows, K, S, H] per layer, k and v, compute dtype.
   rows = math.ceil(cfg.sample.batch_size / rows_axes)

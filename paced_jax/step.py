@@ -15,6 +15,7 @@ loss_mask[b, t] = 1 iff the logits at t are scored, i.e. tokens[b, t + 1] is a r
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -172,9 +173,22 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(LOGICAL_RULES["batch"]))
 
 
+def resolve_loss_chunk(cfg: Config, mesh: Mesh) -> Config:
+  """The config with loss.chunk_size=-1 (auto) replaced by what fits this mesh's devices
+  (paced_jax.plan.auto_loss_chunk); any other value is returned unchanged."""
+  if cfg.loss.chunk_size >= 0:
+    return cfg
+  from paced_jax.plan import auto_loss_chunk
+
+  stats = mesh.devices.flat[0].memory_stats() or {}
+  chunk = auto_loss_chunk(cfg, dict(mesh.shape), stats.get("bytes_limit"))
+  return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, chunk_size=chunk))
+
+
 def compile_train_step(cfg: Config, mesh: Mesh, state: TrainState, student_def, teacher_params,
                        teacher_def, tx):
   """`jax.jit(train_step)` with explicit shardings and the state donated (updated in place)."""
+  cfg = resolve_loss_chunk(cfg, mesh)
   rows = mesh.shape["data"] * mesh.shape["fsdp"]
   if cfg.data.batch_size % rows:
     raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be a multiple of "

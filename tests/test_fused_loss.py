@@ -141,3 +141,28 @@ def test_sums_carry_no_gradient_and_coef_is_constant():
   with pytest.raises(ValueError, match="chunk"):
     fused_divergence_loss(x["h_t"], x["w_t"], x["h_s"], x["w_s"], x["mask"], coef, "forward_kl",
                           chunk=0)
+
+
+def test_auto_chunk_is_what_fits_the_device():
+  from paced_jax.config import Config, DataConfig, LossConfig
+  from paced_jax.models import get_preset
+  from paced_jax.plan import LOSS_BUFFERS_FUSED, auto_loss_chunk
+  from paced_jax.step import resolve_loss_chunk
+
+  cfg = Config(model=get_preset("tiny-qwen2", vocab_size=151_936),
+               data=DataConfig(batch_size=8, max_response_len=512, length_buckets=(1024,)),
+               loss=LossConfig(chunk_size=-1))
+  one = {"data": 1, "fsdp": 1, "tensor": 1}
+  per_position = LOSS_BUFFERS_FUSED * 8 * 151_936 * 4
+  assert auto_loss_chunk(cfg, one, 10**13) == 512  # the whole response fits: one chunk
+  for gib in (80, 16):
+    budget = 0.1 * gib * 2**30
+    c = auto_loss_chunk(cfg, one, gib * 2**30)
+    assert c & (c - 1) == 0 and c * per_position <= budget < 2 * c * per_position, (gib, c)
+  # Rows split over 4 fsdp devices and the vocabulary over 2 tensor devices: 8x the room.
+  assert auto_loss_chunk(cfg, {"data": 1, "fsdp": 4, "tensor": 2}, 16 * 2**30) == 8 * 32
+  assert auto_loss_chunk(cfg, one, 1) == 16  # never below 16 positions
+  mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  assert resolve_loss_chunk(cfg, mesh).loss.chunk_size == auto_loss_chunk(cfg, one, None)
+  fixed = Config(loss=LossConfig(chunk_size=64))
+  assert resolve_loss_chunk(fixed, mesh) is fixed
