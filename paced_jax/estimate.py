@@ -47,7 +47,7 @@ class Rollout:
 
 class Estimate(NamedTuple):
   successes: np.ndarray  # int64 [N]
-  trials: np.ndarray  # int64 [N], = K for every problem
+  trials: np.ndarray  # int64 [N], = K for every problem (k0 where screening stopped early)
   rollouts: list[Rollout]  # N * K, problem-major; empty when keep_rollouts=False
   prompt_tokens: int = 0  # summed over the N * K rows
   generated_tokens: int = 0
@@ -63,7 +63,8 @@ def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
                         prompt_buckets: Sequence[int] = SampleConfig.prompt_buckets,
                         budget_buckets: Sequence[int] = SampleConfig.budget_buckets,
                         verify_workers: int = 4, keep_rollouts: bool = True,
-                        progress: bool = True, engine: str | Rollouts = "static") -> Estimate:
+                        progress: bool = True, engine: str | Rollouts = "static",
+                        screen: int = 0) -> Estimate:
   """K = `rollouts` samples per problem, each verified; successes and trials per problem.
 
   `batch_size` counts rows (problems x K) per generate call. `decode` receives each row's
@@ -75,6 +76,15 @@ def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
   (rollouts.Engine with `batch_size` slots, fed groups of 16 slots' worth of rollouts: a
   finished rollout's slot takes the next one) or any `rollouts.Rollouts` implementation. The
   draws are the same rollouts either way; `flops` counts what the chosen engine computed.
+
+  screen = k0 (0: off; needs an engine other than "static"): k0 rollouts for every problem,
+  the other K - k0 only where the first k0 disagree (0 < s < k0); a unanimous problem keeps
+  trials = k0. Same RNG streams as without screening, so a screened-out problem's (s, n) is the
+  first k0 outcomes of its full-K run. The stopping rule depends only on observed outcomes, so
+  the Beta posterior of (s, n) (weighting "paced_posterior") is exactly the posterior given
+  the data and stays calibrated (the mean posterior mean equals the mean true p under the
+  prior). The plug-in s / n is not unbiased: E[s/n] - p = (K - k0) / K * (p^k0 (1 - p) -
+  p (1 - p)^k0), zero at p in {0, 1/2, 1}; tests/test_screening.py checks both by simulation.
   """
   problems = list(problems)
   if not problems:
@@ -96,68 +106,93 @@ def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
                     prompt_buckets=prompt_buckets, budget_buckets=budget_buckets)
   elif engine != "static" and not hasattr(engine, "sample"):
     raise ConfigError(f"rollout engine {engine!r} is not 'static', 'continuous' or a Rollouts")
+  if not 0 <= screen < rollouts:
+    raise ConfigError(f"paced.screen_rollouts={screen} must be in [0, paced.rollouts) "
+                      "(0 is off)")
+  if screen and engine == "static":
+    raise ConfigError("screening (screen_rollouts > 0) needs the continuous rollout engine")
   if engine != "static":  # one call per group: more rollouts per call, less drain at its end
     per_batch = max(per_batch, 16 * batch_size // rollouts)
   rows = per_batch * rollouts
   key = jax.random.key(rng) if isinstance(rng, (int, np.integer)) else rng
   N = len(problems)
-  successes = np.zeros((N,), np.int64)
-  kept: list[Rollout] = []
+  successes, trials = np.zeros((N,), np.int64), np.zeros((N,), np.int64)
+  kept: list[tuple[tuple[int, int], Rollout]] = []
   bar = _progress_bar(N, progress)
-  n_tokens, t0 = 0, time.perf_counter()
+  n_tokens, n_prompt, t0 = 0, 0, time.perf_counter()
   flops = [0.0]
 
-  def launch(start: int) -> SampleOutput | RolloutOutput:
-    if engine != "static":
-      return engine.sample(prompts[start:start + per_batch], rollouts=rollouts, knobs=knobs,
-                           rng=key, stop_ids=eos_id, pad_id=pad_id, row_offset=start * rollouts)
-    return generate(model, prompts[start:start + per_batch], rng=key, knobs=knobs,
+  def launch(job) -> SampleOutput | RolloutOutput:
+    idx, lo, hi = job
+    if engine != "static":  # rollout k of problem i is stream i * K + k whatever the job
+      streams = (idx[:, None] * rollouts + np.arange(lo, hi)[None]).reshape(-1)
+      return engine.sample([prompts[i] for i in idx], rollouts=hi - lo, knobs=knobs, rng=key,
+                           stop_ids=eos_id, pad_id=pad_id, streams=streams)
+    return generate(model, [prompts[i] for i in idx], rng=key, knobs=knobs,
                     eos_id=eos_id, pad_id=pad_id, mesh=mesh, rollouts=rollouts,
                     strategy=strategy, prompt_buckets=prompt_buckets,
-                    budget_buckets=budget_buckets, pad_rows_to=rows, row_offset=start * rollouts)
+                    budget_buckets=budget_buckets, pad_rows_to=rows,
+                    row_offset=int(idx[0]) * rollouts)
 
-  def finish(start: int, out, pool) -> tuple[int, concurrent.futures.Future, list]:
+  def finish(job, out, pool) -> tuple[int, concurrent.futures.Future, list]:
+    idx, lo, hi = job
     tokens, logprobs = to_host(out.tokens_BS), to_host(out.logprobs_BS)
     lengths = to_host(out.lengths_B)
     flops[0] += (out.flops(model.cfg) if isinstance(out, RolloutOutput)
                  else output_flops(model.cfg, out))
-    batch = problems[start:start + per_batch]
     texts = [decode(tokens[r, :lengths[r]].tolist()) for r in range(len(lengths))]
-    owners = [p for p in batch for _ in range(rollouts)]
+    owners = [problems[i] for i in idx for _ in range(hi - lo)]
     fut = pool.submit(verify_batch, texts, owners, verifier, max_workers=verify_workers)
     extra = (tokens, logprobs, lengths, texts) if keep_rollouts else None
     return int(lengths.sum()), fut, extra
 
-  def collect(start: int, fut, extra) -> None:
+  def collect(job, fut, extra) -> None:
+    idx, lo, hi = job
     correct = fut.result()
-    batch = problems[start:start + per_batch]
-    successes[start:start + len(batch)] = correct.reshape(len(batch), rollouts).sum(1)
+    successes[idx] += correct.reshape(len(idx), hi - lo).sum(1)
+    trials[idx] += hi - lo
     if extra is not None:
       tokens, logprobs, lengths, texts = extra
       for r, ok in enumerate(correct):
-        kept.append(Rollout(batch[r // rollouts].id, r % rollouts, tokens[r, :lengths[r]].copy(),
-                            logprobs[r, :lengths[r]].copy(), texts[r], bool(ok)))
-    bar.update(len(batch))
+        i, k = idx[r // (hi - lo)], lo + r % (hi - lo)
+        kept.append(((i, k), Rollout(problems[i].id, k, tokens[r, :lengths[r]].copy(),
+                                     logprobs[r, :lengths[r]].copy(), texts[r], bool(ok))))
+    if hi == rollouts:
+      bar.update(len(idx))
 
-  starts = list(range(0, N, per_batch))
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    pending_out = launch(starts[0])  # dispatch is asynchronous
-    pending_verify = None
-    for i, start in enumerate(starts):
-      out = pending_out
-      # Host work on batch i (readback, decode, verification) overlaps device work on batch i+1.
-      pending_out = launch(starts[i + 1]) if i + 1 < len(starts) else None
-      toks, fut, extra = finish(start, out, pool)
-      if pending_verify is not None:
-        collect(*pending_verify)
-      pending_verify = (start, fut, extra)
-      n_tokens += toks
-      dt = max(time.perf_counter() - t0, 1e-9)
-      bar.set_postfix(tok_s=f"{n_tokens / dt:,.0f}", refresh=False)
-    collect(*pending_verify)
+  def run(idx, lo, hi) -> None:
+    nonlocal n_tokens, n_prompt
+    jobs = [(idx[s:s + per_batch], lo, hi) for s in range(0, len(idx), per_batch)]
+    n_prompt += (hi - lo) * sum(len(prompts[i]) for i in idx)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      pending_out = launch(jobs[0])  # dispatch is asynchronous
+      pending_verify = None
+      for i, job in enumerate(jobs):
+        out = pending_out
+        # Host work on job i (readback, decode, verification) overlaps device work on job i+1.
+        pending_out = launch(jobs[i + 1]) if i + 1 < len(jobs) else None
+        toks, fut, extra = finish(job, out, pool)
+        if pending_verify is not None:
+          collect(*pending_verify)
+        pending_verify = (job, fut, extra)
+        n_tokens += toks
+        dt = max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(tok_s=f"{n_tokens / dt:,.0f}", refresh=False)
+      collect(*pending_verify)
+
+  everyone = np.arange(N)
+  if not screen:
+    run(everyone, 0, rollouts)
+  else:  # k0 rollouts for all; the rest where the first k0 disagree (see the docstring)
+    run(everyone, 0, screen)
+    undecided = everyone[(successes > 0) & (successes < screen)]
+    bar.update(N - len(undecided))
+    if len(undecided):
+      run(undecided, screen, rollouts)
   bar.close()
-  return Estimate(successes=successes, trials=np.full((N,), rollouts, np.int64), rollouts=kept,
-                  prompt_tokens=rollouts * sum(len(p) for p in prompts),
+  kept.sort(key=lambda x: x[0])  # problem-major, k within a problem
+  return Estimate(successes=successes, trials=trials, rollouts=[r for _, r in kept],
+                  prompt_tokens=n_prompt,
                   generated_tokens=n_tokens, flops=flops[0])
 
 

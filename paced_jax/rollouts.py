@@ -104,7 +104,9 @@ class Rollouts(Protocol):
 
   def sample(self, prompts: Sequence[Sequence[int]], *, rollouts: int, knobs: Knobs,
              rng: int | jax.Array, stop_ids: Sequence[int] | int | None, pad_id: int,
-             row_offset: int = 0) -> RolloutOutput:
+             row_offset: int = 0, streams: Sequence[int] | None = None) -> RolloutOutput:
+    """Rollout k of prompt i (row i * K + k of the output) draws token t with key
+    fold_in(fold_in(rng, stream), t), stream = streams[i * K + k] or row_offset + i * K + k."""
     ...
 
 
@@ -148,7 +150,7 @@ def _stopped(tok_B, stop_ids_E):
   return jnp.any(tok_B[:, None] == stop_ids_E[None], axis=-1)
 
 
-def prefill_core(graphdef, params, prompts_WP, lengths_W, knobs_R: Knobs, rng, row_offset, lo,
+def prefill_core(graphdef, params, prompts_WP, lengths_W, knobs_R: Knobs, rng, stream_R, lo,
                  *, rollouts: int, strategy: Strategy) -> Wave:
   """Prefills W prompts once; draws token 0 of each of their K rollouts with its own key."""
   model: Decoder = nnx.merge(graphdef, params)
@@ -158,13 +160,14 @@ def prefill_core(graphdef, params, prompts_WP, lengths_W, knobs_R: Knobs, rng, r
   logits_RV = jnp.repeat(model.logits(h_W1D)[:, 0], rollouts, axis=0)
   rid_R = lo + jnp.arange(W * rollouts, dtype=jnp.int32)
   R_cap = knobs_R.temperature.shape[0]
-  kn = jax.tree.map(lambda a: a[jnp.minimum(rid_R, R_cap - 1)], knobs_R)
-  tok_R, lp_R = strategy(logits_RV, _keys(rng, row_offset + rid_R, jnp.zeros_like(rid_R)), kn)
+  safe_R = jnp.minimum(rid_R, R_cap - 1)
+  kn = jax.tree.map(lambda a: a[safe_R], knobs_R)
+  tok_R, lp_R = strategy(logits_RV, _keys(rng, stream_R[safe_R], jnp.zeros_like(rid_R)), kn)
   return Wave(k=cache.k, v=cache.v, lengths_W=lengths_W, first_R=tok_R, first_lp_R=lp_R,
               lo=lo, hi=lo)
 
 
-def decode_core(graphdef, params, st: EngineState, wave: Wave, knobs_R: Knobs, rng, row_offset,
+def decode_core(graphdef, params, st: EngineState, wave: Wave, knobs_R: Knobs, rng, stream_R,
                 stop_ids_E, pad_id, drain, *, rollouts: int, budget: int, block: int,
                 strategy: Strategy, mesh: Mesh | None = None) -> EngineState:
   """Decodes until every rollout of `wave` has a slot (and, with `drain`, until all end)."""
@@ -213,7 +216,7 @@ def decode_core(graphdef, params, st: EngineState, wave: Wave, knobs_R: Knobs, r
     logits_BV = model.logits(h_B1D)[:, 0]
     rid_B = jnp.where(busy_B, st.rid_B, 0)
     kn = jax.tree.map(lambda a: a[rid_B], knobs_R)
-    tok_B, lp_B = strategy(logits_BV, _keys(rng, row_offset + rid_B, st.t_B), kn)
+    tok_B, lp_B = strategy(logits_BV, _keys(rng, stream_R[rid_B], st.t_B), kn)
     tok_B = jnp.where(busy_B, tok_B, pad_id)
     lp_B = jnp.where(busy_B, lp_B, 0.0)
     widx_B = jnp.where(busy_B, st.rid_B, R_cap)
@@ -286,7 +289,8 @@ class Engine:
 
   def sample(self, prompts: Sequence[Sequence[int]], *, rollouts: int, knobs: Knobs = Knobs(),
              rng: int | jax.Array = 0, stop_ids: Sequence[int] | int | None = None,
-             pad_id: int = 0, row_offset: int = 0) -> RolloutOutput:
+             pad_id: int = 0, row_offset: int = 0, streams=None) -> RolloutOutput:
+    """`streams`: the RNG stream of each rollout (int [N * K]; default row_offset + row)."""
     if rollouts < 1:
       raise ConfigError(f"rollouts={rollouts} must be >= 1")
     if len(prompts) == 0:
@@ -305,6 +309,10 @@ class Engine:
                top_p=row(knobs.top_p, np.float32, name="top_p"),
                max_new_tokens=row(knobs.max_new_tokens, np.int32, name="max_new_tokens"))
     check_knobs(kn)
+    stream = np.arange(row_offset, row_offset + R) if streams is None else np.asarray(streams)
+    if stream.shape != (R,):
+      raise ConfigError(f"streams has shape {stream.shape}; give one per rollout ({R})")
+    stream = np.concatenate([stream, np.zeros((R_cap - R,))]).astype(np.int32)
     new = int(kn.max_new_tokens[:R].max())
     budget = pick_bucket(new, self.budget_buckets, "max_new_tokens", "sample.budget_buckets")
     S = -(-(P + budget) // self.block) * self.block
@@ -334,10 +342,10 @@ class Engine:
       for w in range(n_waves):
         lo = w * W * K
         wave = prefill_jit(graphdef, params, tokens[lo // K:lo // K + W],
-                           plens[lo // K:lo // K + W], kn, key, np.int32(row_offset),
+                           plens[lo // K:lo // K + W], kn, key, stream,
                            np.int32(lo), rollouts=K, strategy=self.strategy)
         wave = wave.replace(hi=jnp.int32(min(lo + W * K, R)))
-        st = decode_jit(graphdef, params, st, wave, kn, key, np.int32(row_offset), stops,
+        st = decode_jit(graphdef, params, st, wave, kn, key, stream, stops,
                         np.int32(pad_id), np.bool_(w == n_waves - 1), rollouts=K,
                         budget=budget, block=self.block, strategy=self.strategy,
                         mesh=self.mesh)

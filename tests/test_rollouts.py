@@ -92,7 +92,8 @@ def test_shared_prefill_equals_separate_prefill(model):
                                                    (1.0, np.float32), (8, np.int32))))
   graphdef, params = nnx.split(model)
   wave = RO.prefill_jit(graphdef, params, prompts_BP, lens_B, kn, jax.random.key(4),
-                        np.int32(0), np.int32(0), rollouts=K, strategy=S.Sample())
+                        np.arange(16, dtype=np.int32), np.int32(0), rollouts=K,
+                        strategy=S.Sample())
   for i in range(3):  # each prompt alone, as sampler.generate prefills it (K copies)
     rows = np.repeat(prompts_BP[i:i + 1], K, 0)
     _, c = model.extend_hidden(jnp.asarray(rows), model.init_cache(K, 32),
