@@ -185,16 +185,10 @@ def decode_core(graphdef, params, st: EngineState, wave: Wave, knobs_R: Knobs, r
     n_take = jnp.sum(take_B.astype(jnp.int32))
     local_B = jnp.clip(rid_B - wave.lo, 0, WK - 1)
     src_B = local_B // rollouts
-    order_B = jnp.nonzero(take_B, size=B, fill_value=0)[0]  # the slots to fill, in order
-
-    def copy_one(i, kv):  # one prompt's [K, P, H] entries into slot order_B[i], every layer
-      b = order_B[i]
-      put = lambda c, s: jax.lax.dynamic_update_slice(
-          c, jax.lax.dynamic_slice_in_dim(s, src_B[b], 1, axis=0).astype(c.dtype), (b, 0, 0, 0))
-      return (tuple(put(c, s) for c, s in zip(kv[0], wave.k)),
-              tuple(put(c, s) for c, s in zip(kv[1], wave.v)))
-
-    ks, vs = jax.lax.fori_loop(0, n_take, copy_one, (st.cache.k, st.cache.v))
+    rows_B = jnp.where(take_B, jnp.arange(B), B)  # out of range: dropped
+    put = lambda c, s: c.at[rows_B, :, :P, :].set(s[src_B].astype(c.dtype), mode="drop")
+    ks = tuple(put(c, s) for c, s in zip(st.cache.k, wave.k))
+    vs = tuple(put(c, s) for c, s in zip(st.cache.v, wave.v))
     first_B, lp_B = wave.first_R[local_B], wave.first_lp_R[local_B]
     widx_B = jnp.where(take_B, rid_B, R_cap)  # out of range: dropped
     done_B = _stopped(first_B, stop_ids_E) | (max_new_R[jnp.clip(rid_B, 0, R_cap - 1)] <= 1)
