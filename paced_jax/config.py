@@ -228,6 +228,10 @@ class LossConfig:
   chunk_size: int = -1
   # Forward KL on the teacher's top-k tokens only (off-policy distill mode); 0: full vocabulary.
   teacher_top_k: int = 0
+  # Compare distributions over ids < vocab_limit only (0: the models' whole, equal vocabularies):
+  # for one tokenizer with padded embeddings of different sizes (Qwen2.5-7B 152,064 rows ->
+  # 0.5B 151,936), both models' padding rows are cut from the loss and never sampled.
+  vocab_limit: int = 0
   two_stage_switch: float = 0.5  # fraction of steps on forward KL before reverse KL
   privileged_template: str = "{prompt}\nReference solution: {solution}\n"
   # How per-token losses become the batch loss, in both uses of the frontier weights (sampling
@@ -243,6 +247,7 @@ class LossConfig:
         ("chunk_size", self.chunk_size >= -1,
          ">= 1 positions, 0 for unchunked or -1 for auto (what fits)"),
         ("teacher_top_k", self.teacher_top_k >= 0, ">= 0 (0: the full vocabulary)"),
+        ("vocab_limit", self.vocab_limit >= 0, ">= 0 (0: the models' whole vocabulary)"),
         ("two_stage_switch", 0 < self.two_stage_switch < 1, "in (0, 1)")])
     if self.teacher_top_k and (self.mode != "distill" or self.resolved_divergence != "forward_kl"):
       raise ConfigError(
@@ -324,7 +329,14 @@ class Config:
   name: str = "run"
 
   def __post_init__(self):
+    limit = self.loss.vocab_limit
+    for role, m in (("student", self.model), ("teacher", self.teacher)):
+      if limit and m is not None and limit > m.vocab_size:
+        raise ConfigError(f"loss.vocab_limit={limit} exceeds the {role}'s vocab_size="
+                          f"{m.vocab_size}; it is the tokenizer's real vocabulary, at most both")
     k = self.loss.teacher_top_k
+    if k and limit and k > limit:
+      raise ConfigError(f"loss.teacher_top_k={k} exceeds loss.vocab_limit={limit}")
     if k and self.teacher is not None and k > self.teacher.vocab_size:
       raise ConfigError(f"loss.teacher_top_k={k} exceeds the teacher's vocabulary "
                         f"({self.teacher.vocab_size}); use at most that, or 0 for all of it")

@@ -17,7 +17,7 @@ from paced_jax.config import Config
 from paced_jax.data.sources import load_pool
 from paced_jax.data.tokenizer import encode_prompt
 from paced_jax.estimate import estimate_pass_rates
-from paced_jax.sampler import Knobs
+from paced_jax.sampler import Knobs, Sample
 
 
 @dataclasses.dataclass
@@ -56,7 +56,8 @@ def estimate_for_config(model, problems, tokenizer, verifier, cfg: Config, mesh,
       eos_id=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
       batch_size=cfg.sample.batch_size if batch_size is None else batch_size,
       prompt_buckets=cfg.sample.prompt_buckets, budget_buckets=cfg.sample.budget_buckets,
-      keep_rollouts=False, verify_workers=cfg.paced.verify_workers, progress=progress)
+      keep_rollouts=False, verify_workers=cfg.paced.verify_workers, progress=progress,
+      strategy=Sample(cfg.loss.vocab_limit))  # padding ids (loss.vocab_limit) never drawn
 
 
 def accuracy(model, problems, tokenizer, verifier, cfg: Config, mesh, *, rng: int = 0,

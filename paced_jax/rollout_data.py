@@ -17,7 +17,7 @@ from paced_jax.data.tokenizer import encode_prompt
 from paced_jax.distributed import to_host
 from paced_jax.flops import output_flops
 from paced_jax.models.transformer import Decoder
-from paced_jax.sampler import Knobs, generate
+from paced_jax.sampler import Knobs, Sample, generate
 
 
 def teacher_references(cfg: Config, wd: Path, source, teacher: Decoder, tok, verifier, mesh):
@@ -30,6 +30,7 @@ def teacher_references(cfg: Config, wd: Path, source, teacher: Decoder, tok, ver
   def generate_fn(problems):
     prompts = [encode_prompt(tok, p.prompt, cfg.data.chat_template) for p in problems]
     out = generate(teacher, prompts, rng=jax.random.key(cfg.seed + 3), rollouts=K,
+                   strategy=Sample(cfg.loss.vocab_limit),
                    knobs=Knobs.from_config(cfg.sample), eos_id=tok.stop_ids, pad_id=tok.pad_id,
                    mesh=mesh, prompt_buckets=cfg.sample.prompt_buckets,
                    budget_buckets=cfg.sample.budget_buckets)
@@ -57,6 +58,7 @@ def on_policy_batch(run, state, batch: dict, step: int) -> dict:
   index = to_host(batch["index"])
   prompts = [pool.prompt(int(i)) for i in index]
   out = generate(nnx.merge(run.student_def, state.params), [p.tolist() for p in prompts],
+                 strategy=Sample(cfg.loss.vocab_limit),
                  rng=jax.random.fold_in(jax.random.key(cfg.seed + 1), step),
                  knobs=Knobs.from_config(cfg.sample), eos_id=tok.stop_ids, pad_id=tok.pad_id,
                  mesh=run.mesh, prompt_buckets=cfg.sample.prompt_buckets,

@@ -111,12 +111,24 @@ def argmax(x_BV: jax.Array) -> jax.Array:
   return jnp.min(jnp.where(x_BV == max_B1, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
 
 
+def limit_vocab(logits_BV, vocab_limit: int):
+  """Ids >= vocab_limit (padding rows of an embedding larger than the tokenizer) can never be
+  drawn: their logits sit at float32 min. 0 is off."""
+  if not vocab_limit or vocab_limit >= logits_BV.shape[-1]:
+    return logits_BV
+  real = jnp.arange(logits_BV.shape[-1]) < vocab_limit
+  return jnp.where(real, logits_BV.astype(jnp.float32), _F32_MIN)
+
+
 @dataclasses.dataclass(frozen=True)
 class Greedy:
-  """Argmax; the knobs other than max_new_tokens are ignored; log-probs are 0 (deterministic)."""
+  """Argmax; the knobs other than max_new_tokens are ignored; log-probs are 0 (deterministic).
+  `vocab_limit` > 0: only ids below it (see limit_vocab)."""
+
+  vocab_limit: int = 0
 
   def __call__(self, logits_BV, keys_B, knobs: Knobs):
-    tok_B = argmax(logits_BV)
+    tok_B = argmax(limit_vocab(logits_BV, self.vocab_limit))
     return tok_B, jnp.zeros(tok_B.shape, jnp.float32)
 
 
@@ -126,10 +138,13 @@ class Sample:
 
   The sort that top-k/top-p need is skipped at run time (`lax.cond`) when no row filters, so plain
   temperature sampling costs one softmax. A row with temperature 0 is greedy (log-prob 0).
+  `vocab_limit` > 0: only ids below it are ever drawn (see limit_vocab).
   """
 
+  vocab_limit: int = 0
+
   def __call__(self, logits_BV, keys_B, knobs: Knobs):
-    logits_BV = logits_BV.astype(jnp.float32)
+    logits_BV = limit_vocab(logits_BV.astype(jnp.float32), self.vocab_limit)
     greedy_B = knobs.temperature <= 0
     scaled_BV = logits_BV / jnp.where(greedy_B, 1.0, knobs.temperature)[:, None]
     filtering = jnp.any((knobs.top_k > 0) | (knobs.top_p < 1.0))

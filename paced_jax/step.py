@@ -102,6 +102,12 @@ def stage_of(cfg: Config, step: int) -> str:
   return "ce" if cfg.loss.mode == "sft" else cfg.loss.resolved_divergence
 
 
+def _real_vocab(w_DV, vocab_limit: int):
+  """The unembedding's columns of real token ids: padding rows (ids >= loss.vocab_limit) are cut
+  from both models' logits, so softmaxes and divergences run over the tokenizer's ids only."""
+  return w_DV[:, :vocab_limit] if vocab_limit else w_DV
+
+
 def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, teacher_def,
             mesh: Mesh | None = None):
   student = nnx.merge(student_def, params)
@@ -122,7 +128,7 @@ def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, te
       idx_t, _ = losses.scored_positions(batch["teacher_loss_mask"], R)
     h_t_BRD = jax.lax.stop_gradient(
         losses.gather_positions(teacher.hidden(t_tokens, t_pos, t_seg), idx_t))
-    w_t = jax.lax.stop_gradient(teacher.unembedding())
+    w_t = jax.lax.stop_gradient(_real_vocab(teacher.unembedding(), cfg.loss.vocab_limit))
   lc = cfg.loss
   if lc.teacher_top_k:  # config validation allows it only with off-policy forward KL
     kind = "forward_kl"
@@ -131,13 +137,14 @@ def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, te
   counts = jnp.sum(valid.astype(jnp.float32), axis=-1)
   weights = batch["weights"] if cfg.paced.use == "loss_weight" else None
   coef = losses.normalise_coefs(counts, weights, lc.normalise)
+  w_s = _real_vocab(student.unembedding(), lc.vocab_limit)
   if lc.chunk_size > 0:  # fused: chunked logits, gradients in the same pass, no recompute
     loss, sums = fused_divergence_loss(
-        h_t_BRD, w_t, h_s_BRD, student.unembedding(), valid, coef, kind, chunk=lc.chunk_size,
+        h_t_BRD, w_t, h_s_BRD, w_s, valid, coef, kind, chunk=lc.chunk_size,
         row_sharding=batch_sharding(mesh) if mesh is not None else None, **opts)
   else:  # the unchunked reference: [B, R, V] logits, plain autodiff
-    sums, _ = losses.chunked_divergence(h_t_BRD, w_t, h_s_BRD, student.unembedding(), valid,
-                                        kind, chunk=0, **opts)
+    sums, _ = losses.chunked_divergence(h_t_BRD, w_t, h_s_BRD, w_s, valid, kind, chunk=0,
+                                        **opts)
     loss = jnp.sum(coef * sums)
   return loss, (sums, counts)
 
