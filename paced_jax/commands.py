@@ -48,9 +48,13 @@ def cmd_train(args) -> int:
   from paced_jax.config import load_config
   from paced_jax.train import Interrupted, TrainingDiverged, train
 
+  from paced_jax.models.resolve import resolve_models, shape_overrides
+
   cfg = load_config(args.config, args.overrides)
   if args.mode == "sft":
     cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, mode="sft"))
+  # The init paths decide the architectures; a --set shape that contradicts one is an error.
+  cfg = resolve_models(cfg, shape_overrides(args.overrides))
   try:
     last = train(cfg, args.workdir, progress=not args.quiet)
   except TrainingDiverged as e:

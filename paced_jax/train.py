@@ -42,6 +42,7 @@ from paced_jax.frontier import PassRateTable, frontier_round, frontier_stats, fr
 from paced_jax.metrics import MetricsWriter, progress_bar
 from paced_jax.preflight import check_run as preflight
 from paced_jax.rollout_data import on_policy_batch, teacher_references
+from paced_jax.models.resolve import resolve_models
 from paced_jax.models.transformer import Decoder
 from paced_jax.sharding import make_mesh, shard_init
 from paced_jax.verify import verifier_from_config
@@ -151,17 +152,21 @@ def record_config(wd: Path, cfg: Config, start: int) -> None:
 
 
 def load_or_init(path: str, model_cfg, mesh, seed: int, role: str) -> Decoder:
-  """A model from an Orbax model checkpoint or Hugging Face directory, or random init."""
+  """A model from an Orbax model checkpoint or Hugging Face directory, or random init. The
+  config must describe the stored model (`resolve_models` makes it so); any disagreement is
+  one line listing every differing shape field."""
   if not path:
     return shard_init(lambda rngs: Decoder(model_cfg, rngs=rngs), mesh, seed=seed)
   from paced_jax.models.io import load_model
+  from paced_jax.models.resolve import describe_diff, shape_diff
 
   model, loaded_cfg = load_model(path, mesh=mesh, dtype=model_cfg.dtype,
                                  param_dtype=model_cfg.param_dtype)
-  if loaded_cfg.vocab_size != model_cfg.vocab_size or loaded_cfg.hidden != model_cfg.hidden:
-    raise ConfigError(f"train.init_{role}={path!r} holds a model with vocab_size="
-                      f"{loaded_cfg.vocab_size}, hidden={loaded_cfg.hidden}, but the config's "
-                      f"{role} has vocab_size={model_cfg.vocab_size}, hidden={model_cfg.hidden}")
+  diff = shape_diff(loaded_cfg, model_cfg)
+  if diff:
+    raise ConfigError(f"train.init_{role}={path!r} holds a model that the config's {role} "
+                      f"contradicts in {len(diff)} field(s): "
+                      f"{describe_diff(loaded_cfg, model_cfg, diff)}")
   return model
 
 
@@ -169,6 +174,7 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
   """Builds mesh, models, data, table and the compiled step. Returns (run, initial state).
   Cheap checks (paths, data files, vocabularies, the pool) come before any model is built."""
   preflight(cfg)
+  cfg = resolve_models(cfg)  # the init paths decide the architectures (no-op when resolved)
   wd = prepare_workdir(workdir, cfg)
   mesh = make_mesh(cfg.mesh)
   if cfg.loss.chunk_size < 0:  # auto: what fits these devices (config.json keeps "-1")
@@ -386,6 +392,7 @@ def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
 
 
 def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals) -> dict:
+  cfg = resolve_models(cfg)  # config.json records the models actually trained
   run, state = setup(cfg, workdir, progress=progress)
   mgr = ckpt.manager(run.workdir / "checkpoints", cfg.train.max_to_keep)
   bar = None

@@ -24,7 +24,8 @@ from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
 from paced_jax.config import ConfigError, ModelConfig, RopeScaling
-from paced_jax.models.hf import ModelFileError, dtype_name, is_hf_dir, load_hf_model
+from paced_jax.models.hf import (ModelFileError, dtype_name, is_hf_dir, load_hf_model,
+                                 read_hf_config)
 from paced_jax.models.transformer import Decoder
 from paced_jax.sharding import abstract_state
 
@@ -101,6 +102,20 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise ModelFileError(f"{path} is not valid JSON: {e}") from None
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+  """The ModelConfig of a model checkpoint, training step or Hugging Face directory, read from
+  its JSON alone (no tensor is touched): what `load_model(path)` would build."""
+  root = Path(path).absolute()
+  if not root.is_dir():
+    raise ModelFileError(f"model path {root} is not a directory")
+  if is_hf_dir(root) and not (root / PARAMS).is_dir():
+    return read_hf_config(root)
+  if not (root / PARAMS).is_dir():
+    raise ModelFileError(f"{root} is neither a model checkpoint (no {PARAMS}/ directory) nor a "
+                         "Hugging Face directory (config.json + *.safetensors)")
+  return find_model_config(root)
 
 
 def load_model(path: str | Path, mesh: Mesh | None = None, dtype: Any = None,
