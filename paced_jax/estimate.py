@@ -169,9 +169,15 @@ def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
       pending_verify = None
       for i, job in enumerate(jobs):
         out = pending_out
-        # Host work on job i (readback, decode, verification) overlaps device work on job i+1.
-        pending_out = launch(jobs[i + 1]) if i + 1 < len(jobs) else None
+        # Host work on job i (readback, decode, verification) overlaps device work on job i+1:
+        # generate() dispatches asynchronously, Engine.sample returns when done (so job i's
+        # verification is queued first).
+        nxt = (lambda i=i: launch(jobs[i + 1]) if i + 1 < len(jobs) else None)
+        if engine == "static":
+          pending_out = nxt()
         toks, fut, extra = finish(job, out, pool)
+        if engine != "static":
+          pending_out = nxt()
         if pending_verify is not None:
           collect(*pending_verify)
         pending_verify = (job, fut, extra)
