@@ -9,13 +9,20 @@ Inputs (all local; nothing is downloaded at run time):
     `huggingface-cli download Qwen/Qwen3-8B --local-dir models/Qwen3-8B` done beforehand;
   - a JSONL pool, one problem per line: {"question": ..., "final_answer": "72",
     "solution": "... #### 72"}. GSM8K's train split becomes this with
-    `final_answer = answer.split("####")[-1].strip()` and `solution = answer`.
+    `final_answer = answer.split("####")[-1].strip()` and `solution = answer`;
+  - held-out files in the same format (optional; without them evaluation is off): the 4th and
+    5th argument, or --set data.eval_path=data/gsm8k_test.jsonl --set
+    data.probe_path=data/probe.jsonl (problems the student solves before distillation).
+
+The directories decide both architectures: the presets below only say what to expect (and size
+`paced plan`); a directory with other shapes trains as what it holds, and a --set model.* /
+teacher.* shape that contradicts it is an error.
 
 Run (paths via the argument, or keep the defaults models/Qwen3-8B, models/Qwen3-0.6B,
 data/gsm8k_train.jsonl and override any of them with --set):
   paced smoke configs/qwen3_8b_to_0p6b.py:models/Qwen3-8B,models/Qwen3-0.6B
-  paced train configs/qwen3_8b_to_0p6b.py:models/Qwen3-8B,models/Qwen3-0.6B,data/gsm8k.jsonl \\
-      --workdir runs/qwen3-paced
+  paced train configs/qwen3_8b_to_0p6b.py:models/Qwen3-8B,models/Qwen3-0.6B,data/gsm8k.jsonl,\\
+data/gsm8k_test.jsonl,data/probe.jsonl --workdir runs/qwen3-paced
   paced convert --to-hf runs/qwen3-paced/checkpoints/1000 --out out/qwen3-0.6b-paced \\
       --tokenizer models/Qwen3-0.6B
 
@@ -45,14 +52,16 @@ def get_config(arg: str = "") -> Config:
   if arg == "tiny":
     return _tiny()
   parts = [p.strip() for p in arg.split(",")] if arg else []
-  if len(parts) > 3 or any(not p for p in parts):
-    raise ValueError(f"argument {arg!r}: expected TEACHER_DIR,STUDENT_DIR[,POOL.jsonl] or 'tiny'")
-  teacher_dir, student_dir, pool = (parts + list(_DEFAULTS[len(parts):]))[:3]
+  if len(parts) > 5 or any(not p for p in parts):
+    raise ValueError(f"argument {arg!r}: expected TEACHER_DIR,STUDENT_DIR[,POOL.jsonl"
+                     "[,EVAL.jsonl[,PROBE.jsonl]]] or 'tiny'")
+  teacher_dir, student_dir, pool, eval_path, probe_path = (
+      parts + list(_DEFAULTS[len(parts):]) + ["", ""])[:5]
   teacher = get_preset("qwen3-8b", dtype="bfloat16", param_dtype="bfloat16")
   student = get_preset("qwen3-0.6b", dtype="bfloat16", param_dtype="float32", remat="dots")
   return Config(
       model=student, teacher=teacher, mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
-      data=DataConfig(source="jsonl", path=pool,
+      data=DataConfig(source="jsonl", path=pool, eval_path=eval_path, probe_path=probe_path,
                       field_map=("prompt=question", "answer=final_answer"),
                       tokenizer=student_dir, chat_template=_TEMPLATE, max_prompt_len=384,
                       max_response_len=1024, length_buckets=(512, 1024, 1536),

@@ -71,22 +71,24 @@ def cmd_train(args) -> int:
   if is_main():  # one report per run, not one per host
     print(f"done: step {last.get('step')} loss {last.get('loss', float('nan')):.4f}; "
           f"run directory {args.workdir}")
-    _print_summary(args.workdir)
+    _print_summary(args.workdir, cfg)
   return 0
 
 
-def _print_summary(workdir) -> None:
+def _print_summary(workdir, cfg) -> None:
   """The before/after accuracy table and the report plots, when the run evaluated."""
   import json
   from pathlib import Path
 
-  from paced_jax.evaluate import summary_table
+  from paced_jax.evaluate import eval_off_reason, summary_table
   from paced_jax.report import make_report
 
   wd = Path(workdir)
   if (wd / "eval_before.json").exists() and (wd / "eval_after.json").exists():
     print(summary_table(json.loads((wd / "eval_before.json").read_text()),
                         json.loads((wd / "eval_after.json").read_text())))
+  elif eval_off_reason(cfg):
+    print(f"evaluation: off ({eval_off_reason(cfg)})")
   for p in make_report(wd):
     print(f"wrote {p}")
 
@@ -171,7 +173,14 @@ def cmd_eval(args) -> int:
   mesh = make_mesh(cfg.mesh)
   tok = load_tokenizer(cfg.data.tokenizer, cfg.data.chat_template_kwargs)
   verifier = verifier_from_config(cfg.paced)
-  sets = load_eval_sets(cfg)
+  from paced_jax.config import ConfigError
+  from paced_jax.data.sources import load_pool
+  from paced_jax.evaluate import eval_off_reason
+
+  if eval_off_reason(cfg):
+    raise ConfigError(f"nothing to evaluate: {eval_off_reason(cfg)}")
+  pool = load_pool(cfg.data, "train", seed=cfg.seed)
+  sets = load_eval_sets(cfg, train=[pool[i] for i in range(len(pool))])
   results = {}
   for name, flag, path in models:
     model, _ = load_model_checked(path, flag, mesh=mesh)

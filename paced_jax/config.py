@@ -96,6 +96,13 @@ class DataConfig:
   tfds_name: str = ""  # e.g. "paced_synthetic" or "gsm8k"
   tfds_split: str = "train"
   tfds_data_dir: str = ""
+  # Held-out sets (evaluation avg@k and the forgetting probe). Files: their own files, in the
+  # pool's format and field_map; empty: none (a file pool is never evaluated on itself). TFDS:
+  # split names ("" for none). The synthetic suite has its own disjoint test / probe splits.
+  eval_path: str = ""
+  probe_path: str = ""
+  tfds_eval_split: str = "test"
+  tfds_probe_split: str = ""
   field_map: tuple[str, ...] = ()  # "prompt=question", "answer=final_answer", ...
   on_error: Literal["error", "skip"] = "error"
   tokenizer: str = "char"  # "char" (built-in) or a tokenizer.json / model directory

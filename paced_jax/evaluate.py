@@ -9,38 +9,60 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 
 import jax
 import numpy as np
 
 from paced_jax.config import Config
-from paced_jax.data.sources import load_pool
+from paced_jax.data.sources import has_split, load_pool
 from paced_jax.data.tokenizer import encode_prompt
 from paced_jax.estimate import estimate_pass_rates
 from paced_jax.sampler import Knobs, Sample
+
+log = logging.getLogger("paced_jax.eval")
 
 
 @dataclasses.dataclass
 class EvalSet:
   name: str  # "test" or "probe"
   problems: list
+  contaminated: int = 0  # problems whose id or prompt is also in the training pool
 
 
-def load_eval_sets(cfg: Config, splits=("test", "probe")) -> list[EvalSet]:
-  """The held-out splits, each capped at `eval.max_problems` (evenly strided, so every
-  difficulty stays represented when the split is ordered by difficulty)."""
+def eval_off_reason(cfg: Config) -> str | None:
+  """Why a run has no evaluation (one line), or None when it has a held-out set."""
+  if cfg.eval.max_problems <= 0:
+    return "eval.max_problems=0"
+  if not has_split(cfg.data, "test") and not has_split(cfg.data, "probe"):
+    what = ("data.tfds_eval_split / data.tfds_probe_split" if cfg.data.source == "tfds" else
+            "data.eval_path / data.probe_path")
+    return f"no held-out set: set {what} (problems not in the training pool)"
+  return None
+
+
+def load_eval_sets(cfg: Config, splits=("test", "probe"), train=None) -> list[EvalSet]:
+  """The held-out splits the config names (`data.eval_path`, `data.probe_path`, the TFDS split
+  settings, the synthetic suite's own), each capped at `eval.max_problems` (evenly strided, so
+  every difficulty stays represented when the split is ordered by difficulty). With `train`
+  (the training problems), problems whose id or prompt is also in it are counted
+  (`EvalSet.contaminated`) and a warning line says so."""
   out = []
   for split in splits:
-    try:
-      source = load_pool(cfg.data, split, seed=cfg.seed)
-    except Exception as e:  # a pool without that split (e.g. a single JSONL file)
-      if split == "test":
-        raise
-      del e
+    if not has_split(cfg.data, split):
       continue
+    source = load_pool(cfg.data, split, seed=cfg.seed)
     n = len(source)
     idx = np.linspace(0, n - 1, min(n, cfg.eval.max_problems)).round().astype(int)
     out.append(EvalSet(split, [source[int(i)] for i in np.unique(idx)]))
+  if train is not None:
+    ids, prompts = {p.id for p in train}, {p.prompt.strip() for p in train}
+    for es in out:
+      es.contaminated = sum(p.id in ids or p.prompt.strip() in prompts for p in es.problems)
+      if es.contaminated:
+        log.warning("eval %s: %d of %d problems also appear in the training pool (same id or "
+                    "prompt); its accuracy is not held-out", es.name, es.contaminated,
+                    len(es.problems))
   return out
 
 
@@ -87,6 +109,7 @@ def evaluate(model, eval_sets, tokenizer, verifier, cfg: Config, mesh, *,
     acc = accuracy(model, es.problems, tokenizer, verifier, cfg, mesh, rng=cfg.seed + 17,
                    progress=progress)
     metrics.update({f"eval/{es.name}/{k}": v for k, v in acc.items()})
+    metrics[f"eval_contaminated/{es.name}"] = float(es.contaminated)
   return metrics
 
 
@@ -98,6 +121,11 @@ def summary_table(before: dict, after: dict) -> str:
   for k in keys:
     b, a = before.get(k, float("nan")), after.get(k, float("nan"))
     lines.append(f"{k[5:]:<24}{b:>10.3f}{a:>10.3f}{a - b:>+10.3f}")
+  dirty = {k.split("/")[1]: int(v) for k, v in after.items()
+           if k.startswith("eval_contaminated/") and v}
+  if dirty:
+    lines.append("also in the training pool (not held out): " +
+                 ", ".join(f"{k} {v} problems" for k, v in sorted(dirty.items())))
   if "eval/probe/overall" in before and "eval/probe/overall" in after:
     lines.append(f"forgetting on the mastered probe: "
                  f"{before['eval/probe/overall'] - after['eval/probe/overall']:+.3f}")

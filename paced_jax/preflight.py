@@ -13,23 +13,31 @@ from paced_jax.config import Config, ConfigError, DataConfig
 
 
 def check_data_files(data: DataConfig) -> None:
-  """data.path matches files; JSONL pools are UTF-8 (the first bad line is named)."""
+  """data.path (and data.eval_path / data.probe_path when set) match files; JSONL files are
+  UTF-8 (the first bad line is named)."""
   if data.source not in ("jsonl", "parquet"):
     return
-  files = sorted(glob.glob(os.path.expanduser(data.path))) if data.path else []
-  if not files:
-    raise ConfigError(f"data.path={data.path!r} matches no file; give a .jsonl / .parquet file "
-                      "or a glob such as data/*.jsonl")
-  if data.source != "jsonl":
-    return
-  for file in files:
-    with open(file, "rb") as f:
-      for n, raw in enumerate(f, 1):
-        try:
-          raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-          raise ConfigError(f"{file}:{n}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r} at "
-                            f"column {e.start + 1}); re-encode the file as UTF-8") from None
+  for key in ("path", "eval_path", "probe_path"):
+    path = getattr(data, key)
+    if key != "path" and not path:
+      continue
+    files = sorted(glob.glob(os.path.expanduser(path))) if path else []
+    if not files:
+      raise ConfigError(f"data.{key}={path!r} matches no file; give a .{data.source} file or a "
+                        f"glob such as data/*.{data.source}")
+    if data.source == "jsonl":
+      for file in files:
+        _check_utf8(file)
+
+
+def _check_utf8(file: str) -> None:
+  with open(file, "rb") as f:
+    for n, raw in enumerate(f, 1):
+      try:
+        raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ConfigError(f"{file}:{n}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r} at "
+                          f"column {e.start + 1}); re-encode the file as UTF-8") from None
 
 
 def check_run(cfg: Config) -> None:

@@ -37,7 +37,7 @@ from paced_jax.distributed import is_main, to_host
 from paced_jax.data.pipeline import FrontierPipeline
 from paced_jax.data.sources import load_pool
 from paced_jax.data.tokenizer import load_tokenizer
-from paced_jax.evaluate import estimate_for_config, evaluate, load_eval_sets
+from paced_jax.evaluate import estimate_for_config, eval_off_reason, evaluate, load_eval_sets
 from paced_jax.frontier import PassRateTable, frontier_round, frontier_stats, frontier_weights
 from paced_jax.metrics import MetricsWriter, progress_bar
 from paced_jax.preflight import check_run as preflight
@@ -193,7 +193,10 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
                       f"model.vocab_size={cfg.model.vocab_size}; raise model.vocab_size")
   source = load_pool(cfg.data, "train", seed=cfg.seed)
   problems = [source[i] for i in range(len(source))]
-  eval_sets = load_eval_sets(cfg) if cfg.eval.max_problems > 0 else []
+  off = eval_off_reason(cfg)
+  if off:
+    log.info("evaluation off: %s", off)
+  eval_sets = [] if off else load_eval_sets(cfg, train=problems)
   verifier = verifier_from_config(cfg.paced)
   student = load_or_init(cfg.train.init_student, cfg.model, mesh, cfg.seed, "student")
   teacher_def = teacher_params = None

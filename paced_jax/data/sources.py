@@ -155,20 +155,21 @@ def _collect(rows: Iterable[tuple[str, str, Any]], fields: dict[str, str], on_er
   return ListSource(problems, name, skipped)
 
 
-def _expand(path: str) -> list[str]:
+def _expand(path: str, setting: str = "data.path") -> list[str]:
   files = sorted(glob.glob(os.path.expanduser(path))) if path else []
   if not files:
-    raise ConfigError(f"data.path={path!r} matches no file; give a .jsonl / .parquet file or a "
+    raise ConfigError(f"{setting}={path!r} matches no file; give a .jsonl / .parquet file or a "
                       "glob such as data/*.jsonl")
   return files
 
 
-def jsonl_source(path: str, field_map: Sequence[str] = (), on_error: str = "error") -> ListSource:
+def jsonl_source(path: str, field_map: Sequence[str] = (), on_error: str = "error",
+                 setting: str = "data.path") -> ListSource:
   """One JSON object per line; blank lines are ignored. `path` may be a glob."""
   fields = parse_field_map(field_map)
 
   def rows():
-    for file in _expand(path):
+    for file in _expand(path, setting):
       base = os.path.basename(file)
       with open(file, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -183,15 +184,15 @@ def jsonl_source(path: str, field_map: Sequence[str] = (), on_error: str = "erro
   return _collect(rows(), fields, on_error, path)
 
 
-def parquet_source(path: str, field_map: Sequence[str] = (),
-                   on_error: str = "error") -> ListSource:
+def parquet_source(path: str, field_map: Sequence[str] = (), on_error: str = "error",
+                   setting: str = "data.path") -> ListSource:
   """Parquet file(s) read with pyarrow; rows are 0-based in messages and default ids."""
   import pyarrow.parquet as pq
 
   fields = parse_field_map(field_map)
 
   def rows():
-    for file in _expand(path):
+    for file in _expand(path, setting):
       try:
         table = pq.read_table(file)
       except Exception as e:  # pyarrow raises several types for a bad file
@@ -259,28 +260,54 @@ class TfdsSource:
     return f"TfdsSource({self.name!r}, split={self.split!r}, {len(self)} problems)"
 
 
+# Where each split of a file / TFDS pool comes from: (file setting, TFDS split setting).
+_SPLIT_KEYS = {"train": ("path", "tfds_split"), "test": ("eval_path", "tfds_eval_split"),
+               "probe": ("probe_path", "tfds_probe_split")}
+
+
+def has_split(data_cfg: DataConfig, split: str) -> bool:
+  """Whether the config names a `split` ("train", "test" or "probe") of its pool: always for
+  the synthetic suite; for files and TFDS when its setting (`data.eval_path`,
+  `data.tfds_probe_split`, ...) is set."""
+  if data_cfg.source == "synthetic":
+    return True
+  file_key, tfds_key = _SPLIT_KEYS[split]
+  return bool(getattr(data_cfg, tfds_key if data_cfg.source == "tfds" else file_key))
+
+
 def load_pool(data_cfg: DataConfig, split: str = "train", seed: int = 0):
   """The problem pool named by `data_cfg.source`: a random-access source of Problems.
 
-  `split` selects the TFDS split for "tfds" when it differs from "train" (otherwise
-  `data_cfg.tfds_split`), and the split of the synthetic suite; files have one split.
+  `split` "train", "test" or "probe": for files `data.path`, `data.eval_path`,
+  `data.probe_path`; for TFDS the splits `data.tfds_split`, `data.tfds_eval_split`,
+  `data.tfds_probe_split` (another name is that TFDS split); the synthetic suite's own splits.
   """
   src = data_cfg.source
   if src == "synthetic":
     from paced_jax.data.synthetic import synthetic_source
 
     return synthetic_source(data_cfg, split=split, seed=seed)
-  if src == "jsonl":
-    return jsonl_source(data_cfg.path, data_cfg.field_map, data_cfg.on_error)
-  if src == "parquet":
-    return parquet_source(data_cfg.path, data_cfg.field_map, data_cfg.on_error)
+  if src not in ("jsonl", "parquet", "tfds"):
+    raise ConfigError(f"data.source={src!r} is not one of synthetic, jsonl, parquet, tfds")
+  file_key, tfds_key = _SPLIT_KEYS.get(split, (None, None))
   if src == "tfds":
     if not data_cfg.tfds_name:
       raise ConfigError("data.source='tfds' needs data.tfds_name, e.g. --set data.tfds_name=gsm8k")
-    tsplit = data_cfg.tfds_split if split == "train" else split
+    tsplit = getattr(data_cfg, tfds_key) if tfds_key else split
+    if not tsplit:
+      raise ConfigError(f"no {split} split: set data.{tfds_key} to a split of "
+                        f"{data_cfg.tfds_name!r}")
     return TfdsSource(data_cfg.tfds_name, tsplit, data_cfg.tfds_data_dir, data_cfg.field_map,
                       data_cfg.on_error)
-  raise ConfigError(f"data.source={src!r} is not one of synthetic, jsonl, parquet, tfds")
+  if file_key is None:
+    raise ConfigError(f"split {split!r}: a {src} pool has the splits train (data.path), test "
+                      "(data.eval_path) and probe (data.probe_path)")
+  path = getattr(data_cfg, file_key)
+  if not path:
+    raise ConfigError(f"no held-out {split} file: set data.{file_key} (a {src} file of "
+                      "problems not in the training pool)")
+  read = jsonl_source if src == "jsonl" else parquet_source
+  return read(path, data_cfg.field_map, data_cfg.on_error, setting=f"data.{file_key}")
 
 
 def write_jsonl(problems: Iterable[Problem], path: str) -> None:
