@@ -13,7 +13,6 @@ import argparse
 import importlib
 import logging
 import sys
-import time
 
 import paced_jax
 from paced_jax.config import ConfigError
@@ -26,45 +25,10 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_smoke(args) -> int:
-  """Sharded init + forward + cached-decode check of the configured student (and teacher)."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from flax import nnx
+  """See `paced_jax.commands.cmd_smoke`."""
+  from paced_jax.commands import cmd_smoke as smoke
 
-  from paced_jax.config import load_config
-  from paced_jax.models import Decoder, param_count
-  from paced_jax.sharding import make_mesh, shard_init
-
-  if args.batch < 1 or args.seq < 2:
-    raise ConfigError(f"paced smoke needs --batch >= 1 and --seq >= 2 (got --batch {args.batch}, "
-                      f"--seq {args.seq})")
-  cfg = load_config(args.config, args.overrides)
-  mesh = make_mesh(cfg.mesh)
-  print(f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s)")
-  models = [("student", cfg.model)] + ([("teacher", cfg.teacher)] if cfg.teacher else [])
-  for role, mcfg in models:
-    t0 = time.perf_counter()
-    model = shard_init(lambda rngs, c=mcfg: Decoder(c, rngs=rngs), mesh, seed=cfg.seed)
-    B, T = args.batch, min(args.seq, mcfg.max_seq_len)
-    tokens = jax.random.randint(jax.random.key(cfg.seed), (B, T), 0, mcfg.vocab_size)
-    with jax.set_mesh(mesh):
-      logits = nnx.jit(lambda m, t: m(t))(model, tokens)
-      half = T // 2
-      step = nnx.jit(lambda m, t, c: m.extend(t, c))
-      _, cache = step(model, tokens[:, :half], model.init_cache(B, T))
-      cached = []
-      for i in range(half, T):
-        out, cache = step(model, tokens[:, i:i + 1], cache)
-        cached.append(out[:, 0])
-    # cached[j] is the prediction after token half + j, i.e. full logits at position half + j.
-    diff = float(jnp.abs(jnp.stack(cached, 1) - logits[:, half:]).max())
-    ok = bool(np.isfinite(np.asarray(logits)).all())
-    print(f"{role}: {mcfg.arch} {param_count(mcfg):,} params, logits {tuple(logits.shape)} "
-          f"finite={ok}, cached-vs-full max |diff| {diff:.2e}, {time.perf_counter() - t0:.1f}s")
-    if not ok:
-      return 1
-  return 0
+  return smoke(args)
 
 
 # Subcommands defined in other modules: each module exposes `add_parser(subparsers)`, which
@@ -78,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
       prog="paced", description="PACED distillation of LLMs in JAX (arXiv 2603.11178).")
   parser.add_argument("--version", action="version", version=f"paced {paced_jax.__version__}")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-  p = sub.add_parser("smoke", help="sharded init, forward pass and cached-decode check of the "
-                     "configured models")
+  p = sub.add_parser("smoke", help="load the configured models (or init them randomly), size "
+                     "the run against device memory, forward pass and cached-decode check")
   add_config_args(p)
   p.add_argument("--batch", type=int, default=4)
   p.add_argument("--seq", type=int, default=32)

@@ -193,3 +193,83 @@ def cmd_eval(args) -> int:
   else:
     print(json.dumps(results["student"], indent=1))
   return 0
+
+
+def _device_memory() -> int | None:
+  """Bytes one device can allocate (`memory_stats()["bytes_limit"]`), None when unreported."""
+  import jax
+
+  return (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+
+
+def cmd_smoke(args) -> int:
+  """Checks what the config names, cheaply first: paths, tokenizer and data files; the models
+  the init paths hold (their directories decide the architectures); the planner's per-device
+  estimate against the device memory (refused in one line when it will not fit); then loads
+  (or randomly initialises) each model on the mesh and compares a forward pass with the
+  cached decode."""
+  import time
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+
+  from paced_jax.checkpoint import load_model_checked
+  from paced_jax.config import ConfigError, load_config
+  from paced_jax.models import Decoder, param_count
+  from paced_jax.models.resolve import resolve_models, shape_overrides
+  from paced_jax.plan import GiB, estimate
+  from paced_jax.preflight import check_run
+  from paced_jax.sharding import make_mesh, shard_init
+
+  if args.batch < 1 or args.seq < 2:
+    raise ConfigError(f"paced smoke needs --batch >= 1 and --seq >= 2 (got --batch {args.batch}, "
+                      f"--seq {args.seq})")
+  cfg = load_config(args.config, args.overrides)
+  check_run(cfg)
+  cfg = resolve_models(cfg, shape_overrides(args.overrides))
+  mesh = make_mesh(cfg.mesh)
+  print(f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s)")
+  memory = _device_memory()
+  if memory:
+    e = estimate(cfg, dict(mesh.shape), memory)
+    print(f"plan: {e.total / GiB:.2f} GiB per device of {memory / GiB:.2f} GiB")
+    if not e.fits:
+      top = sorted(e.rows, key=lambda r: -r[2])[:3]
+      raise ConfigError(
+          f"the run needs about {e.total / GiB:.2f} GiB per device on mesh {dict(mesh.shape)} "
+          f"but a device has {memory / GiB:.2f} GiB (largest: " + ", ".join(
+              f"{c} {b / GiB:.2f} GiB" for _, c, b in top) + "); see `paced plan "
+          f"{args.config}` for a mesh that fits, or lower data.batch_size / set model.remat=full")
+  roles = [("student", cfg.model, cfg.train.init_student, "train.init_student=")]
+  if cfg.teacher is not None:
+    roles.append(("teacher", cfg.teacher, cfg.train.init_teacher, "train.init_teacher="))
+  for role, mcfg, path, flag in roles:
+    t0 = time.perf_counter()
+    if path:
+      model, _ = load_model_checked(path, flag, mesh=mesh, dtype=mcfg.dtype,
+                                    param_dtype=mcfg.param_dtype)
+    else:
+      model = shard_init(lambda rngs, c=mcfg: Decoder(c, rngs=rngs), mesh, seed=cfg.seed)
+    B, T = args.batch, min(args.seq, mcfg.max_seq_len)
+    tokens = jax.random.randint(jax.random.key(cfg.seed), (B, T), 0, mcfg.vocab_size)
+    with jax.set_mesh(mesh):
+      logits = nnx.jit(lambda m, t: m(t))(model, tokens)
+      half = T // 2
+      step = nnx.jit(lambda m, t, c: m.extend(t, c))
+      _, cache = step(model, tokens[:, :half], model.init_cache(B, T))
+      cached = []
+      for i in range(half, T):
+        out, cache = step(model, tokens[:, i:i + 1], cache)
+        cached.append(out[:, 0])
+    # cached[j] is the prediction after token half + j, i.e. full logits at position half + j.
+    diff = float(jnp.abs(jnp.stack(cached, 1) - logits[:, half:]).max())
+    ok = bool(np.isfinite(np.asarray(logits)).all())
+    where = f"loaded from {path}" if path else "random init"
+    print(f"{role}: {mcfg.arch} {param_count(mcfg):,} params ({mcfg.num_layers} layers, hidden "
+          f"{mcfg.hidden}, vocab {mcfg.vocab_size}), {where}, logits {tuple(logits.shape)} "
+          f"finite={ok}, cached-vs-full max |diff| {diff:.2e}, {time.perf_counter() - t0:.1f}s")
+    if not ok:
+      return 1
+  return 0

@@ -125,3 +125,31 @@ def test_load_or_init_names_every_field(pair):
   msg = str(e.value)
   assert "\n" not in msg and "vocab_size: directory 128, config 256" in msg
   assert "hidden: directory 32, config 64" in msg and "arch: directory 'qwen3'" in msg
+
+
+def test_smoke_loads_the_named_directories(pair, capsys, monkeypatch):
+  """`paced smoke` loads what the config names (not the presets), refuses missing paths, and
+  refuses in one line a run the planner says will not fit the device memory."""
+  from paced_jax import commands
+
+  teacher, student, pool = pair
+  spec = f"{RECIPE}:{teacher},{student},{pool}"
+  assert _paced("smoke", spec, "--seq", "8", "--batch", "2") == 0
+  out = capsys.readouterr().out
+  n = transformers.AutoModelForCausalLM.from_pretrained(student).num_parameters()
+  capsys.readouterr()  # transformers' loading bar
+  assert f"student: qwen3 {n:,} params (2 layers, hidden 32, vocab 128), loaded from {student}" \
+      in out and f"(2 layers, hidden 48, vocab 128), loaded from {teacher}" in out
+  assert _paced("smoke", f"{RECIPE}:{teacher},{pool.parent / 'nope'},{pool}") == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "train.init_student=" in err[0] and "does not exist" in err[0]
+  monkeypatch.setattr(commands, "_device_memory", lambda: 2**20)  # a 1 MiB device
+  assert _paced("smoke", spec, *[f"--set={o}" for o in FAST]) == 2
+  captured = capsys.readouterr()
+  err = [l for l in captured.err.strip().splitlines() if not l.startswith("INFO")]
+  assert len(err) == 1 and err[0].startswith("paced: error: the run needs about"), err
+  assert "but a device has 0.00 GiB" in err[0] and "paced plan" in err[0]
+  assert "student:" not in captured.out  # refused before any model was built
+  monkeypatch.setattr(commands, "_device_memory", lambda: 2**34)
+  assert _paced("smoke", spec, *[f"--set={o}" for o in FAST], "--seq", "4") == 0
+  assert "plan: 0.0" in capsys.readouterr().out
