@@ -20,9 +20,12 @@ from paced_jax.models.transformer import Decoder
 from paced_jax.sampler import Knobs, Sample, generate
 
 
-def teacher_references(cfg: Config, wd: Path, source, teacher: Decoder, tok, verifier, mesh):
+def teacher_references(cfg: Config, wd: Path, source, teacher: Decoder, tok, verifier, mesh,
+                       progress: bool = False):
   """Reference responses sampled once from the teacher, verified, cached as ArrayRecord under
-  `data.reference_cache` (default <workdir>/references); a second run reads the cache."""
+  `data.reference_cache` (default <workdir>/references); a second run reads the cache (also
+  after a run that failed because nothing verified). The cache key names what decides the
+  responses and their verdicts: teacher, sampling, prompt template, tokenizer, verifier."""
   from paced_jax.data.references import build_references
 
   K = cfg.data.references_per_problem
@@ -46,10 +49,14 @@ def teacher_references(cfg: Config, wd: Path, source, teacher: Decoder, tok, ver
     return [texts[i * K:(i + 1) * K] for i in range(len(problems))]
 
   key = json.dumps({"teacher": cfg.train.init_teacher, "model": to_dict(cfg.teacher),
-                    "sample": to_dict(cfg.sample), "k": K, "seed": cfg.seed}, sort_keys=True)
+                    "sample": to_dict(cfg.sample), "k": K, "seed": cfg.seed,
+                    "template": [cfg.data.chat_template, list(cfg.data.chat_template_kwargs)],
+                    "tokenizer": cfg.data.tokenizer, "verifier": cfg.paced.verifier,
+                    "marker": cfg.paced.answer_marker}, sort_keys=True)
   return build_references(source, cfg.data, generate_fn=generate_fn, verify=verifier,
                           cache_dir=cfg.data.reference_cache or str(wd / "references"),
-                          cache_key=key, chunk_size=max(cfg.sample.batch_size // K, 1))
+                          cache_key=key, chunk_size=max(cfg.sample.batch_size // K, 1),
+                          progress=progress)
 
 
 def on_policy_batch(run, state, batch: dict, step: int) -> dict:

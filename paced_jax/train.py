@@ -211,7 +211,7 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
     if teacher_params is None:
       raise ConfigError("data.reference=teacher needs a teacher; loss.mode=sft has none")
     references = teacher_references(cfg, wd, source, nnx.merge(teacher_def, teacher_params),
-                                    tok, verifier, mesh)
+                                    tok, verifier, mesh, progress=progress)
   # on_policy rows carry no reference (the student samples every response): problems without
   # one are usable too.
   pipeline = FrontierPipeline(source, tok, cfg.data, seed=cfg.seed, mesh=mesh,

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 from paced_jax.config import ConfigError, DataConfig
 from paced_jax.data.schema import Problem
+from paced_jax.data.sources import DataError
 
 
 def reference_text(ref) -> str:
@@ -46,20 +47,27 @@ class ReferenceCache:
     return sorted(glob.glob(os.path.join(self.dir, f"references-{self.tag}-*.array_record")))
 
   def load(self) -> dict[str, list[str]]:
+    """id -> verified responses; also sets `generated` (responses generated per id) and
+    `failed` (id -> one response that failed verification, truncated)."""
     from array_record.python.array_record_module import ArrayRecordReader
 
     out: dict[str, list[str]] = {}
+    self.generated, self.failed = {}, {}
     for shard in self.shards():
       reader = ArrayRecordReader(shard)
       try:
         for raw in reader.read_all():
           rec = json.loads(raw)
           out[rec["id"]] = list(rec["responses"])
+          self.generated[rec["id"]] = rec.get("generated", 0)
+          if rec.get("failed") is not None:
+            self.failed[rec["id"]] = rec["failed"]
       finally:
         reader.close()
     return out
 
-  def write(self, records: dict[str, list[str]], generated: dict[str, int]) -> str:
+  def write(self, records: dict[str, list[str]], generated: dict[str, int],
+            failed: dict[str, str] | None = None) -> str:
     from array_record.python.array_record_module import ArrayRecordWriter
 
     path = os.path.join(self.dir, f"references-{self.tag}-{len(self.shards()):05d}.array_record")
@@ -68,6 +76,8 @@ class ReferenceCache:
     try:
       for pid, responses in records.items():
         rec = {"id": pid, "responses": responses, "generated": generated.get(pid, 0)}
+        if failed and pid in failed:
+          rec["failed"] = failed[pid][:EXAMPLE_CHARS]
         writer.write(json.dumps(rec).encode())
     finally:
       writer.close()
@@ -77,11 +87,13 @@ class ReferenceCache:
 
 def build_references(source, data_cfg: DataConfig, *, generate_fn: GenerateFn | None = None,
                      verify: VerifyFn | None = None, cache_dir: str = "", cache_key: str = "",
-                     chunk_size: int = 256) -> list[list[str]]:
+                     chunk_size: int = 256, progress: bool = False) -> list[list[str]]:
   """Per-problem reference texts aligned with `source`, for `build_pool(..., references=)`.
 
-  "dataset": `[solution]` (or `[]` when a problem has none). "teacher": generated, verified,
-  cached under `cache_dir` (default `data.reference_cache`); see the module docstring.
+  "dataset": `[solution]` (or `[]` when a problem has none). "teacher": generated (a progress
+  bar with `progress`), verified, cached under `cache_dir` (default `data.reference_cache`);
+  see the module docstring. When no response verifies at all, a DataError line says how many
+  were generated and shows one that failed (prompt and response, truncated); the cache stays.
   """
   N = len(source)
   if data_cfg.reference == "dataset":
@@ -95,21 +107,62 @@ def build_references(source, data_cfg: DataConfig, *, generate_fn: GenerateFn | 
                       "data.reference_cache=DIR (the trainer defaults it to <workdir>/references)")
   cache = ReferenceCache(directory, cache_key)
   have = cache.load()
+  generated, failed = dict(cache.generated), dict(cache.failed)
   missing = [i for i in range(N) if source[i].id not in have]
   if missing:
     log.info("generating teacher references for %d of %d problems", len(missing), N)
-  for start in range(0, len(missing), chunk_size):
-    problems = [source[i] for i in missing[start:start + chunk_size]]
-    candidates = generate_fn(problems)
-    if len(candidates) != len(problems):
-      raise ValueError(f"generate_fn returned {len(candidates)} candidate lists for "
-                       f"{len(problems)} problems")
-    kept = {p.id: [t for t in cands if verify(reference_text(t), p)]
-            for p, cands in zip(problems, candidates)}
-    cache.write(kept, {p.id: len(c) for p, c in zip(problems, candidates)})
-    have.update(kept)
+  from tqdm.auto import tqdm
+
+  bar = tqdm(total=len(missing), desc="teacher references", unit="problem",
+             disable=not progress or not missing, dynamic_ncols=True)
+  try:
+    for start in range(0, len(missing), chunk_size):
+      problems = [source[i] for i in missing[start:start + chunk_size]]
+      candidates = generate_fn(problems)
+      if len(candidates) != len(problems):
+        raise ValueError(f"generate_fn returned {len(candidates)} candidate lists for "
+                         f"{len(problems)} problems")
+      kept, bad = {}, {}
+      for p, cands in zip(problems, candidates):
+        kept[p.id] = [t for t in cands if verify(reference_text(t), p)]
+        wrong = [t for t in cands if t not in kept[p.id]]
+        if wrong:
+          bad[p.id] = reference_text(wrong[0])
+      new = {p.id: len(c) for p, c in zip(problems, candidates)}
+      cache.write(kept, new, bad)
+      have.update(kept)
+      generated.update(new)
+      failed.update(bad)
+      bar.update(len(problems))
+      bar.set_postfix(verified=sum(len(have[p.id]) for p in problems), refresh=False)
+  finally:
+    bar.close()
   k = data_cfg.references_per_problem
   refs = [have[source[i].id][:k] for i in range(N)]
   solved = sum(1 for r in refs if r)
-  log.info("teacher references: %d of %d problems have a verified response", solved, N)
+  ids = {source[i].id for i in range(N)}
+  n_gen = sum(v for pid, v in generated.items() if pid in ids)
+  n_ok = sum(len(have[source[i].id]) for i in range(N))
+  log.info("teacher references: %d of %d responses verified; %d of %d problems have one "
+           "(cache %s)", n_ok, n_gen, solved, N, directory)
+  if not solved:
+    raise DataError(f"data.reference=teacher: none of the teacher's {n_gen} responses to {N} "
+                    f"problems verified ({_example(source, failed)}); check "
+                    "data.chat_template, paced.verifier and sample.max_new_tokens (a response "
+                    f"cut at the budget rarely verifies); the generations stay cached in "
+                    f"{directory}")
   return refs
+
+
+EXAMPLE_CHARS = 300
+
+
+def _example(source, failed: dict[str, str]) -> str:
+  """One failed response with its prompt and answer, truncated, for an error line."""
+  for i in range(len(source)):
+    p = source[i]
+    if p.id in failed:
+      cut = lambda t, n: json.dumps(t if len(t) <= n else t[:n] + "...", ensure_ascii=False)
+      return (f"e.g. problem {p.id!r}, answer {p.answer!r}: prompt {cut(p.prompt, 120)} -> "
+              f"response {cut(failed[p.id], 200)}")
+  return "no response was generated"
