@@ -184,7 +184,8 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
   if cfg.loss.mode not in ("sft", "self_distill") and cfg.teacher is None:
     raise ConfigError(f"loss.mode={cfg.loss.mode!r} needs a teacher: set the config's teacher "
                       "(and train.init_teacher), or use loss.mode=sft")
-  if cfg.teacher is not None and cfg.teacher.vocab_size != cfg.model.vocab_size:
+  if cfg.teacher is not None and cfg.teacher.vocab_size != cfg.model.vocab_size and \
+      cfg.loss.mode != "self_distill" and not cfg.loss.vocab_limit:  # resolve_models sets it
     raise ConfigError(f"teacher vocab_size={cfg.teacher.vocab_size} differs from student "
                       f"vocab_size={cfg.model.vocab_size}: distillation compares distributions "
                       "over one vocabulary")

@@ -153,3 +153,58 @@ def test_smoke_loads_the_named_directories(pair, capsys, monkeypatch):
   monkeypatch.setattr(commands, "_device_memory", lambda: 2**34)
   assert _paced("smoke", spec, *[f"--set={o}" for o in FAST], "--seq", "4") == 0
   assert "plan: 0.0" in capsys.readouterr().out
+
+
+def _sliced(src, dst, vocab):
+  """`src` with its embedding and unembedding rows cut to the first `vocab` ids."""
+  model = transformers.AutoModelForCausalLM.from_pretrained(src)
+  cfg = model.config
+  cfg.vocab_size = vocab
+  small = transformers.AutoModelForCausalLM.from_config(cfg)
+  state = {k: (v[:vocab] if k in ("model.embed_tokens.weight", "lm_head.weight") else v)
+           for k, v in model.state_dict().items()}
+  small.load_state_dict(state)
+  small.save_pretrained(dst)
+  return dst
+
+
+def test_padded_teacher_vocabulary_trains_like_the_unpadded_one(pair, tmp_path):
+  """Teacher 160 rows, student 128, one tokenizer of V ids (< 128): setup sets
+  loss.vocab_limit=V and the first-step loss equals that of the same teacher with its padding
+  rows sliced away (both 128 rows, loss.vocab_limit=V set by hand)."""
+  from tokenizers import Tokenizer
+
+  from paced_jax.models.resolve import resolve_models
+  from paced_jax.train import train
+
+  _, student, pool = pair
+  V = Tokenizer.from_file(str(student / "tokenizer.json")).get_vocab_size()
+  assert V < 128
+  padded = hf_dir(tmp_path / "t160", 48, vocab=160, seed=3, tokenizer=False)
+  sliced = _sliced(padded, tmp_path / "t128", 128)
+  once = FAST + ["train.steps=1", "paced.weighting=uniform", "loss.mode=distill"]
+  losses = {}
+  for name, teacher, extra in (("padded", padded, []), ("sliced", sliced,
+                                                       [f"loss.vocab_limit={V}"])):
+    cfg = load_config(f"{RECIPE}:{teacher},{student},{pool}", once + extra)
+    assert resolve_models(cfg).loss.vocab_limit == V
+    losses[name] = train(cfg, tmp_path / name, progress=False)["loss"]
+  run_cfg = json.loads((tmp_path / "padded" / "config.json").read_text())
+  assert run_cfg["loss"]["vocab_limit"] == V and run_cfg["teacher"]["vocab_size"] == 160
+  assert np.isfinite(losses["padded"])
+  assert losses["padded"] == pytest.approx(losses["sliced"], rel=1e-5, abs=1e-6)
+
+
+def test_padded_vocabulary_needs_one_tokenizer(pair, tmp_path):
+  from paced_jax.models.resolve import resolve_models
+
+  _, student, pool = pair
+  other = hf_dir(tmp_path / "t160", 48, vocab=160, seed=3, tokenizer=False)
+  train_tokenizer(other, extra_special=("<|im_end|>",))  # a different vocabulary
+  cfg = load_config(f"{RECIPE}:{other},{student},{pool}")
+  with pytest.raises(ConfigError, match="differ, e.g.") as e:
+    resolve_models(cfg)
+  assert "\n" not in str(e.value) and "distillation needs one vocabulary" in str(e.value)
+  cfg = load_config("configs/demo.py:tiny", ["teacher.vocab_size=160"])  # char tokenizer
+  with pytest.raises(ConfigError, match="teacher vocab_size=160 differs from student"):
+    resolve_models(cfg)

@@ -9,6 +9,12 @@ recipe starts from -- are replaced, with one INFO line, unless a shape field was
 explicit field that disagrees with the directory is an error, one line listing every field where
 the config and the directory differ. So a recipe naming real directories runs as is, and
 `config.json`, the checkpoint metadata and the FLOP counts describe the model actually trained.
+
+Padded vocabularies: teacher and student embeddings of different sizes are one vocabulary when
+their tokenizers (each model directory's tokenizer.json, else `data.tokenizer`) are identical
+(`models.io.check_compatible`); `loss.vocab_limit` is then set to the tokenizer's real size V*
+(unless the config sets it), so the loss compares ids < V* and nothing samples the padding.
+Different tokenizers are refused in one line.
 """
 
 from __future__ import annotations
@@ -80,4 +86,34 @@ def resolve_models(cfg: Config, explicit: Iterable[str] = ()) -> Config:
              "the config's", flag, path, "student" if section == "model" else "teacher",
              stored.arch, stored.num_layers, stored.hidden, stored.vocab_size)
     changes[section] = dataclasses.replace(stored, **{k: getattr(mine, k) for k in RUNTIME})
-  return dataclasses.replace(cfg, **changes) if changes else cfg
+  cfg = dataclasses.replace(cfg, **changes) if changes else cfg
+  return _vocab_limit(cfg)
+
+
+def _vocab_limit(cfg: Config) -> Config:
+  """loss.vocab_limit = V* for a padded teacher / student pair of one tokenizer."""
+  from pathlib import Path
+
+  from paced_jax.models.io import check_compatible
+
+  t, s = cfg.teacher, cfg.model
+  if t is None or cfg.loss.mode in ("sft", "self_distill") or t.vocab_size == s.vocab_size:
+    return cfg
+
+  def tok_dir(path: str) -> str | None:
+    if path and (Path(path) / "tokenizer.json").is_file():
+      return path
+    return cfg.data.tokenizer if cfg.data.tokenizer != "char" else None
+
+  dirs = tok_dir(cfg.train.init_teacher), tok_dir(cfg.train.init_student)
+  if None in dirs:
+    raise ConfigError(f"teacher vocab_size={t.vocab_size} differs from student vocab_size="
+                      f"{s.vocab_size}: distillation compares distributions over one vocabulary; "
+                      "if these are padded sizes of one tokenizer, give it (the model "
+                      "directories' tokenizer.json or data.tokenizer)")
+  limit = check_compatible(t, s, *dirs)
+  if cfg.loss.vocab_limit:
+    return cfg
+  log.info("teacher vocab %d, student vocab %d, one tokenizer of %d ids: loss.vocab_limit=%d",
+           t.vocab_size, s.vocab_size, limit, limit)
+  return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, vocab_limit=limit))
