@@ -227,7 +227,8 @@ def decode_core(graphdef, params, st: EngineState, wave: Wave, knobs_R: Knobs, r
     return (st.next < wave.hi) | (drain & jnp.any(st.busy_B))
 
   def body(st: EngineState) -> EngineState:
-    st = refill(st)
+    # Refill only when a slot is idle and a rollout is pending: the copy touches every slot.
+    st = jax.lax.cond(jnp.any(~st.busy_B) & (st.next < wave.hi), refill, lambda s: s, st)
     # A refill can end rollouts at once (stop id first, budget 1): decode only if a slot runs.
     return jax.lax.cond(jnp.any(st.busy_B), decode, lambda s: s, st)
 
