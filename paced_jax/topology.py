@@ -86,8 +86,10 @@ def parse_target(topology: str | None, devices: int | None, device_memory: str |
                     note=f"{frac:.0%} of {GPUS[m.group(2)]} GiB (XLA_PYTHON_CLIENT_MEM_FRACTION)")
     raise ConfigError(f"--topology {topology!r} is not known; use e.g. v4-32, v5p-64, "
                       f"v5litepod-16, v6e-8, or 8x<gpu> with gpu one of {', '.join(GPUS)}")
+  if devices is not None and devices < 1:
+    raise ConfigError(f"--devices {devices} must be >= 1 (the number of accelerator devices)")
   if devices is not None or device_memory is not None:
-    if devices is None or device_memory is None or devices < 1:
+    if devices is None or device_memory is None:
       raise ConfigError("--devices N and --device-memory SIZE go together, e.g. --devices 8 "
                         "--device-memory 16GiB")
     return Target(f"{devices} devices", devices, parse_bytes(device_memory))

@@ -302,15 +302,22 @@ def apply_round(run: Run, round_: int, need_reference: bool = True, table=None) 
   if table is not None:
     run.table = table
   s, n = run.table.counts()
-  fr = frontier_round(frontier_weights(s, n, cfg.paced), cfg.paced,
-                      samplable(run, need_reference))
+  w, ok = frontier_weights(s, n, cfg.paced), samplable(run, need_reference)
+  fr = frontier_round(w, cfg.paced, ok)
+  estimated = ok & (n > 0)
+  outside = bool(estimated.any()) and not w[estimated].sum() > 0 and cfg.paced.weighting != "uniform"
   if fr.fallback_uniform:
     log.warning("round %d: every problem has frontier weight 0 (all estimated pass rates in "
                 "{0, 1}); this round samples uniformly", round_)
+  elif outside:  # the unestimated problems (prior weight) and the eps floor carry the round
+    log.warning("round %d: every estimated problem has frontier weight 0 (pass rates in {0, 1}); "
+                "this round draws only the %d unestimated problems and the paced.eps floor",
+                round_, int((ok & (n == 0)).sum()))
   run.pipeline.set_round(round_, fr.probs, weights=fr.loss_weights, need_reference=need_reference)
   run.need_reference = need_reference
   run.pass_rates = run.table.pass_rates()  # a new array per round: steps keep their snapshot
-  return {"frontier/fallback_uniform": float(fr.fallback_uniform)}
+  return {"frontier/fallback_uniform": float(fr.fallback_uniform),
+          "frontier/estimated_outside": float(outside)}
 
 
 # ----------------------------------------------------------------------------- loop

@@ -79,7 +79,7 @@ def _corrupt(step_dir: Path):
     (["train", TINY, "--set", "eval.samples=0"], "eval.samples=0 must be >= 1"),
     (["train", TINY, "--set", "paced.verifier_errors=maybe"], "paced.verifier_errors"),
     (["smoke", TINY, "--batch", "0"], "--batch >= 1"),
-    (["plan", TINY, "--devices", "0", "--device-memory", "16GiB"], ""),
+    (["plan", TINY, "--devices", "0", "--device-memory", "16GiB"], "--devices 0 must be >= 1"),
     (["train", "{badcfg}"], "get_config('') failed: RuntimeError: boom"),
     (["train", TINY, "--set", "data.source=jsonl", "--set", "data.path={latin1}"],
      "latin1.jsonl:2: not UTF-8"),

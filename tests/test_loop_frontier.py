@@ -107,6 +107,20 @@ def test_all_zero_weights_fall_back_to_uniform(tmp_path):
   assert m["frontier/fallback_uniform"] == 1
 
 
+def test_estimated_problems_all_outside_the_frontier_are_said(tmp_path, caplog):
+  # A subset estimate whose every pass rate is in {0, 1}: the round is not uniform (the
+  # unestimated problems keep their prior weight), but the run says so once, with a metric.
+  stub = Stub(2, levels=(0, 2))
+  run, state = _run(tmp_path, stub, "paced.refresh_subset=8")
+  with caplog.at_level("WARNING", logger="paced_jax.train"):
+    m = train_lib.refresh(run, state, 0, 0, progress=False)
+  assert m["frontier/estimated_outside"] == 1 and m["frontier/fallback_uniform"] == 0
+  assert sum("every estimated problem has frontier weight 0" in r.message
+             for r in caplog.records) == 1
+  estimated = run.table.counts()[1] > 0
+  assert run.pipeline.probs[estimated].max() < run.pipeline.probs[~estimated].min()
+
+
 def test_refresh_subset_accumulate_and_staleness(tmp_path):
   K, n = 2, 16
   stub = Stub(K)
