@@ -13,8 +13,8 @@ the whole cache buffer at every step. Here:
 
   * slots: a fixed number of decode rows. When a rollout ends (a stop id or its budget) its slot
     takes the next pending (prompt, rollout) inside the same compiled while-loop: the prompt's
-    KV entries are copied into the slot (one dynamic_update_slice per refilled slot) and the
-    slot decodes on. A slot's stale entries past the new prompt are never read (causal mask) and
+    KV entries are copied into the slot (one scatter per layer, at steps where a slot is idle
+    and a rollout is pending) and the slot decodes on. A slot's stale entries past the new prompt are never read (causal mask) and
     are overwritten by the new rollout's own tokens.
   * shared prefill: prompts are prefilled in waves of `wave` prompts, each prompt once; the
     first token of its K rollouts is drawn from the one set of logits with each rollout's key.
