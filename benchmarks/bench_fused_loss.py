@@ -49,7 +49,7 @@ TRAIN = TrainConfig(steps=10_000, lr=1e-4, warmup_steps=1, weight_decay=0.01)
 SYSTEMS = ("ours-fused", "ours-unchunked", "ours-remat", "tunix")
 
 
-def _remat_loss(h_t, w_t, h_s, w_s, mask, coef, kind, *, chunk, **kw):
+def _remat_loss(h_t, w_t, h_s, w_s, mask, coef, kind, *, chunk, row_sharding=None, **kw):
   """The chunked loss before fusion: jax.checkpoint per chunk (logits recomputed backward)."""
   sums, _ = losses.chunked_divergence(h_t, w_t, h_s, w_s, mask, kind, chunk=chunk, **kw)
   return jnp.sum(coef * sums), sums
@@ -108,6 +108,15 @@ def setup(args):
   return cfg_s, cfg_t, tokens
 
 
+def _vm_hwm_gib() -> float:
+  """This process's peak RSS. Not getrusage's ru_maxrss: Linux carries the parent's high-water
+  mark across fork + exec, so a probe started by a large process would report the parent's."""
+  for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+      return int(line.split()[1]) / 2**20
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def peak_rss(args, name) -> float | None:
   """GiB of peak RSS of a fresh process that builds `name` and runs warm-up + 2 steps."""
   cmd = [sys.executable, __file__, "--only", name, "--seq", str(args.seq), "--scored",
@@ -135,7 +144,7 @@ def main():
   if args.only:  # a memory probe subprocess
     run, _ = build(args.only, cfg_s, cfg_t, tokens, args)
     run(args.warmup + 2)
-    print(json.dumps({"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+    print(json.dumps({"peak_rss_gib": _vm_hwm_gib()}))
     return
 
   runners, scored, setup_s = {}, {}, {}
