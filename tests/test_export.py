@@ -106,8 +106,10 @@ def test_training_checkpoint_takes_its_runs_ids(qwen_src, tmp_path):
   (tmp_path / "run").mkdir()
   (tmp_path / "run" / "config.json").write_text(to_json(Config(
       model=cfg, data=DataConfig(tokenizer=str(tok)))))
-  save_model(model, tmp_path / "run" / "checkpoints" / "5", cfg)
-  assert _convert("--to-hf", tmp_path / "run" / "checkpoints" / "5", "--out",
+  # A model checkpoint inside a run directory (a checkpoints/<step> directory must be a whole
+  # training checkpoint: params, opt_state, passrates, meta).
+  save_model(model, tmp_path / "run" / "models" / "5", cfg)
+  assert _convert("--to-hf", tmp_path / "run" / "models" / "5", "--out",
                   tmp_path / "hf") == 0
   hf_cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
   assert (hf_cfg["bos_token_id"], hf_cfg["eos_token_id"], hf_cfg["pad_token_id"]) == (

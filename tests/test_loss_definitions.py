@@ -69,7 +69,7 @@ def test_jsd_endpoints_are_forward_then_reverse_kl_and_continuous():
 
 
 @pytest.mark.parametrize("bad", ["loss.jsd_beta=-0.1", "loss.jsd_beta=1.5", "loss.akl_mu=0",
-                                 "loss.akl_mu=1", "loss.temperature=0", "loss.chunk_size=-1",
+                                 "loss.akl_mu=1", "loss.temperature=0", "loss.chunk_size=-2",
                                  "loss.two_stage_switch=1", "loss.two_stage_switch=0",
                                  "loss.teacher_top_k=-2", "train.warmup_steps=-1"])
 def test_loss_config_validation(bad):

@@ -111,7 +111,9 @@ def test_rows_are_the_students_samples_and_the_loss_matches_numpy(tmp_path, reco
   want = total / count
   _, metrics = run.step_fn(state, run.teacher_params, rows_g)
   assert float(metrics["tokens"]) == count
-  assert float(metrics["loss"]) == pytest.approx(want, rel=1e-4)
+  # Self-distillation starts from the student's own copy, so the KL is ~1e-4 and float32 rounding
+  # of log-prob differences shows at ~2e-4 relative; any row or mask error is far larger.
+  assert float(metrics["loss"]) == pytest.approx(want, rel=1e-3)
   run.pipeline.close()
 
 
