@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 
 import paced_jax
-from common import random_decoder, timed
+from common import random_decoder, step_runner, timed
 from paced_jax import losses
 from paced_jax import step as step_lib
 from paced_jax.config import Config, DataConfig, LossConfig, MeshConfig, TrainConfig
@@ -76,15 +76,7 @@ def make_ours(name, cfg_s, cfg_t, tokens, args):
   compiled = fn.lower(state, tparams, batch).compile()
   from paced_jax.fused_loss import fused_divergence_loss
   step_lib.fused_divergence_loss = fused_divergence_loss
-  box = {"state": state}
-
-  def run(n):
-    s = box["state"]
-    for _ in range(n):
-      s, metrics = compiled(s, tparams, batch)
-    jax.block_until_ready(metrics["loss"])
-    box["state"] = s
-
+  run = step_runner(compiled, state, tparams, batch)
   return run, args.scored
 
 

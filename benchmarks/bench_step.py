@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 import paced_jax
-from common import random_decoder, timed
+from common import random_decoder, step_runner, timed
 from paced_jax import flops
 from paced_jax.config import Config, DataConfig, LossConfig, MeshConfig, TrainConfig
 from paced_jax.models import get_preset
@@ -68,15 +68,7 @@ def make_ours(student_cfg, teacher_cfg, tokens, *, chunk: int, scored: int):
       "tokens": tokens, "positions": np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)),
       "loss_mask": mask, "weights": np.ones((B,), np.float32)}, batch_sharding(mesh))
   compiled = step.lower(state, tparams, batch).compile()
-  box = {"state": state}
-
-  def run(n):
-    s = box["state"]
-    for _ in range(n):
-      s, metrics = compiled(s, tparams, batch)
-    jax.block_until_ready(metrics["loss"])
-    box["state"] = s
-
+  run = step_runner(compiled, state, tparams, batch)
   return run, compiled.memory_analysis()
 
 

@@ -27,3 +27,18 @@ def timed(fn, *args) -> float:
   t0 = time.perf_counter()
   fn(*args)
   return time.perf_counter() - t0
+
+
+def step_runner(compiled, state, teacher_params, batch):
+  """run(n): n steps of a compiled train step from the state left by the last call (the state is
+  donated, so each call continues where the previous one stopped); waits for the last loss."""
+  box = {"state": state}
+
+  def run(n):
+    s = box["state"]
+    for _ in range(n):
+      s, metrics = compiled(s, teacher_params, batch)
+    jax.block_until_ready(metrics["loss"])
+    box["state"] = s
+
+  return run
