@@ -54,7 +54,7 @@ from paced_jax.distributed import to_host
 from paced_jax.flops import attention_flops_per_token, body_flops_per_token, unembed_flops
 from paced_jax.models.transformer import Decoder, KVCache
 from paced_jax.sampler import (Knobs, Sample, Strategy, _constrain, check_knobs, pad_prompts,
-                               pick_bucket)
+                               per_row, pick_bucket)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,18 +247,6 @@ decode_jit = jax.jit(decode_core, donate_argnums=(2,),
 # ----------------------------------------------------------------------------- host side
 
 
-def _per_rollout(x, dtype, n_prompts: int, K: int, R_cap: int, name: str) -> np.ndarray:
-  a = np.asarray(x, dtype)
-  if a.ndim == 0:
-    return np.full((R_cap,), a, dtype)
-  if a.shape == (n_prompts,):
-    a = np.repeat(a, K)
-  elif a.shape != (n_prompts * K,):
-    raise ConfigError(f"knob {name} has shape {a.shape}; give a scalar, one value per prompt "
-                      f"({n_prompts}) or one per rollout ({n_prompts * K})")
-  return np.concatenate([a, np.full((R_cap - len(a),), a[-1], dtype)])
-
-
 @dataclasses.dataclass
 class Engine:
   """Continuous-batching rollouts for one model (see the module docstring).
@@ -298,7 +286,7 @@ class Engine:
     P = pick_bucket(max(lens), self.prompt_buckets, "a prompt", "sample.prompt_buckets")
     R = N * K
     R_cap = 1 << max(R - 1, 1).bit_length()
-    row = functools.partial(_per_rollout, n_prompts=N, K=K, R_cap=R_cap)
+    row = functools.partial(per_row, n_prompts=N, rollouts=K, n_rows=R_cap)
     kn = Knobs(temperature=row(knobs.temperature, np.float32, name="temperature"),
                top_k=row(knobs.top_k, np.int32, name="top_k"),
                top_p=row(knobs.top_p, np.float32, name="top_p"),
@@ -371,7 +359,7 @@ class StaticRollouts:
 
     N, K = len(prompts), rollouts
     per = max(1, self.rows // K)
-    row = functools.partial(_per_rollout, n_prompts=N, K=K, R_cap=N * K)
+    row = functools.partial(per_row, n_prompts=N, rollouts=K, n_rows=N * K)
     kn = Knobs(row(knobs.temperature, np.float32, name="temperature"),
                row(knobs.top_k, np.int32, name="top_k"), row(knobs.top_p, np.float32, name="top_p"),
                row(knobs.max_new_tokens, np.int32, name="max_new_tokens"))

@@ -247,7 +247,9 @@ def pick_bucket(n: int, buckets: Sequence[int], what: str, key: str) -> int:
                     f"add a larger bucket to {key} or reduce it")
 
 
-def _per_row(x, dtype, n_prompts: int, rollouts: int, n_rows: int, name: str) -> np.ndarray:
+def per_row(x, dtype, n_prompts: int, rollouts: int, n_rows: int, name: str) -> np.ndarray:
+  """A knob (scalar, one value per prompt, or one per row = rollout) as one value per row,
+  padded to n_rows with the last value."""
   a = np.asarray(x, dtype)
   if a.ndim == 0:
     return np.full((n_rows,), a, dtype)
@@ -314,7 +316,7 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, rng: int | jax
   tokens = np.concatenate([np.repeat(tokens, rollouts, 0),
                            np.full((n_rows - n_real, width), pad_id, np.int32)])
   lengths = np.concatenate([np.repeat(lengths, rollouts), np.ones((n_rows - n_real,), np.int32)])
-  row = functools.partial(_per_row, n_prompts=len(prompts), rollouts=rollouts, n_rows=n_rows)
+  row = functools.partial(per_row, n_prompts=len(prompts), rollouts=rollouts, n_rows=n_rows)
   k = Knobs(temperature=row(knobs.temperature, np.float32, name="temperature"),
             top_k=row(knobs.top_k, np.int32, name="top_k"),
             top_p=row(knobs.top_p, np.float32, name="top_p"),
