@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 import paced_jax
-from common import random_decoder, timed
+from common import random_decoder, timed, tunix_sampler
 from paced_jax.models import get_preset
 from paced_jax.rollouts import Engine, StaticRollouts
 from paced_jax.sampler import Knobs
@@ -63,36 +63,7 @@ def make_ours(engine):
 
 
 def make_tunix(cfg, rows: int):
-  from tunix.generate import sampler as tsampler
-  from tunix.models import dummy_model_creator
-  from tunix.models.qwen2 import model as qwen2
-
-  tcfg = qwen2.ModelConfig(num_layers=cfg.num_layers, vocab_size=cfg.vocab_size,
-                           embed_dim=cfg.hidden, hidden_dim=cfg.mlp_dim, num_heads=cfg.num_heads,
-                           head_dim=cfg.head_dim, num_kv_heads=cfg.num_kv_heads,
-                           rope_theta=int(cfg.rope_theta), norm_eps=cfg.rms_eps,
-                           use_tied_embedding=True)
-  model = dummy_model_creator.create_dummy_model(qwen2.Qwen2, tcfg, scale=0.02)
-
-  class IdTokenizer:  # prompts travel as space-separated ids; EOS out of vocabulary (disabled)
-    def encode(self, text, **kw):
-      return [int(t) for t in text.split()]
-
-    def decode(self, ids, **kw):
-      return " ".join(map(str, ids))
-
-    def bos_id(self):
-      return 0
-
-    def eos_id(self):
-      return cfg.vocab_size
-
-    def pad_id(self):
-      return 0
-
-  s = tsampler.Sampler(model, IdTokenizer(), tsampler.CacheConfig(
-      cache_size=PROMPT + 256, num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads,
-      head_dim=cfg.head_dim))
+  s = tunix_sampler(cfg, PROMPT + 256)
 
   def call(prompts, lengths, budget, seed):
     per = max(1, rows // K)
