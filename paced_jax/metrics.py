@@ -19,6 +19,7 @@ class MetricsWriter:
     self.workdir = Path(workdir)
     self.path = self.workdir / "metrics.jsonl"
     self._file = self._tb = None
+    self._purge_step = None
 
   def _open(self) -> None:
     if self._file is not None:
@@ -27,13 +28,23 @@ class MetricsWriter:
     try:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(str(self.workdir / "tensorboard"), flush_secs=10)
+      # purge_step: TensorBoard drops the earlier files' events at steps >= it, as truncate
+      # drops the JSONL lines, so a resumed run shows every step once there too. The suffix
+      # keeps two invocations within one second (file names carry whole seconds) from sharing
+      # a file, and sorts them in order.
+      start = self._purge_step or 0
+      self._tb = SummaryWriter(str(self.workdir / "tensorboard"), flush_secs=10,
+                               purge_step=self._purge_step,
+                               filename_suffix=f".s{start:09d}.{os.getpid()}")
     except ImportError:  # TensorBoard is optional; the JSONL is the record
       self._tb = None
 
   def truncate(self, step: int) -> None:
     """Drops lines of steps >= `step` (and a torn last line): a resumed run recomputes them,
-    so every step appears once. Atomic (write + rename)."""
+    so every step appears once, in TensorBoard too (a purge marker at `step`). Atomic
+    (write + rename)."""
+    if self._tb is None and step > 0:
+      self._purge_step = int(step)
     if not self.enabled or not self.path.exists():
       return
     keep = []
