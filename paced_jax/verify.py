@@ -67,12 +67,27 @@ class VerifierError(ConfigError):
 
 class Guarded:
   """A user verifier under a time limit, each call in a daemon thread (a hung call is left
-  behind, never joined: it cannot block Ctrl-C, the run or interpreter exit)."""
+  behind, never joined: it cannot block Ctrl-C, the run or interpreter exit).
 
-  def __init__(self, fn: Callable, name: str, timeout_s: float = 5.0, errors: str = "error"):
+  Threads cannot be killed, so hung calls are bounded instead: once `max_stuck` calls are
+  still running past their time limit, the next call is a `VerifierError` line (a verifier
+  that hangs on most inputs would otherwise pile up threads, and CPU if it spins)."""
+
+  def __init__(self, fn: Callable, name: str, timeout_s: float = 5.0, errors: str = "error",
+               max_stuck: int = 16):
     self.fn, self.name, self.timeout_s, self.errors = fn, name, float(timeout_s), errors
+    self.max_stuck = max_stuck
+    self._lock = threading.Lock()
+    self._stuck = 0  # calls past their time limit that have not returned yet
 
   def __call__(self, response_text: str, problem: Problem) -> bool:
+    with self._lock:
+      stuck = self._stuck
+    if stuck >= self.max_stuck:
+      raise VerifierError(f"paced.verifier={self.name!r} hangs: {stuck} of its calls are still "
+                          f"running past paced.verify_timeout_s={self.timeout_s:g} (the last on "
+                          f"problem {getattr(problem, 'id', '?')!r}); fix the verifier, or "
+                          "raise paced.verify_timeout_s if it is only slow")
     box: dict = {}
     done = threading.Event()
 
@@ -82,10 +97,17 @@ class Guarded:
       except BaseException as e:  # noqa: BLE001 -- reported in the caller's thread
         box["error"] = e
       finally:
-        done.set()
+        with self._lock:
+          done.set()
+          if box.get("late"):
+            self._stuck -= 1
 
     threading.Thread(target=call, daemon=True, name="paced-verifier").start()
     if not done.wait(self.timeout_s):
+      with self._lock:
+        if not done.is_set():  # still running: counted until it returns
+          box["late"] = True
+          self._stuck += 1
       _count("timeout")
       return False
     if "error" not in box:
