@@ -259,6 +259,36 @@ def check_model_path(path: str | Path, flag: str) -> None:
     if why:
       raise ConfigError(f"{flag}{'' if flag.endswith('=') else ' '}{path} is an incomplete training checkpoint ({why}); use "
                         "another step of WORKDIR/checkpoints")
+  for file in sorted(p.glob("*.safetensors")) if p.is_dir() else []:
+    why = safetensors_damage(file)
+    if why:
+      raise ConfigError(f"{flag}{'' if flag.endswith('=') else ' '}{path} cannot be read: "
+                        f"{file.name} is truncated or corrupt ({why}); copy or export it again")
+
+
+def safetensors_damage(file: Path) -> str | None:
+  """Why a safetensors file is not whole, from its header and size alone (no tensor is read):
+  the header (u64 length + JSON) must parse and the file must end where its last tensor ends."""
+  import json
+  import struct
+
+  size = file.stat().st_size
+  with open(file, "rb") as f:
+    head = f.read(8)
+    if len(head) < 8:
+      return f"{size} bytes, shorter than a header"
+    (n,) = struct.unpack("<Q", head)
+    if 8 + n > size:
+      return f"header of {n} bytes in a file of {size}"
+    try:
+      header = json.loads(f.read(n))
+      end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                default=0)
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+      return f"unreadable header: {type(e).__name__}"
+  if 8 + n + end != size:
+    return f"{size} bytes where its tensors end at byte {8 + n + end}"
+  return None
 
 
 def load_model_checked(path: str | Path, flag: str, **kw):

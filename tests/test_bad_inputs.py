@@ -195,6 +195,10 @@ def test_converted_exports_refuse_bad_files(capsys, run_dir, tmp_path):
   rc, err = _main(capsys, "convert", "--from-hf", tmp_path / "hf", "--out", tmp_path / "back")
   _one_line(rc, err, "--from-hf")
   assert not (tmp_path / "back").exists()
+  rc, err = _main(capsys, "train", TINY, "--workdir", tmp_path / "w", "--quiet", "--set",
+                  f"train.init_student={tmp_path / 'hf'}")
+  _one_line(rc, err, "train.init_student")
+  assert not (tmp_path / "w" / "checkpoints").exists()
 
 
 def test_all_pass_rates_in_0_1_say_uniform_once_per_round(capsys, tmp_path, monkeypatch):
@@ -269,3 +273,22 @@ def test_a_raising_user_verifier_is_one_line_or_wrong():
   V.take_counts()
   out = V.verify_batch(["a"] * 3, _problems(3), V.Guarded(boom, "mod:boom", errors="wrong"))
   assert out.tolist() == [True, True, False] and V.take_counts()["verify/errors"] == 1
+
+
+def test_safetensors_damage_is_seen_from_header_and_size(tmp_path):
+  from safetensors.numpy import save_file
+
+  from paced_jax.checkpoint import safetensors_damage
+
+  f = tmp_path / "model.safetensors"
+  save_file({"a": np.ones((4, 3), np.float32), "b": np.zeros(5, np.int32)}, str(f))
+  whole = f.read_bytes()
+  assert safetensors_damage(f) is None
+  f.write_bytes(whole[:-4])  # the last tensor cut short, header intact
+  assert "tensors end at byte" in safetensors_damage(f)
+  f.write_bytes(whole + b"\0")  # trailing bytes: not what was written
+  assert safetensors_damage(f) is not None
+  f.write_bytes(whole[:20])  # the header cut
+  assert "header of" in safetensors_damage(f)
+  f.write_bytes(whole[:8] + b"{" * (len(whole) - 8))
+  assert "unreadable header" in safetensors_damage(f)
