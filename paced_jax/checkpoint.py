@@ -190,11 +190,11 @@ _UNREADABLE = ("OUT_OF_RANGE", "DATA_LOSS", "Error reading", "Error opening", "c
                "Expecting value")
 
 
-def restore(mgr: ocp.CheckpointManager, step: int | None, *, params, opt_state,
-            passrates: dict) -> dict:
+def restore(mgr: ocp.CheckpointManager, step: int | None, *, params, opt_state) -> dict:
   """Restores onto the shardings of the given (live or abstract) trees; returns a dict with
-  params, opt_state, passrates, meta. Raises CheckpointError: incomplete, unreadable, or
-  written by another config."""
+  params, opt_state, passrates (host arrays as saved: a table written by an older version may
+  lack newer fields, see PassRateTable.from_state_dict), meta. Raises CheckpointError:
+  incomplete, unreadable, or written by another config."""
   step = mgr.latest_step() if step is None else step
   if step is None:
     raise ConfigError(f"no checkpoint in {mgr.directory}")
@@ -206,7 +206,7 @@ def restore(mgr: ocp.CheckpointManager, step: int | None, *, params, opt_state,
     out = mgr.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(_abstract(params)),
         opt_state=ocp.args.StandardRestore(_abstract(opt_state)),
-        passrates=ocp.args.StandardRestore({k: np.asarray(v) for k, v in passrates.items()}),
+        passrates=ocp.args.StandardRestore(),
         meta=ocp.args.JsonRestore()))
   except Exception as e:  # noqa: BLE001 -- TensorStore raises bare Exception for bad bytes
     text = f"{e} {e.__cause__ or ''}"

@@ -135,7 +135,8 @@ def cmd_estimate(args) -> int:
   verifier = verifier_from_config(cfg.paced)
   est = estimate_for_config(model, problems, tok, verifier, cfg, mesh,
                             rollouts=cfg.paced.rollouts, rng=jax.random.key(cfg.seed),
-                            progress=not args.quiet and is_main())
+                            progress=not args.quiet and is_main(),
+                            screen=cfg.paced.screen_rollouts)
   if not is_main():  # every process sampled its share; one writes
     return 0
   table = PassRateTable([p.id for p in problems])

@@ -193,6 +193,14 @@ class PacedConfig:
   refresh_every: int = 50  # R steps between re-estimates
   refresh_subset: int = 0  # problems re-estimated per refresh; 0: the whole pool
   merge: Literal["replace", "accumulate"] = "replace"
+  # Cheaper estimates. screen_rollouts = k0 > 0: k0 rollouts for every problem, the other K - k0
+  # only where the first k0 disagree (estimate.estimate_pass_rates, `screen`). skip_base < 1:
+  # GRESO-style skipping, a problem whose last z estimates had zero variance (all right or all
+  # wrong) is re-estimated with probability max(skip_base**z, skip_floor), else keeps its last
+  # estimate (frontier.skip_settled). Defaults: neither.
+  screen_rollouts: int = 0
+  skip_base: float = 1.0
+  skip_floor: float = 0.1
   verifier: str = "exact"  # "exact", "math", or "package.module:function"
   answer_marker: str = "####"
   verify_timeout_s: float = 5.0  # per response, every verifier; a timeout counts as wrong
@@ -209,6 +217,10 @@ class PacedConfig:
               ("eps", 0 <= self.eps <= 1, "in [0, 1]"), ("rollouts", self.rollouts >= 1, ">= 1"),
               ("refresh_every", self.refresh_every >= 1, ">= 1"),
               ("refresh_subset", self.refresh_subset >= 0, ">= 0 (0 is the whole pool)"),
+              ("screen_rollouts", 0 <= self.screen_rollouts < self.rollouts,
+               "in [0, paced.rollouts) (0: no screening)"),
+              ("skip_base", 0 < self.skip_base <= 1, "in (0, 1] (1: never skip)"),
+              ("skip_floor", 0 <= self.skip_floor <= 1, "in [0, 1]"),
               ("verify_timeout_s", self.verify_timeout_s > 0, "> 0"),
               ("verify_workers", self.verify_workers >= 1, ">= 1")]
     _check("paced", self, checks)

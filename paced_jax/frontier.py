@@ -32,7 +32,9 @@ from paced_jax.config import ConfigError, PacedConfig
 
 
 class PassRateTable:
-  """Per problem id: successes, trials and the training step of the last estimate (-1: never).
+  """Per problem id: successes, trials, the training step of the last estimate (-1: never) and
+  `settled`, how many of its latest estimates in a row had zero variance (every rollout right,
+  or every one wrong), which `skip_settled` reads.
 
   `update(..., merge="replace")` overwrites a problem's counts with the new estimate (fresh, the
   student has changed); "accumulate" adds them (more samples of a slowly changing student).
@@ -45,6 +47,7 @@ class PassRateTable:
     self.successes = np.zeros((0,), np.int64)
     self.trials = np.zeros((0,), np.int64)
     self.step = np.zeros((0,), np.int64)
+    self.settled = np.zeros((0,), np.int64)
     self.add(ids)
 
   def __len__(self) -> int:
@@ -64,6 +67,7 @@ class PassRateTable:
     self.successes = np.concatenate([self.successes, pad])
     self.trials = np.concatenate([self.trials, pad])
     self.step = np.concatenate([self.step, pad - 1])
+    self.settled = np.concatenate([self.settled, pad])
 
   def rows(self, ids: Sequence[str]) -> np.ndarray:
     missing = [i for i in ids if i not in self._index]
@@ -92,6 +96,8 @@ class PassRateTable:
       self.successes[uniq] += s_u.astype(np.int64)
       self.trials[uniq] += n_u.astype(np.int64)
     self.step[uniq] = step
+    zero_var = (s_u == 0) | (s_u == n_u)  # this estimate alone, whatever the merge
+    self.settled[uniq] = np.where(zero_var, self.settled[uniq] + 1, 0)
 
   def counts(self, ids: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(successes, trials) for `ids` (all problems, in table order, when None)."""
@@ -113,7 +119,8 @@ class PassRateTable:
     offsets = np.cumsum([0] + [len(e) for e in encoded]).astype(np.int64)
     return {"ids_utf8": np.frombuffer(b"".join(encoded), np.uint8).copy(),
             "ids_offsets": offsets, "successes": self.successes.copy(),
-            "trials": self.trials.copy(), "step": self.step.copy()}
+            "trials": self.trials.copy(), "step": self.step.copy(),
+            "settled": self.settled.copy()}
 
   @classmethod
   def from_state_dict(cls, state: dict) -> PassRateTable:
@@ -122,13 +129,16 @@ class PassRateTable:
     table.successes = np.asarray(state["successes"], np.int64).copy()
     table.trials = np.asarray(state["trials"], np.int64).copy()
     table.step = np.asarray(state["step"], np.int64).copy()
+    # Checkpoints written before `settled` existed restore with no history (nothing skipped).
+    table.settled = np.asarray(state.get("settled", np.zeros_like(table.step)), np.int64).copy()
     return table
 
   def _records(self) -> list[dict]:
     p = self.pass_rates()
     return [{"id": i, "successes": int(s), "trials": int(n),
-             "pass_rate": None if np.isnan(q) else float(q), "step": int(t)}
-            for i, s, n, q, t in zip(self._ids, self.successes, self.trials, p, self.step)]
+             "pass_rate": None if np.isnan(q) else float(q), "step": int(t), "settled": int(z)}
+            for i, s, n, q, t, z in zip(self._ids, self.successes, self.trials, p, self.step,
+                                        self.settled)]
 
   @classmethod
   def _from_records(cls, records: Iterable[dict]) -> PassRateTable:
@@ -137,6 +147,7 @@ class PassRateTable:
     table.successes = np.asarray([r["successes"] for r in records], np.int64)
     table.trials = np.asarray([r["trials"] for r in records], np.int64)
     table.step = np.asarray([r["step"] for r in records], np.int64)
+    table.settled = np.asarray([r.get("settled", 0) for r in records], np.int64)
     return table
 
   def to_jsonl(self, path: str | Path) -> None:
@@ -155,13 +166,25 @@ class PassRateTable:
 
     pq.write_table(pa.Table.from_pylist(self._records(), schema=pa.schema([
         ("id", pa.string()), ("successes", pa.int64()), ("trials", pa.int64()),
-        ("pass_rate", pa.float64()), ("step", pa.int64())])), str(path))
+        ("pass_rate", pa.float64()), ("step", pa.int64()), ("settled", pa.int64())])),
+        str(path))
 
   @classmethod
   def from_parquet(cls, path: str | Path) -> PassRateTable:
     import pyarrow.parquet as pq
 
     return cls._from_records(pq.read_table(str(path)).to_pylist())
+
+
+def skip_settled(settled, base: float, floor: float, rng: np.random.Generator) -> np.ndarray:
+  """GRESO-style skipping (Zheng et al. 2025, "Act Only When It Pays"): a problem whose last z
+  estimates all had zero variance is re-estimated with probability max(base**z, floor), else
+  skipped (True) and its previous estimate kept. z = 0 is always estimated; base = 1 skips
+  nothing; the floor keeps every settled problem explored. Unlike GRESO, base is fixed (GRESO
+  adapts it towards a target share of zero-variance prompts)."""
+  z = np.asarray(settled, np.int64)
+  keep = np.maximum(np.power(float(base), z), float(floor))
+  return rng.random(z.shape[0]) >= keep
 
 
 # ----------------------------------------------------------------------------- weights

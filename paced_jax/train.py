@@ -38,7 +38,8 @@ from paced_jax.data.pipeline import FrontierPipeline
 from paced_jax.data.sources import load_pool
 from paced_jax.data.tokenizer import load_tokenizer
 from paced_jax.evaluate import estimate_for_config, eval_off_reason, evaluate, load_eval_sets
-from paced_jax.frontier import PassRateTable, frontier_round, frontier_stats, frontier_weights
+from paced_jax.frontier import (PassRateTable, frontier_round, frontier_stats, frontier_weights,
+                                skip_settled)
 from paced_jax.metrics import MetricsWriter, progress_bar
 from paced_jax.preflight import check_run as preflight
 from paced_jax.rollout_data import on_policy_batch, teacher_references
@@ -265,12 +266,18 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
     subset = cfg.paced.refresh_subset
     idx = (np.sort(rng.choice(candidates, subset, replace=False))
            if 0 < subset < len(candidates) else candidates)
+    if cfg.paced.skip_base < 1:  # settled problems keep their last estimate (GRESO-style)
+      settled = run.table.settled[run.table.rows([run.problems[i].id for i in idx])]
+      skip = skip_settled(settled, cfg.paced.skip_base, cfg.paced.skip_floor,
+                          np.random.default_rng([cfg.seed, round_, 11]))
+      idx = idx[~skip]
+      metrics["frontier/skipped"] = float(skip.sum())
     chosen = [run.problems[i] for i in idx]
     t0 = time.perf_counter()
     est = estimate_for_config(
         _student(run, state), chosen, run.tokenizer, run.verifier, cfg, run.mesh,
         rollouts=cfg.paced.rollouts, rng=jax.random.fold_in(jax.random.key(cfg.seed), round_),
-        progress=progress)
+        progress=progress, screen=cfg.paced.screen_rollouts)
     run.table.update([p.id for p in chosen], est.successes, est.trials, step, cfg.paced.merge)
     run.compute["rollout_flops"] += est.flops
     metrics["frontier/estimate_seconds"] = time.perf_counter() - t0
@@ -334,8 +341,7 @@ def _save(run: Run, mgr, state, step: int, round_: int, force: bool = False) -> 
 def _restore(run: Run, mgr, state):
   """The newest intact checkpoint (unreadable newer ones are set aside with one warning line
   each, kept). Checks the data stream against the config before anything is written."""
-  out, bad = ckpt.restore_newest_intact(mgr, params=state.params, opt_state=state.opt_state,
-                                        passrates=run.table.state_dict())
+  out, bad = ckpt.restore_newest_intact(mgr, params=state.params, opt_state=state.opt_state)
   meta = out["meta"]
   try:
     table = PassRateTable.from_state_dict(out["passrates"])
