@@ -116,6 +116,10 @@ class DataConfig:
   synthetic_families: tuple[str, ...] = ()  # empty: every family
   synthetic_levels: int = 5
   synthetic_size: int = 2000  # problems in the train pool
+  # Relative weight of each level 1..synthetic_levels in the train pool (empty: round robin,
+  # every level equal). E.g. (5, 3, 2, 0, 0): half the pool at level 1, none at levels 4-5.
+  synthetic_level_weights: tuple[float, ...] = ()
+  synthetic_heldout_per_cell: int = 0  # test / probe problems per (family, level); 0: 40
   reference: Literal["dataset", "teacher"] = "dataset"
   references_per_problem: int = 1
   reference_cache: str = ""  # default: <workdir>/references
@@ -131,6 +135,15 @@ class DataConfig:
         raise ConfigError(f"data.{name}={getattr(self, name)} must be >= 1")
     if self.worker_count < 0:
       raise ConfigError(f"data.worker_count={self.worker_count} must be >= 0 (0: no workers)")
+    w = self.synthetic_level_weights
+    if w and (len(w) != self.synthetic_levels or not all(0 <= x < float("inf") for x in w)
+              or sum(w) <= 0):
+      raise ConfigError(f"data.synthetic_level_weights={w} must be {self.synthetic_levels} "
+                        "finite weights >= 0 (one per level, data.synthetic_levels), not all 0; "
+                        "empty: every level equal")
+    if self.synthetic_heldout_per_cell < 0:
+      raise ConfigError(f"data.synthetic_heldout_per_cell={self.synthetic_heldout_per_cell} "
+                        "must be >= 0 (0: 40)")
     for item in self.field_map:
       if item.count("=") != 1 or not all(item.split("=")):
         raise ConfigError(f"data.field_map entry {item!r} is not of the form "

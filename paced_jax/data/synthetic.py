@@ -13,6 +13,14 @@ Rules, so that a pool of any size needs no materialisation and never leaks:
 - Mixing. Problem i falls in cell i mod C of the C = families x levels cells, ordered
   (family 0, level 1), (family 0, level 2), ..., (family 1, level 1), ...: round robin, so every
   prefix of a split (an eval cap, say) is balanced over families and levels to within one problem.
+- Pool composition. With `data.synthetic_level_weights` (relative weight per level) the train
+  split keeps the family round robin (family i mod F) but gives the j-th problem of a family
+  (j = i // F) the level where frac((j + 1/2) / golden ratio) falls in the cumulative level
+  weights: a fixed low-discrepancy sequence, so every prefix of the split matches the weights
+  to within a few problems per family, with no rng and no materialisation. Equal weights are
+  the round robin. The held-out splits ignore the weights: they stay balanced per (family,
+  level), so accuracy per level is measured on every pool (weight it by the pool's composition
+  to score a pool, as benchmarks/phase_diagram.py does).
 - Held out by construction. Every prompt has a partition fixed by its hash:
   blake2b(prompt) mod 16 == 0 is "test", == 1 is "probe", anything else is "train". A split draws
   (and redraws with the same rng) until the prompt lies in its own partition, so test and probe
@@ -20,7 +28,8 @@ Rules, so that a pool of any size needs no materialisation and never leaks:
   and sort have ~1000 prompts) may repeat a prompt within a held-out split.
 - Splits. "train": `data.synthetic_size` problems over all levels. "test": 40 per
   (family, level). "probe": 40 per (family, level) at levels 1..2, the levels the student masters
-  before distillation, for measuring forgetting.
+  before distillation, for measuring forgetting. `data.synthetic_heldout_per_cell` changes the
+  40; the first 40 per cell stay the same problems (round robin).
 
 The TFDS builder `PacedSynthetic` ("paced_synthetic") writes the same three splits as
 array_record, offline and without TensorFlow:
@@ -46,7 +55,7 @@ from paced_jax.data.synthetic_families import FAMILIES, MARKER, MAX_LEVELS
 __all__ = [
     "MARKER", "MAX_LEVELS", "PROBE_LEVELS", "PROBE_PER_CELL", "SPLITS", "TEST_PER_CELL",
     "PacedSynthetic", "PacedSyntheticConfig", "SyntheticSource", "builder_config_name",
-    "families", "partition", "perturb", "prepare_synthetic", "synthetic_source",
+    "families", "level_weights", "partition", "perturb", "prepare_synthetic", "synthetic_source",
 ]
 
 SPLITS = {"train": 0, "test": 1, "probe": 2}  # the split code seeds the rng stream
@@ -55,6 +64,7 @@ PROBE_PER_CELL = 40
 PROBE_LEVELS = 2
 _PARTITION_MOD = 16
 _MAX_DRAWS = 100_000  # a held-out draw succeeds with probability 1/16; this never binds
+_INV_GOLDEN = (5 ** 0.5 - 1) / 2
 
 
 def families() -> tuple[str, ...]:
@@ -83,12 +93,17 @@ class SyntheticSource:
   family_names: tuple[str, ...]
   levels: tuple[int, ...]
   size: int
+  level_weights: tuple[float, ...] = ()  # cumulative, normalised; empty: round robin
 
   def __len__(self) -> int:
     return self.size
 
   def cell(self, i: int) -> tuple[str, int]:
     """(family, level) of problem i: round robin over families x levels."""
+    if self.level_weights:
+      u = ((i // len(self.family_names)) + 0.5) * _INV_GOLDEN % 1.0
+      k = min(int(np.searchsorted(self.level_weights, u, side="right")), len(self.levels) - 1)
+      return self.family_names[i % len(self.family_names)], self.levels[k]
     c = i % (len(self.family_names) * len(self.levels))
     return self.family_names[c // len(self.levels)], self.levels[c % len(self.levels)]
 
@@ -133,23 +148,47 @@ def _checked(data_cfg: DataConfig, split: str, seed: int) -> tuple[tuple[str, ..
   return tuple(names), data_cfg.synthetic_levels
 
 
+def level_weights(data_cfg: DataConfig) -> tuple[float, ...]:
+  """The train pool's share of each level 1..synthetic_levels (sums to 1; DataConfig checks
+  the raw weights). Empty weights, or all equal, are the round robin: equal shares."""
+  w = np.asarray(data_cfg.synthetic_level_weights or [1.0] * data_cfg.synthetic_levels, float)
+  return tuple(float(x) for x in w / w.sum())
+
+
+def _cumulative(data_cfg: DataConfig) -> tuple[float, ...]:
+  w = data_cfg.synthetic_level_weights
+  if not w or len(set(w)) == 1:
+    return ()  # round robin: today's pools, ids and prompts unchanged
+  return tuple(float(x) for x in np.cumsum(level_weights(data_cfg)))
+
+
 def synthetic_source(data_cfg: DataConfig, split: str = "train", seed: int = 0
                      ) -> SyntheticSource:
   """The `split` ("train", "test" or "probe") of the suite described by `data_cfg`."""
   names, num_levels = _checked(data_cfg, split, seed)
   levels = tuple(range(1, (min(PROBE_LEVELS, num_levels) if split == "probe" else num_levels) + 1))
   per_cell = {"test": TEST_PER_CELL, "probe": PROBE_PER_CELL}.get(split)
+  if per_cell is not None and data_cfg.synthetic_heldout_per_cell:
+    per_cell = data_cfg.synthetic_heldout_per_cell
   size = data_cfg.synthetic_size if per_cell is None else per_cell * len(names) * len(levels)
-  return SyntheticSource(split=split, seed=seed, family_names=names, levels=levels, size=size)
+  return SyntheticSource(split=split, seed=seed, family_names=names, levels=levels, size=size,
+                         level_weights=_cumulative(data_cfg) if split == "train" else ())
 
 
 # ----------------------------------------------------------------------------- TFDS builder
 
 
 def builder_config_name(data_cfg: DataConfig, seed: int = 0) -> str:
-  """The TFDS config name of a suite, e.g. "n2000_l5_s0" or "n40_l3_s1_add-sort"."""
+  """The TFDS config name of a suite, e.g. "n2000_l5_s0", "n40_l3_s1_add-sort", or with level
+  weights and held-out size "n2000_l5_s0_w0.5-0.3-0.2-0-0_h50" (weights as shares, 6
+  significant digits): different pools never share a name."""
   names, levels = _checked(data_cfg, "train", seed)
   suffix = "" if names == families() else "_" + "-".join(names)
+  if _cumulative(data_cfg):
+    suffix += "_w" + "-".join(f"{x:.6g}" for x in level_weights(data_cfg))
+  per_cell = data_cfg.synthetic_heldout_per_cell
+  if per_cell and per_cell != TEST_PER_CELL:
+    suffix += f"_h{per_cell}"
   return f"n{data_cfg.synthetic_size}_l{levels}_s{seed}{suffix}"
 
 
@@ -167,18 +206,24 @@ def _builder_classes() -> tuple[type, type]:
     levels: int = DataConfig.synthetic_levels
     seed: int = 0
     families: tuple[str, ...] = ()
+    level_weights: tuple[float, ...] = ()
+    heldout_per_cell: int = 0
 
     @classmethod
     def from_data_config(cls, data_cfg: DataConfig, seed: int = 0) -> PacedSyntheticConfig:
       return cls(name=builder_config_name(data_cfg, seed), size=data_cfg.synthetic_size,
                  levels=data_cfg.synthetic_levels, seed=seed,
                  families=tuple(data_cfg.synthetic_families),
+                 level_weights=tuple(data_cfg.synthetic_level_weights),
+                 heldout_per_cell=data_cfg.synthetic_heldout_per_cell,
                  description=f"{data_cfg.synthetic_size} train problems, levels "
                              f"1..{data_cfg.synthetic_levels}, seed {seed}")
 
     def data_config(self) -> DataConfig:
       return DataConfig(synthetic_size=self.size, synthetic_levels=self.levels,
-                        synthetic_families=tuple(self.families))
+                        synthetic_families=tuple(self.families),
+                        synthetic_level_weights=tuple(self.level_weights),
+                        synthetic_heldout_per_cell=self.heldout_per_cell)
 
   class PacedSynthetic(tfds.core.GeneratorBasedBuilder):
     """The paced_jax synthetic reasoning suite (arithmetic, sorting, counting)."""

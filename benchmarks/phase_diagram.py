@@ -1,0 +1,437 @@
+"""Where frontier weighting pays: PACED against uniform as the pool's mastered share grows.
+
+The study of benchmarks/pace_vs_baselines.py, repeated over pools of different composition
+(`data.synthetic_level_weights`), regimes (losses) and K, at equal compute within each
+(pool, regime, K) cell. Tables, figure and commands: benchmarks/results/phase_diagram.md.
+
+    python benchmarks/phase_diagram.py --config configs/demo.py:tiny --pools m0 m50 \\
+        --arms uniform paced --seeds 0 --budget-steps 2 --eval-problems 30 \\
+        --heldout-per-cell 2 --measure-problems 1 --measure-k 2 --mastered-levels 1 \\
+        --out /tmp/pd      # about a minute (compiles): checks the script, as the test does
+
+Steps:
+1. Levels. The starting student's pass rate p on --measure-problems train problems per level
+   (K = --measure-k rollouts each; resumable: <out>/levels.json). A level is "mastered" when its
+   mean p >= --mastered-p (or as --mastered-levels says), "hopeless" when <= --hopeless-p.
+2. Pools. "today" is the round robin (every level equal); "mNN" puts NN% of the pool on the
+   mastered levels and the rest on the other levels, equally. The pool's p histogram is the
+   per-level measurement weighted by the composition; its p = 1 share is the mastered fraction
+   on the figure's x axis.
+3. Runs. Per cell (pool, regime, K), the arms of benchmarks/pace_vs_baselines.py at equal
+   FLOPs: the budget is what `uniform`, seed --budget-seed, spends in --budget-steps steps (train
+   steps plus every rollout). Regimes: fkl (forward KL on references, off-policy), on_policy
+   (reverse KL on the student's rollouts), two_stage (forward KL, then reverse KL; each arm
+   switches at half the steps its fkl run took at the same budget). A finished run
+   (eval_after.json) is read, not rerun, so a command can be split by pools, arms, seeds,
+   regimes or K and rerun safely; every command summarises all finished runs under --out.
+4. Evaluation. Held-out test split, --heldout-per-cell problems per (family, level) (750 at 75
+   and 2 families x 5 levels) x --eval-samples samples, before and after each run; no evals in
+   between unless --eval-every. The pool's score is the test accuracy per level weighted by the
+   pool's composition (what the pool asks for); the level-balanced accuracy is reported beside
+   it. Forgetting: the probe split (levels 1-2, 300 problems at 75 per cell and 2 families), before - after.
+   Differences to uniform are paired by seed: mean ± standard error over seeds; "eval SE" is
+   the binomial bound on one difference's evaluation noise, sqrt(2 sum_l w_l^2 a_l(1-a_l)/(n_l k)).
+
+To reproduce the sweep (each command <= 2 h on a shared 2-core CPU; run in order; finished runs
+are read, not rerun). Cost measured at this size: a uniform run of 30 steps with its two
+1,050-problem x 8-sample evals took 61 s, PACED's 95 s (23% of its FLOPs on estimates), so at
+200 budget steps about 2.5 and 4 min a run, 15 runs per pool ~ 55-80 min. The student is
+configs/demo_models.py:student_strong on families add and sort: it masters levels 1-2 (mean p
+0.95, 0.91; levels 3-5 0.81, 0.69, 0.54), so pools m0 / m50 / m90 have p = 1 shares of about
+0.17 / 0.41 / 0.60.
+
+    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --pools m0    # part 1: 15 fkl runs, ~1-1.5 h
+    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --pools m50   # part 2, the same
+    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --pools m90   # part 3, the same
+    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --pools m0 m50 m90 --report-only --write-results   # minutes: tables + figure
+    # not yet timed (on-policy batches are rollouts; split by --arms if a part runs long):
+    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --regimes on_policy --pools P   # P = m0, then the pool where fkl gains most
+    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --regimes two_stage --pools P   # the same pools
+    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --pools P --arms uniform paced posterior dapo --k 4 8   # K = 8 at one point
+    # then the report command again, with every pool and regime run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import functools
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import pace_vs_baselines as base  # noqa: E402  (the arms, one run, the environment line)
+
+REGIMES = {"fkl": ("loss.mode=distill", "loss.divergence=auto"),
+           "on_policy": ("loss.mode=on_policy", "loss.divergence=auto"),
+           "two_stage": ("loss.mode=two_stage", "loss.divergence=auto")}
+DEFAULT_ARMS = ("uniform", "paced", "posterior", "dapo", "akl")
+
+
+# ----------------------------------------------------------------------------- levels, pools
+
+
+def measure_levels(args, log) -> dict:
+  """Per level: the starting student's p on --measure-problems train problems (K rollouts)."""
+  path = Path(args.out) / "levels.json"
+  if path.exists():
+    return json.loads(path.read_text())
+  import jax
+  import numpy as np
+  from flax import nnx
+
+  from paced_jax.config import load_config
+  from paced_jax.data.synthetic import synthetic_source
+  from paced_jax.evaluate import estimate_for_config
+  from paced_jax.train import setup
+
+  cfg = load_config(args.config, ["eval.max_problems=0", *args.set])
+  run, state = setup(cfg, Path(args.out) / "levels", progress=False)
+  data = dataclasses.replace(cfg.data, synthetic_level_weights=())
+  src = synthetic_source(data, "train", seed=cfg.seed)
+  n_cells = len(src.family_names) * len(src.levels)
+  idx = range(min(len(src), args.measure_problems * n_cells))
+  problems = [src[i] for i in idx]
+  est = estimate_for_config(nnx.merge(run.student_def, state.params), problems, run.tokenizer,
+                            run.verifier, cfg, run.mesh, rollouts=args.measure_k,
+                            rng=jax.random.key(7))
+  run.pipeline.close()
+  run.writer.close()
+  p = est.successes / est.trials
+  out = {"k": args.measure_k, "levels": {}}
+  for level in src.levels:
+    ps = p[[j for j, q in enumerate(problems) if q.difficulty == level]]
+    hist = np.bincount(np.rint(ps * args.measure_k).astype(int), minlength=args.measure_k + 1)
+    out["levels"][str(level)] = {"n": len(ps), "p_mean": float(ps.mean()),
+                                 "hist": hist.tolist()}
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(out, indent=1))
+  return out
+
+
+def classify(levels: dict, args) -> dict[str, list[int]]:
+  means = {int(k): v["p_mean"] for k, v in levels["levels"].items()}
+  mastered = args.mastered_levels or [lv for lv, m in means.items() if m >= args.mastered_p]
+  hopeless = [lv for lv, m in means.items() if m <= args.hopeless_p and lv not in mastered]
+  return {"mastered": sorted(mastered), "hopeless": hopeless,
+          "frontier": [lv for lv in means if lv not in mastered and lv not in hopeless]}
+
+
+def pool_weights(name: str, levels: dict, classes: dict) -> tuple[float, ...]:
+  """'today': every level equal; 'mNN': NN% on the mastered levels, the rest on the others."""
+  all_levels = sorted(int(k) for k in levels["levels"])
+  if name == "today":
+    return tuple(1.0 / len(all_levels) for _ in all_levels)
+  if not (name.startswith("m") and name[1:].isdigit() and int(name[1:]) <= 100):
+    raise SystemExit(f"pool {name!r}: use 'today' or mNN (NN% of the pool on mastered levels)")
+  frac, mastered = int(name[1:]) / 100, classes["mastered"]
+  if frac and not mastered:
+    raise SystemExit(
+        f"pool {name}: the starting student masters no level (mean p per level "
+        + ", ".join(f"{k}: {v['p_mean']:.2f}" for k, v in levels["levels"].items())
+        + "); start from a stronger student (--set train.init_student=DIR) or name the levels "
+        "(--mastered-levels)")
+  rest = [lv for lv in all_levels if lv not in mastered]
+  return tuple((frac / len(mastered) if lv in mastered else (1 - frac) / len(rest))
+               for lv in all_levels)
+
+
+def pool_histogram(levels: dict, weights) -> list[float]:
+  """Share of the pool at p = j/K, j = 0..K: the per-level histograms mixed by the weights."""
+  k = levels["k"]
+  out = [0.0] * (k + 1)
+  for w, (_, v) in zip(weights, sorted(levels["levels"].items(), key=lambda kv: int(kv[0]))):
+    for j, c in enumerate(v["hist"]):
+      out[j] += w * c / max(v["n"], 1)
+  return out
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def cell_dir(args, pool: str, regime: str, k: int, arm: str) -> Path:
+  # Uniform forward KL draws no rollouts: its runs are shared by every K of a pool.
+  kk = args.k[0] if (regime == "fkl" and arm == "uniform") else k
+  return Path(args.out) / pool / (regime if kk == args.k[0] else f"{regime}_k{kk}")
+
+
+def run_one(args, pool, regime, k, arm, seed, weights, budget, log) -> dict:
+  ns = copy.copy(args)
+  ns.out = str(cell_dir(args, pool, regime, k, arm))
+  extra = [f"data.synthetic_level_weights={','.join(f'{w:.6g}' for w in weights)}",
+           f"data.synthetic_heldout_per_cell={args.heldout_per_cell}",
+           f"eval.samples={args.eval_samples}", f"paced.rollouts={k}", *REGIMES[regime],
+           *args.set]
+  if budget is None:  # the budget run: a fixed step count
+    extra.append(f"train.steps={args.budget_steps}")
+    total = args.budget_steps
+  else:
+    extra.append(f"train.max_flops={budget!r}")
+    total = args.budget_steps * 3
+  if regime == "two_stage":
+    fkl = run_one(args, pool, "fkl", k, arm, args.budget_seed, weights,
+                  None if arm == "uniform" else fkl_budget(args, pool, k, weights, log), log)
+    extra.append(f"loss.two_stage_switch={min(0.99, fkl['steps'] / 2 / total)!r}")
+  r = base.run_arm(ns, arm, seed, extra, log)
+  r.update(pool=pool, regime=regime, k=k, weights=list(weights))
+  return r
+
+
+def budget_for(args, pool, regime, k, weights, log) -> float:
+  """FLOPs of the cell's budget run (uniform, --budget-seed, --budget-steps): run or read."""
+  if regime == "fkl":
+    k = args.k[0]  # uniform forward KL draws no rollouts: one budget for every K
+  return run_one(args, pool, regime, k, "uniform", args.budget_seed, weights, None, log)["flops"]
+
+
+def fkl_budget(args, pool, k, weights, log) -> float:
+  return budget_for(args, pool, "fkl", k, weights, log)
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def pool_score(after: dict, weights) -> float:
+  """Test accuracy per level weighted by the pool's composition (over the levels evaluated)."""
+  got = [(w, after[f"eval/test/level_{lv}"]) for lv, w in enumerate(weights, 1)
+         if w and f"eval/test/level_{lv}" in after]
+  return sum(w * a for w, a in got) / sum(w for w, _ in got)
+
+
+def eval_se(after: dict, weights, n_per_level: int, samples: int) -> float:
+  var = sum(w * w * a * (1 - a) / (n_per_level * samples)
+            for w, a in ((w, after.get(f"eval/test/level_{lv}", 0.0))
+                         for lv, w in enumerate(weights, 1)))
+  return (2 * var) ** 0.5
+
+
+def summarise(results: list[dict], args, pools_info: dict) -> dict:
+  import numpy as np
+
+  def stat(vals):
+    vals = [float(v) for v in vals]
+    n = len(vals)
+    return {"mean": float(np.mean(vals)) if n else float("nan"), "n": n, "values": vals,
+            "se": float(np.std(vals, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")}
+
+  n_level = args.heldout_per_cell * pools_info["families"]
+  cells = {}
+  for r in results:
+    cells.setdefault((r["pool"], r["regime"], r["k"]), []).append(r)
+  out = []
+  for (pool, regime, k), rs in sorted(cells.items()):
+    w = pools_info["pools"][pool]["weights"]
+    uni = {r["seed"]: r for r in rs if r["arm"] == "uniform"}
+    for arm in sorted({r["arm"] for r in rs}, key=list(base.ARMS).index):
+      mine = [r for r in rs if r["arm"] == arm]
+      paired = [r for r in mine if r["seed"] in uni]
+      entry = {"pool": pool, "regime": regime, "k": k, "arm": arm,
+               "mastered_share": pools_info["pools"][pool]["p1_share"],
+               "score": stat([pool_score(r["after"], w) for r in mine]),
+               "balanced": stat([r["after"]["eval/test/overall"] for r in mine]),
+               "delta": stat([pool_score(r["after"], w) - pool_score(uni[r["seed"]]["after"], w)
+                              for r in paired]),
+               "delta_balanced": stat([r["after"]["eval/test/overall"]
+                                       - uni[r["seed"]]["after"]["eval/test/overall"]
+                                       for r in paired]),
+               "forgetting": stat([r["before"]["eval/probe/overall"] - r["after"]
+                                   ["eval/probe/overall"] for r in mine
+                                   if "eval/probe/overall" in r["before"]]),
+               "eval_se": float(np.mean([eval_se(r["after"], w, n_level, args.eval_samples)
+                                         for r in mine])),
+               "steps": float(np.mean([r["steps"] for r in mine])),
+               "rollout_share": float(np.mean([r["rollout_flops"] / r["flops"] for r in mine]))}
+      out.append(entry)
+  return {"cells": out}
+
+
+def write_markdown(path: Path, summary: dict, pools_info: dict, args, env: str) -> None:
+  pm = lambda s: f"{s['mean']:+.3f} ± {s['se']:.3f}" if s["n"] > 1 else (
+      f"{s['mean']:+.3f}" if s["n"] else "-")
+  lv = pools_info["levels"]
+  lines = [f"# Where frontier weighting pays: PACED vs uniform by pool composition ({env})", "",
+           f"Config {args.config} {' '.join('--set ' + s for s in args.set)}; budget per "
+           f"(pool, regime, K) = uniform seed {args.budget_seed} at {args.budget_steps} steps; "
+           f"held-out test {args.heldout_per_cell} per (family, level) x {args.eval_samples} "
+           f"samples; probe {args.heldout_per_cell} per (family, level 1-2).", "",
+           f"Starting student, mean p per level (K = {lv['k']}, {args.measure_problems} "
+           "problems per (family, level)): " + ", ".join(
+               f"level {k} {v['p_mean']:.2f}" for k, v in sorted(lv["levels"].items()))
+           + f"; mastered {pools_info['classes']['mastered']}, hopeless "
+             f"{pools_info['classes']['hopeless']}.", "",
+           "| pool | level weights | p = 0 | 0 < p < 1 | p = 1 | p histogram (j/K, j = 0..K) |",
+           "|---|---|---|---|---|---|"]
+  for name, info in pools_info["pools"].items():
+    h = info["hist"]
+    lines.append(f"| {name} | {', '.join(f'{w:.2f}' for w in info['weights'])} | {h[0]:.2f} | "
+                 f"{sum(h[1:-1]):.2f} | {h[-1]:.2f} | {' '.join(f'{x:.2f}' for x in h)} |")
+  lines += ["", "Score = held-out accuracy weighted by the pool's level composition; Δ = arm - "
+            "uniform, paired by seed, mean ± SE over seeds (per-seed values in brackets); eval "
+            "SE = binomial bound on one paired difference's evaluation noise; forgetting = "
+            "probe before - after."]
+  for regime in dict.fromkeys(c["regime"] for c in summary["cells"]):
+    lines += ["", f"## {regime}", "",
+              "| pool | p = 1 share | K | arm | score | Δ uniform (pool) | Δ uniform (balanced) "
+              "| eval SE | forgetting | steps | rollout share |", "|---" * 11 + "|"]
+    for c in summary["cells"]:
+      if c["regime"] != regime:
+        continue
+      d = c["delta"]
+      vals = " (" + ", ".join(f"{v:+.3f}" for v in d["values"]) + ")" if d["n"] else ""
+      lines.append(f"| {c['pool']} | {c['mastered_share']:.2f} | {c['k']} | {c['arm']} | "
+                   f"{c['score']['mean']:.3f} | {pm(d)}{vals} | {pm(c['delta_balanced'])} | "
+                   f"{c['eval_se']:.3f} | {pm(c['forgetting'])} | {c['steps']:.0f} | "
+                   f"{c['rollout_share']:.0%} |")
+  lines += ["", "To reproduce (each command <= 2 h on a 2-core CPU; finished runs are read, "
+            "not rerun; the report command writes these files):", "", "```",
+            *COMMANDS, "```", "", f"This file was written by: `{args.command}`"]
+  path.write_text("\n".join(lines) + "\n")
+
+
+def plot(path: Path, summary: dict, arm: str = "paced") -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for regime in dict.fromkeys(c["regime"] for c in summary["cells"]):
+    cs = sorted((c for c in summary["cells"] if c["regime"] == regime and c["arm"] == arm
+                 and c["delta"]["n"] and c["k"] == summary["k0"]),
+                key=lambda c: c["mastered_share"])
+    if not cs:
+      continue
+    x = [c["mastered_share"] for c in cs]
+    se = [c["delta"]["se"] if c["delta"]["n"] > 1 else 0.0 for c in cs]
+    line = ax.errorbar(x, [c["delta"]["mean"] for c in cs], yerr=se, marker="o", capsize=3,
+                       label=f"{regime} (mean ± SE)")
+    for c in cs:
+      ax.scatter([c["mastered_share"]] * c["delta"]["n"], c["delta"]["values"], s=12,
+                 color=line[0].get_color(), alpha=0.5)
+  ax.axhline(0, color="gray", lw=0.8)
+  ax.set(xlabel="mastered fraction of the pool (starting student's p = 1 share)",
+         ylabel=f"{arm} - uniform, held-out pool score",
+         title="PACED's gain over uniform at equal compute (dots: seeds)")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _commands() -> list[str]:
+  text = __doc__.split("To reproduce the sweep", 1)[1].split("\n\n", 2)[1]
+  return [line.strip() for line in text.splitlines()]
+
+
+COMMANDS = _commands()
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--config", default="configs/demo.py")
+  ap.add_argument("--set", nargs="*", default=[], help="config overrides for every run")
+  ap.add_argument("--out", default="runs/phase_diagram")
+  ap.add_argument("--pools", nargs="+", default=["m0", "m25", "m50"])
+  ap.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=list(base.ARMS))
+  ap.add_argument("--regimes", nargs="+", default=["fkl"], choices=list(REGIMES))
+  ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+  ap.add_argument("--k", nargs="+", type=int, default=[4], help="rollouts per estimate; the "
+                  "first is the default K, others get their own cells")
+  ap.add_argument("--budget-seed", type=int, default=0)
+  ap.add_argument("--budget-steps", type=int, default=150)
+  ap.add_argument("--eval-every", type=int, default=100_000, help="intermediate evals (full "
+                  "size; default none)")
+  ap.add_argument("--eval-problems", type=int, default=750, help="cap per held-out split")
+  ap.add_argument("--eval-samples", type=int, default=8)
+  ap.add_argument("--heldout-per-cell", type=int, default=75)
+  ap.add_argument("--refresh-subset", type=int, default=256)
+  ap.add_argument("--measure-problems", type=int, default=40, help="per (family, level)")
+  ap.add_argument("--measure-k", type=int, default=8)
+  ap.add_argument("--mastered-p", type=float, default=0.85)
+  ap.add_argument("--hopeless-p", type=float, default=0.05)
+  ap.add_argument("--mastered-levels", nargs="*", type=int, default=[])
+  ap.add_argument("--report-only", action="store_true",
+                  help="run nothing: summarise the finished runs of --pools")
+  ap.add_argument("--write-results", action="store_true",
+                  help="also write benchmarks/results/phase_diagram.{md,json,png}")
+  args = ap.parse_args(argv)
+  args.command = shlex.join(["python", "benchmarks/phase_diagram.py",
+                             *(sys.argv[1:] if argv is None else argv)])
+  os.chdir(ROOT)
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", str(Path(args.out).absolute() / ".jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  log = functools.partial(print, flush=True)
+  t_start = time.perf_counter()
+  levels = measure_levels(args, log)
+  classes = classify(levels, args)
+  log("starting student, mean p per level: " + ", ".join(
+      f"{k}: {v['p_mean']:.2f}" for k, v in sorted(levels["levels"].items()))
+      + f"; mastered {classes['mastered']}, hopeless {classes['hopeless']}")
+  from paced_jax.config import load_config
+
+  cfg = load_config(args.config, args.set)
+  pools = {}
+  for name in args.pools:
+    w = pool_weights(name, levels, classes)
+    h = pool_histogram(levels, w)
+    pools[name] = {"weights": list(w), "hist": h, "p1_share": h[-1]}
+    log(f"pool {name}: level weights {', '.join(f'{x:.2f}' for x in w)}; p histogram (j/"
+        f"{levels['k']}) {' '.join(f'{x:.2f}' for x in h)}; p=0 {h[0]:.2f}, p=1 {h[-1]:.2f}")
+  todo = [(pool, regime, k, arm, seed) for pool in args.pools for regime in args.regimes
+          for k in args.k for arm in args.arms for seed in args.seeds
+          if not (k != args.k[0] and regime == "fkl" and arm == "uniform")
+          and not args.report_only]
+  for j, (pool, regime, k, arm, seed) in enumerate(todo, 1):
+    t0 = time.perf_counter()
+    w = pools[pool]["weights"]
+    budget = budget_for(args, pool, regime, k, w, log)
+    is_budget_run = arm == "uniform" and seed == args.budget_seed
+    r = run_one(args, pool, regime, k, arm, seed, w, None if is_budget_run else budget, log)
+    el = time.perf_counter() - t_start
+    log(f"[{j}/{len(todo)}] {pool} {regime} K={k} {arm} seed {seed}: score "
+        f"{pool_score(r['after'], w):.3f} (before {pool_score(r['before'], w):.3f}), "
+        f"{r['steps']} steps, {time.perf_counter() - t0:.0f} s; elapsed {el / 60:.1f} min, "
+        f"eta {el / j * (len(todo) - j) / 60:.0f} min")
+  # Every finished run under --out, not only this command's: the parts add up.
+  results = []
+  pools_info = {"levels": levels, "classes": classes, "pools": pools,
+                "families": len(cfg.data.synthetic_families) or 6}
+  for name in pools:
+    for d in sorted((Path(args.out) / name).glob("*/*/seed_*/eval_after.json")):
+      regime_dir, arm, seed = d.parts[-4], d.parts[-3], int(d.parts[-2][5:])
+      regime, _, kk = regime_dir.partition("_k")
+      if regime_dir in REGIMES:
+        regime, kk = regime_dir, ""
+      k = int(kk) if kk else args.k[0]
+      r = base.run_arm(argparse.Namespace(out=str(d.parents[2])), arm, seed, [], log)
+      r.update(pool=name, regime=regime, k=k)
+      results.append(r)
+      if regime == "fkl" and arm == "uniform":  # shared by every K of the pool
+        results += [dict(r, k=k2) for k2 in args.k[1:]]
+  summary = summarise(results, args, pools_info)
+  summary["k0"] = args.k[0]
+  env = base.environment()
+  payload = {"env": env, "args": vars(args), "pools": pools_info, "summary": summary,
+             "runs": results}
+  dests = [Path(args.out)] + ([ROOT / "benchmarks" / "results"] if args.write_results else [])
+  for dest in dests:
+    (dest / "phase_diagram.json").write_text(json.dumps(payload, indent=1))
+    write_markdown(dest / "phase_diagram.md", summary, pools_info, args, env)
+    plot(dest / "phase_diagram.png", summary)
+  print((Path(args.out) / "phase_diagram.md").read_text())
+  log(f"done in {(time.perf_counter() - t_start) / 60:.1f} min; wrote "
+      + ", ".join(str(d / "phase_diagram.md") for d in dests))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
