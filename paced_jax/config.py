@@ -214,6 +214,10 @@ class PacedConfig:
   screen_rollouts: int = 0
   skip_base: float = 1.0
   skip_floor: float = 0.1
+  # On-policy modes: a refresh's estimation rollouts serve as the student's training rows while
+  # at most this many steps old (each used once, counted once in FLOPs); 0: off, every on-policy
+  # row is sampled at its step. Rows up to R steps old are slightly off-policy.
+  reuse_rollouts: int = 0
   verifier: str = "exact"  # "exact", "math", or "package.module:function"
   answer_marker: str = "####"
   verify_timeout_s: float = 5.0  # per response, every verifier; a timeout counts as wrong
@@ -234,6 +238,7 @@ class PacedConfig:
                "in [0, paced.rollouts) (0: no screening)"),
               ("skip_base", 0 < self.skip_base <= 1, "in (0, 1] (1: never skip)"),
               ("skip_floor", 0 <= self.skip_floor <= 1, "in [0, 1]"),
+              ("reuse_rollouts", self.reuse_rollouts >= 0, ">= 0 steps (0: off)"),
               ("verify_timeout_s", self.verify_timeout_s > 0, "> 0"),
               ("verify_workers", self.verify_workers >= 1, ">= 1")]
     _check("paced", self, checks)
@@ -366,6 +371,13 @@ class Config:
       if limit and m is not None and limit > m.vocab_size:
         raise ConfigError(f"loss.vocab_limit={limit} exceeds the {role}'s vocab_size="
                           f"{m.vocab_size}; it is the tokenizer's real vocabulary, at most both")
+    if self.paced.reuse_rollouts and (self.loss.mode in ("distill", "sft")
+                                      or self.paced.weighting == "uniform"):
+      why = ("uniform weighting estimates nothing" if self.paced.weighting == "uniform" else
+             f"loss.mode={self.loss.mode} trains on no rollouts of the student")
+      raise ConfigError(f"paced.reuse_rollouts={self.paced.reuse_rollouts} has nothing to reuse: "
+                        f"{why}; set it to 0, or use loss.mode=on_policy, two_stage or "
+                        "self_distill with a frontier weighting")
     k = self.loss.teacher_top_k
     if k and limit and k > limit:
       raise ConfigError(f"loss.teacher_top_k={k} exceeds loss.vocab_limit={limit}")

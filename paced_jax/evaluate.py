@@ -69,7 +69,7 @@ def load_eval_sets(cfg: Config, splits=("test", "probe"), train=None) -> list[Ev
 def estimate_for_config(model, problems, tokenizer, verifier, cfg: Config, mesh, *,
                         rollouts: int, rng, knobs: Knobs | None = None,
                         batch_size: int | None = None, progress: bool = False,
-                        screen: int = 0):
+                        screen: int = 0, keep_rollouts: bool = False):
   """`estimate_pass_rates` with the prompt encoding, stop/pad ids, buckets and workers a run's
   config implies (shared by training refreshes, `paced estimate` and evaluation). `screen`:
   paced.screen_rollouts for pass-rate estimates; evaluation (avg@k) never screens."""
@@ -80,7 +80,7 @@ def estimate_for_config(model, problems, tokenizer, verifier, cfg: Config, mesh,
       eos_id=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
       batch_size=cfg.sample.batch_size if batch_size is None else batch_size,
       prompt_buckets=cfg.sample.prompt_buckets, budget_buckets=cfg.sample.budget_buckets,
-      keep_rollouts=False, verify_workers=cfg.paced.verify_workers, progress=progress,
+      keep_rollouts=keep_rollouts, verify_workers=cfg.paced.verify_workers, progress=progress,
       strategy=Sample(cfg.loss.vocab_limit),  # padding ids (loss.vocab_limit) never drawn
       screen=screen)
 

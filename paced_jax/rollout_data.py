@@ -59,19 +59,91 @@ def teacher_references(cfg: Config, wd: Path, source, teacher: Decoder, tok, ver
                           progress=progress)
 
 
+class FreshRollouts:
+  """One refresh's estimation rollouts kept as on-policy training rows (paced.reuse_rollouts).
+
+  `take(i, step)` hands out problem i's next unused response (rollout order) while the round is
+  at most `max_age` steps old, else None. The responses are saved once per round under
+  `<workdir>/rollouts/round_R.npz` and the counts taken ride in the checkpoint's meta, so a
+  resumed run hands out exactly what an uninterrupted one would."""
+
+  def __init__(self, max_age: int):
+    self.max_age, self.round, self.step = max_age, -1, -1
+    self.rows: dict[int, list[np.ndarray]] = {}
+    self.used: dict[int, int] = {}
+
+  def set(self, round_: int, step: int, index, rollouts, path: Path | None = None) -> None:
+    """index[j] is the pool index of `rollouts[j]` (estimate.Rollout, problem-major)."""
+    self.round, self.step, self.used = round_, step, {}
+    self.rows = {}
+    for i, r in zip(index, rollouts):
+      self.rows.setdefault(int(i), []).append(np.asarray(r.tokens, np.int32))
+    if path is not None:
+      flat = [(i, t) for i, ts in self.rows.items() for t in ts]
+      path.parent.mkdir(parents=True, exist_ok=True)
+      tmp = path.with_suffix(".tmp.npz")
+      np.savez(tmp, round=np.int64(round_), step=np.int64(step),
+               index=np.asarray([i for i, _ in flat], np.int64),
+               lengths=np.asarray([len(t) for _, t in flat], np.int64),
+               tokens=np.concatenate([t for _, t in flat] or [np.zeros(0, np.int32)]))
+      tmp.replace(path)
+
+  def take(self, i: int, step: int) -> np.ndarray | None:
+    rows = self.rows.get(int(i), ())
+    k = self.used.get(int(i), 0)
+    if step - self.step >= self.max_age or k >= len(rows):
+      return None
+    self.used[int(i)] = k + 1
+    return rows[k]
+
+  def state(self) -> dict:
+    return {"round": self.round, "used": {str(i): k for i, k in sorted(self.used.items())}}
+
+  def restore(self, state: dict, directory: Path) -> None:
+    """The round's responses from `directory/round_R.npz`, less those already taken."""
+    if state.get("round", -1) < 0:
+      return
+    path = directory / f"round_{state['round']:05d}.npz"
+    if not path.is_file():
+      raise ConfigError(f"{path} is missing: the checkpoint's round reuses its estimation "
+                        "rollouts (paced.reuse_rollouts); restore the file, or resume from an "
+                        "earlier checkpoint")
+    with np.load(path) as f:
+      self.round, self.step = int(f["round"]), int(f["step"])
+      ends = np.cumsum(f["lengths"])
+      self.rows = {}
+      for i, t in zip(f["index"], np.split(f["tokens"], ends[:-1]) if len(ends) else []):
+        self.rows.setdefault(int(i), []).append(t.astype(np.int32))
+    self.used = {int(i): int(k) for i, k in state["used"].items()}
+
+
 def on_policy_batch(run, state, batch: dict, step: int) -> dict:
-  """Replaces the reference responses of a sampled batch by fresh student rollouts."""
+  """Replaces the reference responses of a sampled batch by the student's rollouts: fresh ones
+  sampled now, or (paced.reuse_rollouts) this round's unused estimation rollouts. Only the
+  rows without one are sampled, padded to a power of two rows (few compiled shapes)."""
   cfg, tok, pool = run.cfg, run.tokenizer, run.pipeline.pool
   index = to_host(batch["index"])
   prompts = [pool.prompt(int(i)) for i in index]
-  out = generate(nnx.merge(run.student_def, state.params), [p.tolist() for p in prompts],
-                 strategy=Sample(cfg.loss.vocab_limit),
-                 rng=jax.random.fold_in(jax.random.key(cfg.seed + 1), step),
-                 knobs=Knobs.from_config(cfg.sample), eos_id=tok.stop_ids, pad_id=tok.pad_id,
-                 mesh=run.mesh, prompt_buckets=cfg.sample.prompt_buckets,
-                 budget_buckets=cfg.sample.budget_buckets)
-  toks, lens = to_host(out.tokens_BS), to_host(out.lengths_B)
-  run.compute["rollout_flops"] += output_flops(cfg.model, out)
+  fresh = getattr(run, "fresh", None)
+  got = [fresh.take(int(i), step) if fresh is not None else None for i in index]
+  missing = [b for b, t in enumerate(got) if t is None]
+  run.reused_rows = len(index) - len(missing)
+  if missing:
+    n = len(index) if len(missing) == len(index) else min(
+        1 << (len(missing) - 1).bit_length(), len(index))
+    rows = missing + [missing[0]] * (n - len(missing))
+    out = generate(nnx.merge(run.student_def, state.params), [prompts[b].tolist() for b in rows],
+                   strategy=Sample(cfg.loss.vocab_limit),
+                   rng=jax.random.fold_in(jax.random.key(cfg.seed + 1), step),
+                   knobs=Knobs.from_config(cfg.sample), eos_id=tok.stop_ids, pad_id=tok.pad_id,
+                   mesh=run.mesh, prompt_buckets=cfg.sample.prompt_buckets,
+                   budget_buckets=cfg.sample.budget_buckets)
+    run.compute["rollout_flops"] += output_flops(cfg.model, out)
+    sampled, sampled_lens = to_host(out.tokens_BS), to_host(out.lengths_B)
+    for j, b in enumerate(missing):
+      got[b] = sampled[j, :sampled_lens[j]]
+  toks = [np.asarray(t) for t in got]
+  lens = [len(t) for t in toks]
   priv = None
   if cfg.loss.mode == "self_distill":
     # The teacher scores the same response after a prompt that shows the reference solution.
@@ -89,7 +161,7 @@ def on_policy_batch(run, state, batch: dict, step: int) -> dict:
     raise ConfigError(f"problem {run.problems[int(index[b])].id!r}: its prompt (or privileged "
                       f"prompt, loss.privileged_template) leaves no room for a response in the "
                       f"largest data.length_buckets entry {longest}; add a larger bucket")
-  responses = [toks[b, :min(lens[b], room[b])] for b in range(len(index))]
+  responses = [toks[b][:min(lens[b], room[b])] for b in range(len(index))]
   T = pick_bucket(max(len(p) + len(r) for p, r in zip(prompts, responses)),
                   cfg.data.length_buckets)
   rows = pack_rows(prompts, responses, T, tok.pad_id)

@@ -42,7 +42,7 @@ from paced_jax.frontier import (PassRateTable, frontier_round, frontier_stats, f
                                 skip_settled)
 from paced_jax.metrics import MetricsWriter, progress_bar
 from paced_jax.preflight import check_run as preflight
-from paced_jax.rollout_data import on_policy_batch, teacher_references
+from paced_jax.rollout_data import FreshRollouts, on_policy_batch, teacher_references
 from paced_jax.models.resolve import resolve_models
 from paced_jax.models.transformer import Decoder
 from paced_jax.sharding import make_mesh, shard_init
@@ -94,6 +94,10 @@ class Run:
   # phases, where the student samples them), and the pass rates the round was built on.
   need_reference: bool = True
   pass_rates: Any = None
+  # paced.reuse_rollouts: this round's estimation rollouts as on-policy rows, and how many rows
+  # of the last on-policy batch came from them.
+  fresh: FreshRollouts | None = None
+  reused_rows: int = 0
 
   def flops(self) -> float:
     return sum(self.compute.values())
@@ -224,7 +228,8 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[R
   run = Run(cfg=cfg, workdir=wd, mesh=mesh, tokenizer=tok, student_def=nnx.graphdef(student),
             teacher_def=teacher_def, teacher_params=teacher_params, tx=tx, problems=problems,
             pipeline=pipeline, table=table, verifier=verifier,
-            writer=MetricsWriter(wd, enabled=is_main()), eval_sets=eval_sets)
+            writer=MetricsWriter(wd, enabled=is_main()), eval_sets=eval_sets,
+            fresh=FreshRollouts(cfg.paced.reuse_rollouts) if cfg.paced.reuse_rollouts else None)
   run.step_fn = step_lib.compile_train_step(cfg, mesh, state, run.student_def, teacher_params,
                                             teacher_def, tx)
   return run, state
@@ -256,32 +261,25 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
   are estimated; nothing is estimated when the weights cannot depend on it (uniform)."""
   cfg = run.cfg
   metrics: dict[str, float] = {}
+  idx = np.zeros(0, np.int64)
   if cfg.paced.weighting != "uniform":
-    rng = np.random.default_rng([cfg.seed, round_, 7])
-    pool = run.pipeline.pool
-    # Problems of either phase of the run (two_stage draws prompt-only rows later).
-    ok = samplable(run, True) | samplable(run, needs_reference(cfg, cfg.train.steps - 1))
-    ok &= pool.prompt_lens <= max(cfg.sample.prompt_buckets)
-    candidates = np.flatnonzero(ok)
-    subset = cfg.paced.refresh_subset
-    idx = (np.sort(rng.choice(candidates, subset, replace=False))
-           if 0 < subset < len(candidates) else candidates)
-    if cfg.paced.skip_base < 1:  # settled problems keep their last estimate (GRESO-style)
-      settled = run.table.settled[run.table.rows([run.problems[i].id for i in idx])]
-      skip = skip_settled(settled, cfg.paced.skip_base, cfg.paced.skip_floor,
-                          np.random.default_rng([cfg.seed, round_, 11]))
-      idx = idx[~skip]
-      metrics["frontier/skipped"] = float(skip.sum())
-    chosen = [run.problems[i] for i in idx]
+    idx = _to_estimate(run, round_, metrics)
+    metrics["frontier/estimated"] = len(idx)
+  chosen, kept = [run.problems[i] for i in idx], []
+  if chosen:
     t0 = time.perf_counter()
     est = estimate_for_config(
         _student(run, state), chosen, run.tokenizer, run.verifier, cfg, run.mesh,
         rollouts=cfg.paced.rollouts, rng=jax.random.fold_in(jax.random.key(cfg.seed), round_),
-        progress=progress, screen=cfg.paced.screen_rollouts)
+        progress=progress, screen=cfg.paced.screen_rollouts, keep_rollouts=run.fresh is not None)
     run.table.update([p.id for p in chosen], est.successes, est.trials, step, cfg.paced.merge)
     run.compute["rollout_flops"] += est.flops
     metrics["frontier/estimate_seconds"] = time.perf_counter() - t0
-    metrics["frontier/estimated"] = len(chosen)
+    kept = est.rollouts
+  if run.fresh is not None:
+    where = {p.id: i for p, i in zip(chosen, idx)}
+    run.fresh.set(round_, step, [where[r.problem_id] for r in kept], kept,
+                  run.workdir / "rollouts" / f"round_{round_:05d}.npz" if is_main() else None)
   metrics.update(apply_round(run, round_, needs_reference(cfg, step)))
   s, n = run.table.counts()
   stats = frontier_stats(s, n, run.pipeline.probs)
@@ -300,6 +298,30 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
     (run.workdir / "passrates").mkdir(exist_ok=True)
     run.table.to_jsonl(run.workdir / "passrates" / f"round_{round_:05d}.jsonl")
   return metrics
+
+
+def _to_estimate(run: Run, round_: int, metrics: dict) -> np.ndarray:
+  """Pool indices a refresh estimates: problems of either phase of the run that can be drawn
+  and sampled (two_stage draws prompt-only rows later), a random paced.refresh_subset of them,
+  less the settled problems skipped this round (paced.skip_base < 1, `frontier/skipped`)."""
+  cfg, pool = run.cfg, run.pipeline.pool
+  ok = samplable(run, True) | samplable(run, needs_reference(cfg, cfg.train.steps - 1))
+  ok &= pool.prompt_lens <= max(cfg.sample.prompt_buckets)
+  candidates = np.flatnonzero(ok)
+  subset = cfg.paced.refresh_subset
+  idx = (np.sort(np.random.default_rng([cfg.seed, round_, 7]).choice(
+      candidates, subset, replace=False)) if 0 < subset < len(candidates) else candidates)
+  if cfg.paced.skip_base < 1:  # settled problems keep their last estimate (GRESO-style)
+    settled = run.table.settled[run.table.rows([run.problems[i].id for i in idx])]
+    skip = skip_settled(settled, cfg.paced.skip_base, cfg.paced.skip_floor,
+                        np.random.default_rng([cfg.seed, round_, 11]))
+    metrics["frontier/skipped"] = float(skip.sum())
+    if is_main() and skip.any():  # which estimates are stale this round, for audits
+      (run.workdir / "passrates").mkdir(exist_ok=True)
+      (run.workdir / "passrates" / f"round_{round_:05d}.skipped.json").write_text(
+          json.dumps([run.problems[i].id for i in idx[skip]]))
+    idx = idx[~skip]
+  return idx
 
 
 def apply_round(run: Run, round_: int, need_reference: bool = True, table=None) -> dict:
@@ -334,6 +356,8 @@ def _save(run: Run, mgr, state, step: int, round_: int, force: bool = False) -> 
   meta = {"step": step, "round": round_, "data": run.pipeline.get_state(),
           "need_reference": run.need_reference,
           "model_config": to_dict(run.cfg.model), "compute": dict(run.compute)}
+  if run.fresh is not None:
+    meta["reuse"] = run.fresh.state()
   ckpt.save(mgr, step, params=state.params, opt_state=state.opt_state,
             passrates=run.table.state_dict(), meta=meta, force=force)
 
@@ -357,6 +381,8 @@ def _restore(run: Run, mgr, state):
   if bad:
     mgr.reload()
   run.compute.update(meta.get("compute", {}))
+  if run.fresh is not None and "reuse" in meta:
+    run.fresh.restore(meta["reuse"], run.workdir / "rollouts")
   state = step_lib.TrainState(step=jax.device_put(np.int32(meta["step"]), state.step.sharding),
                               params=out["params"], opt_state=out["opt_state"])
   return state, meta["step"], meta["round"]
@@ -450,6 +476,8 @@ def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals) 
         batch = on_policy_batch(run, state, batch, step)
       index = batch["index"]
       state, metrics = run.step_fn(state, run.teacher_params, batch)
+      if on_policy and run.fresh is not None:
+        metrics = {**metrics, "rollouts/reused_rows": np.float32(run.reused_rows)}
       run.compute["train_flops"] += _step_flops(run.cfg, batch["tokens"].shape)
       if pending is not None:  # read back step-1 while step runs
         last = _finish_step(run, pending, bar, t0, start)

@@ -53,7 +53,8 @@ def test_table_save_load_export_round_trip(tmp_path):
     for name in ("successes", "trials", "step"):
       np.testing.assert_array_equal(getattr(back, name), getattr(t, name))
   first = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[1])
-  assert first == {"id": "b", "successes": 3, "trials": 8, "pass_rate": 0.375, "step": 10}
+  assert first == {"id": "b", "successes": 3, "trials": 8, "pass_rate": 0.375, "step": 10,
+                   "settled": 0}
   import pyarrow.parquet as pq
   assert pq.read_table(tmp_path / "p.parquet").column("pass_rate").null_count == 2
 
