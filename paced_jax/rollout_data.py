@@ -120,7 +120,8 @@ class FreshRollouts:
 def on_policy_batch(run, state, batch: dict, step: int) -> dict:
   """Replaces the reference responses of a sampled batch by the student's rollouts: fresh ones
   sampled now, or (paced.reuse_rollouts) this round's unused estimation rollouts. Only the
-  rows without one are sampled, padded to a power of two rows (few compiled shapes)."""
+  rows without one are sampled, padded up to a quarter of the batch (at most 4 compiled
+  shapes; the padding rows are computed and counted)."""
   cfg, tok, pool = run.cfg, run.tokenizer, run.pipeline.pool
   index = to_host(batch["index"])
   prompts = [pool.prompt(int(i)) for i in index]
@@ -129,8 +130,8 @@ def on_policy_batch(run, state, batch: dict, step: int) -> dict:
   missing = [b for b, t in enumerate(got) if t is None]
   run.reused_rows = len(index) - len(missing)
   if missing:
-    n = len(index) if len(missing) == len(index) else min(
-        1 << (len(missing) - 1).bit_length(), len(index))
+    quarter = max(len(index) // 4, 1)
+    n = min(-(-len(missing) // quarter) * quarter, len(index))
     rows = missing + [missing[0]] * (n - len(missing))
     out = generate(nnx.merge(run.student_def, state.params), [prompts[b].tolist() for b in rows],
                    strategy=Sample(cfg.loss.vocab_limit),
