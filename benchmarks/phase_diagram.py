@@ -176,6 +176,8 @@ def run_one(args, pool, regime, k, arm, seed, weights, budget, log) -> dict:
   else:
     extra.append(f"train.max_flops={budget!r}")
     total = args.budget_steps * 3
+  # The arm's own loss settings (akl's divergence) win over the regime's loss.divergence=auto.
+  extra += [o for o in base.ARMS[arm] if o.startswith("loss.")]
   if regime == "two_stage":
     fkl = run_one(args, pool, "fkl", k, arm, args.budget_seed, weights,
                   None if arm == "uniform" else fkl_budget(args, pool, k, weights, log), log)

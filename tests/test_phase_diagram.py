@@ -60,3 +60,25 @@ def test_phase_diagram_runs_end_to_end_at_equal_compute(tmp_path):
   stamp = done.stat().st_mtime_ns
   assert pd.main(argv) == 0  # resumed: every run is read, none rerun
   assert done.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("regime,want", [("fkl", "akl"), ("on_policy", "akl")])
+def test_an_arms_loss_settings_win_over_the_regime(monkeypatch, tmp_path, regime, want):
+  """The akl arm trains with AKL in every regime (the regime's loss.divergence=auto once
+  overrode it, so 'akl' ran uniform forward KL)."""
+  from paced_jax.config import load_config
+
+  seen = {}
+
+  def fake_run_arm(ns, arm, seed, extra, log):
+    over = pd.base.common_overrides(ns) + list(pd.base.ARMS[arm]) + extra
+    seen["cfg"] = load_config("configs/demo.py:tiny", over)
+    return {"steps": 2}
+
+  monkeypatch.setattr(pd.base, "run_arm", fake_run_arm)
+  args = pd.argparse.Namespace(out=str(tmp_path), k=[4], heldout_per_cell=2, eval_samples=2,
+                               set=[], budget_steps=2, config="configs/demo.py:tiny",
+                               eval_every=1000, eval_problems=10, refresh_subset=0)
+  pd.run_one(args, "m0", regime, 4, "akl", 0, (1, 1, 1, 1, 1), 1e12, print)
+  cfg = seen["cfg"]
+  assert cfg.loss.divergence == want and cfg.loss.mode == {"fkl": "distill"}.get(regime, regime)
