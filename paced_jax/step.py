@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from paced_jax import losses
 from paced_jax.fused_loss import fused_divergence_loss
 from paced_jax.config import Config, ConfigError, TrainConfig
-from paced_jax.sharding import LOGICAL_RULES
+from paced_jax.sharding import LOGICAL_RULES, logical_sharding
 
 
 @flax.struct.dataclass
@@ -113,7 +113,10 @@ def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, te
   student = nnx.merge(student_def, params)
   R = min(cfg.data.max_response_len, batch["tokens"].shape[1])
   idx_s, valid = losses.scored_positions(batch["loss_mask"], R)
-  h_s = student.hidden(batch["tokens"], batch["positions"], batch.get("segment_ids"))
+  # Activations keep their rows over the batch mesh axes (forward and backward).
+  rows = (lambda x, axes: jax.lax.with_sharding_constraint(
+      x, logical_sharding(mesh, axes, x.shape))) if mesh is not None else None
+  h_s = student.hidden(batch["tokens"], batch["positions"], batch.get("segment_ids"), rows)
   h_s_BRD = losses.gather_positions(h_s, idx_s)
   targets = losses.gather_positions(batch["tokens"], jnp.minimum(idx_s + 1,
                                                                  batch["tokens"].shape[1] - 1))
@@ -127,7 +130,7 @@ def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, te
     if "teacher_loss_mask" in batch:
       idx_t, _ = losses.scored_positions(batch["teacher_loss_mask"], R)
     h_t_BRD = jax.lax.stop_gradient(
-        losses.gather_positions(teacher.hidden(t_tokens, t_pos, t_seg), idx_t))
+        losses.gather_positions(teacher.hidden(t_tokens, t_pos, t_seg, rows), idx_t))
     w_t = jax.lax.stop_gradient(_real_vocab(teacher.unembedding(), cfg.loss.vocab_limit))
   lc = cfg.loss
   if lc.teacher_top_k:  # config validation allows it only with off-policy forward KL
@@ -141,7 +144,10 @@ def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, te
   if lc.chunk_size > 0:  # fused: chunked logits, gradients in the same pass, no recompute
     loss, sums = fused_divergence_loss(
         h_t_BRD, w_t, h_s_BRD, w_s, valid, coef, kind, chunk=lc.chunk_size,
-        row_sharding=batch_sharding(mesh) if mesh is not None else None, **opts)
+        # The rows' sharding as the model lays out its activations (a mesh axis that does not
+        # divide B is dropped): a mismatch makes XLA replicate the hidden-state gradient.
+        row_sharding=(logical_sharding(mesh, ("batch",), h_s_BRD.shape[:1])
+                      if mesh is not None else None), **opts)
   else:  # the unchunked reference: [B, R, V] logits, plain autodiff
     sums, _ = losses.chunked_divergence(h_t_BRD, w_t, h_s_BRD, w_s, valid, kind, chunk=0,
                                         **opts)

@@ -191,3 +191,21 @@ def test_no_gather_of_rows_or_weights_inside_the_chunk_loop():
   assert bodies, "the fused loss compiles to a loop"
   in_loops = [l for b in bodies for l in comps.get(b, []) if "all-gather(" in l]
   assert not in_loops, in_loops[:3]
+
+
+def test_no_involuntary_rematerialisation_on_a_2x2x2_mesh(capfd):
+  # With data, fsdp and tensor all > 1, XLA once resharded the activations by replicating
+  # them ("Involuntary full rematerialization"): the embedding table's layout (D over fsdp)
+  # leaked into the residual stream. The step keeps rows over the batch axes and reads the table
+  # with whole rows.
+  import sys
+
+  sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+  from test_step import _batch, _cfg, _put, _setup
+
+  mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+  *_, state, tparams, step = _setup(_cfg(chunk_size=3), mesh)
+  capfd.readouterr()
+  step.lower(state, tparams, _put(_batch(0), mesh)).compile()
+  err = capfd.readouterr().err
+  assert "Involuntary full rematerialization" not in err, err[-1500:]

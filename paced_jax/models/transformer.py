@@ -242,22 +242,31 @@ class Decoder(nnx.Module):
 
   # -- full-sequence forward (training, scoring) --------------------------------------------
 
-  def hidden(self, tokens_BT, positions_BT=None, segment_ids_BT=None):
-    """Final-norm hidden states [B, T, D] for a whole sequence (causal, optional packing)."""
+  def hidden(self, tokens_BT, positions_BT=None, segment_ids_BT=None, constrain=None):
+    """Final-norm hidden states [B, T, D] for a whole sequence (causal, optional packing).
+
+    `constrain(x, logical_axes)`: a sharding constraint by logical axis names (e.g. from
+    `paced_jax.sharding.logical_sharding`), applied to the embedding table as it is read (its
+    rows whole: FSDP gathers weights, not activations) and to the residual stream after the
+    embedding and every block (rows over the batch axes). Without it XLA lets the table's
+    layout, D over fsdp, leak into the activations and reshards them by full
+    rematerialisation."""
     B, T = tokens_BT.shape
+    act = (lambda x: constrain(x, ("batch", "length", "act_embed"))) if constrain else (
+        lambda x: x)
     if positions_BT is None:
       positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     mask_BTS = jnp.tril(jnp.ones((T, T), bool))[None]
     if segment_ids_BT is not None:
       mask_BTS = mask_BTS & (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])
     mask_BTS = jnp.broadcast_to(mask_BTS, (B, T, T))
-    x_BTD = self._embed(tokens_BT)
+    x_BTD = act(self._embed(tokens_BT, constrain))
     inv_freq = rope_inv_freq(self.cfg)  # a trace-time constant, not a parameter
     apply = _block_apply
     if self.cfg.remat != "none":
       apply = nnx.remat(_block_apply, policy=REMAT_POLICIES[self.cfg.remat])
     for block in self.layers:
-      x_BTD = apply(block, x_BTD, positions_BT, mask_BTS, inv_freq)
+      x_BTD = act(apply(block, x_BTD, positions_BT, mask_BTS, inv_freq))
     return self.final_norm(x_BTD)
 
   def unembedding(self):
@@ -325,5 +334,8 @@ class Decoder(nnx.Module):
     h_BTD, cache = self.extend_hidden(tokens_BT, cache, lengths_B)
     return self.logits(h_BTD), cache
 
-  def _embed(self, tokens_BT):
-    return jnp.take(self.embed[...], tokens_BT, axis=0).astype(self.dtype)
+  def _embed(self, tokens_BT, constrain=None):
+    table = self.embed[...]
+    if constrain is not None:
+      table = constrain(table, ("vocab", None))
+    return jnp.take(table, tokens_BT, axis=0).astype(self.dtype)
