@@ -329,6 +329,18 @@ def environment() -> str:
           f"flax {flax.__version__}, {time.strftime('%Y-%m-%d')}")
 
 
+def study_start(args, argv, script: str):
+  """Records the command line (args.command), runs from the repository root with a persistent
+  compilation cache under --out; returns the flushing log function."""
+  args.command = shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
+  os.chdir(ROOT)
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", str(Path(args.out).absolute() / ".jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return functools.partial(print, flush=True)
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--config", default="configs/demo.py")
@@ -346,14 +358,7 @@ def main(argv=None) -> int:
                   help="also write benchmarks/results/NAME.{md,json} and PNGs")
   ap.add_argument("--name", default="pace_vs_baselines", help="NAME of the result files")
   args = ap.parse_args(argv)
-  args.command = shlex.join(["python", "benchmarks/pace_vs_baselines.py",
-                             *(sys.argv[1:] if argv is None else argv)])
-  os.chdir(ROOT)
-  import jax
-
-  jax.config.update("jax_compilation_cache_dir", str(Path(args.out).absolute() / ".jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  log = functools.partial(print, flush=True)
+  log = study_start(args, argv, "benchmarks/pace_vs_baselines.py")
   t_start = time.perf_counter()
   log(f"study: arms {args.arms}, seeds {args.seeds}, into {args.out}")
   first = args.seeds[0]

@@ -56,10 +56,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import functools
 import json
-import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -364,14 +361,7 @@ def main(argv=None) -> int:
   ap.add_argument("--write-results", action="store_true",
                   help="also write benchmarks/results/phase_diagram.{md,json,png}")
   args = ap.parse_args(argv)
-  args.command = shlex.join(["python", "benchmarks/phase_diagram.py",
-                             *(sys.argv[1:] if argv is None else argv)])
-  os.chdir(ROOT)
-  import jax
-
-  jax.config.update("jax_compilation_cache_dir", str(Path(args.out).absolute() / ".jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  log = functools.partial(print, flush=True)
+  log = base.study_start(args, argv, "benchmarks/phase_diagram.py")
   t_start = time.perf_counter()
   levels = measure_levels(args, log)
   classes = classify(levels, args)
