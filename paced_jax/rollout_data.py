@@ -29,10 +29,14 @@ def teacher_references(cfg: Config, wd: Path, source, teacher: Decoder, tok, ver
   from paced_jax.data.references import build_references
 
   K = cfg.data.references_per_problem
+  where = {source[i].id: i for i in range(len(source))}
 
   def generate_fn(problems):
     prompts = [encode_prompt(tok, p.prompt, cfg.data.chat_template) for p in problems]
+    # Response k of pool problem i draws RNG stream i * K + k (chunks are runs of consecutive
+    # problems), so references do not depend on how generation is chunked.
     out = generate(teacher, prompts, rng=jax.random.key(cfg.seed + 3), rollouts=K,
+                   row_offset=where[problems[0].id] * K,
                    strategy=Sample(cfg.loss.vocab_limit),
                    knobs=Knobs.from_config(cfg.sample), eos_id=tok.stop_ids, pad_id=tok.pad_id,
                    mesh=mesh, prompt_buckets=cfg.sample.prompt_buckets,

@@ -87,3 +87,30 @@ def test_dataset_references_and_errors(tmp_path):
   with pytest.raises(ValueError, match="returned 1 candidate lists for 2"):
     build_references(src, DataConfig(reference="teacher", reference_cache=str(tmp_path)),
                      generate_fn=lambda ps: [["x"]], verify=verify)
+
+
+def test_teacher_references_do_not_depend_on_the_chunking(tmp_path):
+  """Response k of problem i draws stream i * K + k: generating 1 problem per chunk or all at
+  once gives the same references (every chunk used to reuse the first chunk's streams)."""
+  from flax import nnx
+
+  from paced_jax.config import load_config
+  from paced_jax.data.sources import load_pool
+  from paced_jax.data.tokenizer import load_tokenizer
+  from paced_jax.models import Decoder
+  from paced_jax.rollout_data import teacher_references
+  from paced_jax.sharding import make_mesh
+
+  out = []
+  for rows in (2, 64):  # K = 2 rollouts: chunks of 1 problem, then of 32
+    cfg = load_config("configs/demo.py:tiny", [
+        "data.reference=teacher", "data.references_per_problem=2", f"sample.batch_size={rows}",
+        "data.synthetic_size=6", "sample.temperature=1.0"])
+    source = load_pool(cfg.data, "train", seed=cfg.seed)
+    teacher = Decoder(cfg.teacher, rngs=nnx.Rngs(0))
+    tok = load_tokenizer(cfg.data.tokenizer)
+    refs = teacher_references(cfg, tmp_path / f"r{rows}", source, teacher, tok,
+                              lambda text, problem: True, make_mesh(cfg.mesh))
+    out.append([[r if isinstance(r, str) else r["text"] for r in rs] for rs in refs])
+  assert out[0] == out[1]
+  assert len({rs[0] for rs in out[0]}) > 1  # problems differ from each other
