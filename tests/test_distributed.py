@@ -43,6 +43,7 @@ def _params(workdir, step, like=None):
   return ocp.StandardCheckpointer().restore(path, target)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path, monkeypatch):
   # The tiny student solves nothing under the exact verifier, so every pass rate would be 0
   # whatever the rollouts: this verifier's outcome is a function of the sampled text instead.

@@ -71,6 +71,7 @@ def _metrics(wd):
   return [{k: v for k, v in m.items() if k not in TIMING} for m in read_metrics(wd)]
 
 
+@pytest.mark.slow
 def test_kill_9_at_five_points_then_rerun_equals_an_uninterrupted_run(tmp_path):
   straight, wd = tmp_path / "straight", tmp_path / "killed"
   rc, err = _run(tmp_path, straight)

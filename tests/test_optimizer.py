@@ -117,6 +117,7 @@ def _ref_loss(student, teacher, batch):
   return jnp.sum(tok * m) / jnp.sum(m)
 
 
+@pytest.mark.slow
 def test_train_steps_match_numpy_adamw():
   mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   student_cfg = get_preset("tiny-qwen2")

@@ -3,9 +3,12 @@
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+@pytest.mark.slow
 def test_readme_python_blocks_run():
   blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
   assert blocks, "README has no python examples"

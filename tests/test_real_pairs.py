@@ -53,6 +53,7 @@ def _paced(*argv):
   return cli.main([str(a) for a in argv])
 
 
+@pytest.mark.slow
 def test_recipe_runs_on_stand_in_directories(pair, tmp_path):
   """The recipe with only the three paths (its presets say 8B / 0.6B): trains the directories'
   models, config.json and the checkpoint record them, FLOPs are counted on them."""

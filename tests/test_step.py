@@ -69,6 +69,7 @@ def _reference_loss(student, teacher, batch, kind="forward_kl", weights=None):
   return jnp.sum(weights * jnp.sum(tok * m, 1)) / jnp.sum(weights * jnp.sum(m, 1))
 
 
+@pytest.mark.slow
 def test_golden_one_step():
   cfg = _cfg()
   mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
