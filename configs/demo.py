@@ -13,9 +13,10 @@ rates every 25 steps, samples problems by p(1-p), distils with forward KL on the
 solutions, and prints held-out accuracy per difficulty before and after; `report/` holds the
 plots (accuracy by difficulty over steps, the frontier heat map).
 
-Expected (2-core CPU, measured 2026-11-28): about 5.5 minutes; held-out accuracy (avg@4)
-0.25 -> 0.35 overall, rising at every level (level 1 0.48 -> 0.58, level 3 0.27 -> 0.43,
-level 5 0.11 -> 0.15), and the mastered-probe accuracy rises too (0.37 -> 0.50: no forgetting).
+Expected (2-core CPU, measured 2026-11-30 in a fresh clone): about 3 minutes with the install;
+held-out accuracy (avg@4) 0.25 -> 0.355 overall, rising at every level (level 1 0.48 -> 0.56,
+level 3 0.27 -> 0.43, level 5 0.11 -> 0.18), and the mastered-probe accuracy rises too
+(0.37 -> 0.50: no forgetting).
 This shows the job works end to end; whether frontier sampling beats uniform sampling at equal
 compute is the question of the study (benchmarks/, BENCHMARKS.md), not of this run.
 """
