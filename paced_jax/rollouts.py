@@ -53,8 +53,9 @@ from paced_jax.config import ConfigError, SampleConfig
 from paced_jax.distributed import to_host
 from paced_jax.flops import attention_flops_per_token, body_flops_per_token, unembed_flops
 from paced_jax.models.transformer import Decoder, KVCache
-from paced_jax.sampler import (Knobs, Sample, Strategy, _constrain, check_knobs, pad_prompts,
-                               per_row, pick_bucket)
+from paced_jax.sampler import (Knobs, Sample, Strategy, check_knobs, pad_prompts, per_row,
+                               pick_bucket)
+from paced_jax.sharding import constrain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +235,7 @@ def decode_core(graphdef, params, st: EngineState, wave: Wave, knobs_R: Knobs, r
 
   cache_axes = ("batch", "act_kv_heads", "length", None)
   st = st.replace(cache=jax.tree.map(
-      lambda x: _constrain(x, mesh, cache_axes) if x.ndim == 4 else x, st.cache))
+      lambda x: constrain(x, mesh, cache_axes) if x.ndim == 4 else x, st.cache))
   return jax.lax.while_loop(cond, body, st)
 
 

@@ -36,7 +36,7 @@ from jax.sharding import Mesh
 
 from paced_jax.config import ConfigError, SampleConfig
 from paced_jax.models.transformer import Decoder, KVCache
-from paced_jax.sharding import logical_sharding
+from paced_jax.sharding import constrain, logical_sharding
 
 _F32_MIN = float(np.finfo(np.float32).min)  # finite "minus infinity": no inf - inf NaNs
 
@@ -168,12 +168,6 @@ Strategy = Greedy | Sample
 # ----------------------------------------------------------------------------- the jitted core
 
 
-def _constrain(x, mesh: Mesh | None, axes):
-  if mesh is None:
-    return x
-  return jax.lax.with_sharding_constraint(x, logical_sharding(mesh, axes, x.shape))
-
-
 def _step_keys(row_keys_B, step):
   return jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys_B)
 
@@ -191,7 +185,7 @@ def sample_core(graphdef, params, prompts_BP, prompt_lengths_B, knobs: Knobs, rn
   B, P = prompts_BP.shape
   cache_axes = ("batch", "act_kv_heads", "length", None)  # [B, K, S, H]
   cache = model.init_cache(B, P + budget)
-  cache = jax.tree.map(lambda x: _constrain(x, mesh, cache_axes) if x.ndim == 4 else x, cache)
+  cache = jax.tree.map(lambda x: constrain(x, mesh, cache_axes) if x.ndim == 4 else x, cache)
   row_keys_B = jax.vmap(lambda i: jax.random.fold_in(rng, i))(row_ids_B)
   max_new_B = jnp.clip(knobs.max_new_tokens, 1, budget)
 
@@ -209,7 +203,7 @@ def sample_core(graphdef, params, prompts_BP, prompt_lengths_B, knobs: Knobs, rn
   h_BPD, cache = model.extend_hidden(prompts_BP, cache, prompt_lengths_B)
   h_B1D = jnp.take_along_axis(h_BPD, (prompt_lengths_B - 1)[:, None, None], axis=1)
   logits_BV = model.logits(h_B1D)[:, 0]
-  zeros_BS = _constrain(jnp.zeros((B, budget), jnp.int32), mesh, ("batch", None))
+  zeros_BS = constrain(jnp.zeros((B, budget), jnp.int32), mesh, ("batch", None))
   tok_B, tokens_BS, logprobs_BS, lengths_B, done_B = pick(
       logits_BV, 0, jnp.zeros((B,), bool), zeros_BS, zeros_BS.astype(jnp.float32),
       jnp.zeros((B,), jnp.int32))

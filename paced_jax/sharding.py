@@ -97,6 +97,13 @@ def logical_sharding(mesh: Mesh, logical_axes: Sequence[str | None],
   return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh))
 
 
+def constrain(x, mesh: Mesh | None, logical_axes: Sequence[str | None]):
+  """`x` constrained to the sharding its logical axes give on `mesh` (no-op without a mesh)."""
+  if mesh is None:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_sharding(mesh, logical_axes, x.shape))
+
+
 def _is_var(x: Any) -> bool:
   return isinstance(x, nnx.Variable)
 

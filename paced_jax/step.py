@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from paced_jax import losses
 from paced_jax.fused_loss import fused_divergence_loss
 from paced_jax.config import Config, ConfigError, TrainConfig
-from paced_jax.sharding import LOGICAL_RULES, logical_sharding
+from paced_jax.sharding import LOGICAL_RULES, constrain, logical_sharding
 
 
 @flax.struct.dataclass
@@ -114,8 +114,7 @@ def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, te
   R = min(cfg.data.max_response_len, batch["tokens"].shape[1])
   idx_s, valid = losses.scored_positions(batch["loss_mask"], R)
   # Activations keep their rows over the batch mesh axes (forward and backward).
-  rows = (lambda x, axes: jax.lax.with_sharding_constraint(
-      x, logical_sharding(mesh, axes, x.shape))) if mesh is not None else None
+  rows = (lambda x, axes: constrain(x, mesh, axes)) if mesh is not None else None
   h_s = student.hidden(batch["tokens"], batch["positions"], batch.get("segment_ids"), rows)
   h_s_BRD = losses.gather_positions(h_s, idx_s)
   targets = losses.gather_positions(batch["tokens"], jnp.minimum(idx_s + 1,
