@@ -129,8 +129,7 @@ def on_policy_batch(run, state, batch: dict, step: int) -> dict:
   cfg, tok, pool = run.cfg, run.tokenizer, run.pipeline.pool
   index = to_host(batch["index"])
   prompts = [pool.prompt(int(i)) for i in index]
-  fresh = getattr(run, "fresh", None)
-  got = [fresh.take(int(i), step) if fresh is not None else None for i in index]
+  got = [run.fresh.take(int(i), step) if run.fresh is not None else None for i in index]
   missing = [b for b, t in enumerate(got) if t is None]
   run.reused_rows = len(index) - len(missing)
   if missing:

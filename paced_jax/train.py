@@ -263,8 +263,14 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
   metrics: dict[str, float] = {}
   idx = np.zeros(0, np.int64)
   if cfg.paced.weighting != "uniform":
-    idx = _to_estimate(run, round_, metrics)
+    idx, skipped = _to_estimate(run, round_)
     metrics["frontier/estimated"] = len(idx)
+    if cfg.paced.skip_base < 1:
+      metrics["frontier/skipped"] = float(len(skipped))
+    if is_main() and len(skipped):  # which estimates are stale this round, for audits
+      (run.workdir / "passrates").mkdir(exist_ok=True)
+      (run.workdir / "passrates" / f"round_{round_:05d}.skipped.json").write_text(
+          json.dumps([run.problems[i].id for i in skipped]))
   chosen, kept = [run.problems[i] for i in idx], []
   if chosen:
     t0 = time.perf_counter()
@@ -300,10 +306,11 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
   return metrics
 
 
-def _to_estimate(run: Run, round_: int, metrics: dict) -> np.ndarray:
-  """Pool indices a refresh estimates: problems of either phase of the run that can be drawn
-  and sampled (two_stage draws prompt-only rows later), a random paced.refresh_subset of them,
-  less the settled problems skipped this round (paced.skip_base < 1, `frontier/skipped`)."""
+def _to_estimate(run: Run, round_: int) -> tuple[np.ndarray, np.ndarray]:
+  """(estimated, skipped) pool indices of a refresh: problems of either phase of the run that
+  can be drawn and sampled (two_stage draws prompt-only rows later), a random
+  paced.refresh_subset of them, split by GRESO-style skipping of settled problems
+  (paced.skip_base < 1; none skipped otherwise)."""
   cfg, pool = run.cfg, run.pipeline.pool
   ok = samplable(run, True) | samplable(run, needs_reference(cfg, cfg.train.steps - 1))
   ok &= pool.prompt_lens <= max(cfg.sample.prompt_buckets)
@@ -311,17 +318,13 @@ def _to_estimate(run: Run, round_: int, metrics: dict) -> np.ndarray:
   subset = cfg.paced.refresh_subset
   idx = (np.sort(np.random.default_rng([cfg.seed, round_, 7]).choice(
       candidates, subset, replace=False)) if 0 < subset < len(candidates) else candidates)
-  if cfg.paced.skip_base < 1:  # settled problems keep their last estimate (GRESO-style)
-    settled = run.table.settled[run.table.rows([run.problems[i].id for i in idx])]
-    skip = skip_settled(settled, cfg.paced.skip_base, cfg.paced.skip_floor,
-                        np.random.default_rng([cfg.seed, round_, 11]))
-    metrics["frontier/skipped"] = float(skip.sum())
-    if is_main() and skip.any():  # which estimates are stale this round, for audits
-      (run.workdir / "passrates").mkdir(exist_ok=True)
-      (run.workdir / "passrates" / f"round_{round_:05d}.skipped.json").write_text(
-          json.dumps([run.problems[i].id for i in idx[skip]]))
-    idx = idx[~skip]
-  return idx
+  if cfg.paced.skip_base >= 1:
+    return idx, idx[:0]
+  # Settled problems keep their last estimate.
+  settled = run.table.settled[run.table.rows([run.problems[i].id for i in idx])]
+  skip = skip_settled(settled, cfg.paced.skip_base, cfg.paced.skip_floor,
+                      np.random.default_rng([cfg.seed, round_, 11]))
+  return idx[~skip], idx[skip]
 
 
 def apply_round(run: Run, round_: int, need_reference: bool = True, table=None) -> dict:
