@@ -35,6 +35,24 @@ import jax.numpy as jnp
 from paced_jax import losses
 
 
+def _value_and_dz(kind, z_t, z_s, targets, ct, opts):
+  """(d [B, C], ct * dd/dz_s [B, C, V]) for one divergence. A traced `kind` switches between
+  whole (value, gradient) computations: a switch inside the vjp would make every branch's
+  [B, C, V] residuals outputs of the forward switch (zero-filled when not taken)."""
+  def one(name):
+    def f(z_t, z_s, targets, ct):
+      d, vjp = jax.vjp(lambda z: losses.token_divergence(z_t, z, name, targets_BR=targets,
+                                                         **opts), z_s)
+      return d, vjp(ct)[0]
+    return f
+
+  if isinstance(kind, str):
+    return one(kind)(z_t, z_s, targets, ct)
+  if z_t is None:
+    z_t = jnp.zeros_like(z_s)  # every branch is traced; only cross-entropy runs without one
+  return jax.lax.switch(kind, [one(name) for name in losses.DIVERGENCES], z_t, z_s, targets, ct)
+
+
 def _forward(static, h_s, w_s, h_t, w_t, mask, coef, targets, kind):
   chunk, temperature, jsd_beta, akl_mu, top_k, name, rows = static
   # Rows stay split over the batch mesh axes inside the loop (without the constraint XLA
@@ -65,11 +83,9 @@ def _forward(static, h_s, w_s, h_t, w_t, mask, coef, targets, kind):
       h_t_c = jnp.where(keep, rowwise(cut(h_t, i)), jnp.zeros((), h_t.dtype))
       z_t = jnp.einsum("BCD,DV->BCV", h_t_c, w_t, preferred_element_type=jnp.float32)
     z_s = jnp.einsum("BCD,DV->BCV", h_s_c, w_s, preferred_element_type=jnp.float32)
-    per_token = lambda z: losses.token_divergence(z_t, z, kind, targets_BR=tgt, **opts)
-    d_BC, vjp = jax.vjp(per_token, z_s)
     m32 = m.astype(jnp.float32)
+    d_BC, dz = _value_and_dz(kind, z_t, z_s, tgt, coef[:, None] * m32, opts)
     d_BC = jnp.where(m32 > 0, d_BC, 0.0) * m32
-    (dz,) = vjp(coef[:, None] * m32)
     dz = jnp.where(keep, dz, 0.0).astype(w_s.dtype)
     dh = rowwise(jnp.einsum("BCV,DV->BCD", dz, w_s, preferred_element_type=jnp.float32))
     dw = dw + jnp.einsum("BCD,BCV->DV", h_s_c, dz, preferred_element_type=jnp.float32)
