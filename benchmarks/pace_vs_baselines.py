@@ -109,10 +109,21 @@ def flops_to_reach(curve, target: float) -> float | None:
 # ----------------------------------------------------------------------------- gradient SNR
 
 
-def gradient_snr(args, log) -> dict:
-  """Per-problem gradients of the starting student's distillation loss, grouped by its pass
-  rate from `--snr-rollouts` samples; SNR per bucket (raw, and with the 1/n bias of the squared
-  mean removed)."""
+SNR_LOSSES = {
+    # g_i: forward KL (teacher-forced) on problem i's teacher reference solution (off-policy)
+    "references": ("loss.mode=distill", "loss.divergence=forward_kl"),
+    # g_i: reverse KL on one fresh rollout of the starting student for problem i, the row that
+    # loss.mode=on_policy trains on (rollout_data.on_policy_batch)
+    "on_policy": ("loss.mode=on_policy", "loss.divergence=reverse_kl"),
+}
+
+
+def gradient_snr(args, log, *, loss: str = "references", extra=(), wd: Path | None = None
+                 ) -> dict:
+  """Per-problem gradients of the starting student's distillation loss (`loss`: a key of
+  SNR_LOSSES), grouped by its pass rate from `--snr-rollouts` samples; SNR per bucket (raw, and
+  with the 1/n bias of the squared mean removed). `extra`: config overrides (e.g. a pool's
+  level weights); args.set, when the caller has it, applies too."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -123,10 +134,13 @@ def gradient_snr(args, log) -> dict:
   from paced_jax.config import load_config
   from paced_jax.data.packing import pick_bucket
   from paced_jax.evaluate import estimate_for_config
+  from paced_jax.rollout_data import on_policy_batch
   from paced_jax.train import setup
+  from paced_jax.distributed import to_host
 
-  cfg = load_config(args.config, common_overrides(args) + ["eval.max_problems=0"])
-  run, state = setup(cfg, Path(args.out) / "snr", progress=False)
+  over = common_overrides(args) + list(getattr(args, "set", [])) + list(extra)
+  cfg = load_config(args.config, over + list(SNR_LOSSES[loss]) + ["eval.max_problems=0"])
+  run, state = setup(cfg, wd or Path(args.out) / "snr", progress=False)
   rng = np.random.default_rng(0)
   idx = np.sort(rng.choice(len(run.problems), min(args.snr_problems, len(run.problems)),
                            replace=False))
@@ -135,25 +149,39 @@ def gradient_snr(args, log) -> dict:
   est = estimate_for_config(student, problems, run.tokenizer, run.verifier, cfg, run.mesh,
                             rollouts=args.snr_rollouts, rng=jax.random.key(123))
   p = est.successes / est.trials
-  pool = run.pipeline.pool
-  ref = pool.ref_offsets[idx]
-  T = pick_bucket(int(pool.row_lengths(idx, ref).max()), cfg.data.length_buckets)
-  rows = pool.pack(idx, ref, T, run.tokenizer.pad_id)
+  if loss == "references":
+    pool = run.pipeline.pool
+    ref = pool.ref_offsets[idx]
+    T = pick_bucket(int(pool.row_lengths(idx, ref).max()), cfg.data.length_buckets)
+    rows = pool.pack(idx, ref, T, run.tokenizer.pad_id)
+  else:  # one rollout per problem, sampled as an on-policy step samples it (other RNG streams)
+    chunk = cfg.data.batch_size
+    parts = []
+    for c in range(0, len(idx), chunk):
+      sel = np.resize(idx[c:c + chunk], chunk)  # a full batch; the repeats are dropped below
+      b = on_policy_batch(run, state, {"index": sel, "weights": np.ones(chunk, np.float32)},
+                          step=10**6 + c)
+      parts.append({k: to_host(v)[:len(idx[c:c + chunk])] for k, v in b.items()})
+    T = max(x["tokens"].shape[1] for x in parts)
+    pad = lambda x, k: np.pad(x, [(0, 0), (0, T - x.shape[1])] + [(0, 0)] * (x.ndim - 2),
+                              constant_values=run.tokenizer.pad_id if k == "tokens" else 0)
+    rows = {k: np.concatenate([pad(x[k], k) if x[k].ndim > 1 else x[k] for x in parts])
+            for k in parts[0] if k not in ("index", "weights")}
   rows["weights"] = np.ones(len(idx), np.float32)
-  kind = jnp.int32(losses.DIVERGENCES.index("forward_kl"))
-  loss = functools.partial(step_lib.loss_fn, cfg=cfg, student_def=run.student_def,
-                           teacher_def=run.teacher_def)
+  kind = jnp.int32(losses.DIVERGENCES.index(SNR_LOSSES[loss][1].split("=")[1]))
+  loss_fn = functools.partial(step_lib.loss_fn, cfg=cfg, student_def=run.student_def,
+                              teacher_def=run.teacher_def)
 
   @jax.jit
   def flat_grad(params, teacher_params, row):
     batch = jax.tree.map(lambda x: x[None], row)
-    g = jax.grad(lambda q: loss(q, teacher_params, batch, kind)[0])(params)
+    g = jax.grad(lambda q: loss_fn(q, teacher_params, batch, kind)[0])(params)
     return jnp.concatenate([x.reshape(-1).astype(jnp.float32) for x in jax.tree.leaves(g)])
 
   grads = np.stack([np.asarray(flat_grad(state.params, run.teacher_params,
                                          {k: v[i] for k, v in rows.items()}))
                     for i in range(len(idx))])
-  out = {"rollouts": args.snr_rollouts, "problems": len(idx), "buckets": []}
+  out = {"loss": loss, "rollouts": args.snr_rollouts, "problems": len(idx), "buckets": []}
   for lo, hi in P_BUCKETS:
     sel = (p >= lo) & (p <= hi)
     n = int(sel.sum())
@@ -168,7 +196,7 @@ def gradient_snr(args, log) -> dict:
     out["buckets"].append(entry)
   run.pipeline.close()
   run.writer.close()
-  log("  gradient SNR by pass rate: " + ", ".join(
+  log(f"  gradient SNR ({loss}) by pass rate: " + ", ".join(
       f"p in [{b['lo']:.2f},{b['hi']:.2f}] n={b['n']} snr={b.get('snr', float('nan')):.3f}"
       for b in out["buckets"]))
   return out

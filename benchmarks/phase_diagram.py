@@ -252,7 +252,8 @@ def summarise(results: list[dict], args, pools_info: dict) -> dict:
   return {"cells": out}
 
 
-def write_markdown(path: Path, summary: dict, pools_info: dict, args, env: str) -> None:
+def write_markdown(path: Path, summary: dict, pools_info: dict, args, env: str,
+                   snr: dict | None = None) -> None:
   pm = lambda s: f"{s['mean']:+.3f} ± {s['se']:.3f}" if s["n"] > 1 else (
       f"{s['mean']:+.3f}" if s["n"] else "-")
   lv = pools_info["levels"]
@@ -289,6 +290,8 @@ def write_markdown(path: Path, summary: dict, pools_info: dict, args, env: str) 
                    f"{c['score']['mean']:.3f} | {pm(d)}{vals} | {pm(c['delta_balanced'])} | "
                    f"{c['eval_se']:.3f} | {pm(c['forgetting'])} | {c['steps']:.0f} | "
                    f"{c['rollout_share']:.0%} |")
+  if snr:
+    lines += snr_lines(snr)
   lines += ["", "To reproduce (each command <= 2 h on a 2-core CPU; finished runs are read, "
             "not rerun; the report command writes these files):", "", "```",
             *COMMANDS, "```", "", f"This file was written by: `{args.command}`"]
@@ -318,6 +321,70 @@ def plot(path: Path, summary: dict, arm: str = "paced") -> None:
   ax.set(xlabel="mastered fraction of the pool (starting student's p = 1 share)",
          ylabel=f"{arm} - uniform, held-out pool score",
          title="PACED's gain over uniform at equal compute (dots: seeds)")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- gradient SNR
+
+
+def measure_snr(args, pools: dict, log) -> dict | None:
+  """Gradient SNR per p bucket on --snr-pool for both losses (benchmarks/pace_vs_baselines.py's
+  gradient_snr), measured once and read back from <out>/snr_POOL.json."""
+  pool = args.snr_pool or args.pools[0]
+  path = Path(args.out) / f"snr_{pool}.json"
+  if path.exists():
+    return json.loads(path.read_text())
+  if args.snr_problems <= 0 or args.report_only:
+    return None
+  if pool not in pools:
+    raise SystemExit(f"--snr-pool {pool} is not one of --pools {args.pools}")
+  w = pools[pool]["weights"]
+  extra = [f"data.synthetic_level_weights={','.join(f'{x:.6g}' for x in w)}"]
+  out = {"pool": pool, "p1_share": pools[pool]["p1_share"]}
+  for loss in base.SNR_LOSSES:
+    log(f"gradient SNR on pool {pool}, {loss}: {args.snr_problems} problems x "
+        f"{args.snr_rollouts} rollouts")
+    out[loss] = base.gradient_snr(args, log, loss=loss, extra=extra,
+                                  wd=Path(args.out) / f"snr_{pool}")
+  path.write_text(json.dumps(out, indent=1))
+  return out
+
+
+def snr_lines(snr: dict) -> list[str]:
+  ref, onp = snr["references"], snr["on_policy"]
+  lines = ["", f"## Gradient SNR by pass rate (starting student, pool {snr['pool']})", "",
+           f"{ref['problems']} pool problems, p from {ref['rollouts']} rollouts each. g_i = the "
+           "gradient of problem i's loss: forward KL on its teacher reference (what fkl trains "
+           "on) or reverse KL on one fresh rollout of the student (what on_policy trains on). "
+           "SNR = ||mean g||^2 / mean ||g - mean g||^2 over a bucket's problems (bias-corrected: "
+           "the 1/n bias of the squared mean removed).", "",
+           "| p bucket | problems | mean p | fkl SNR | fkl SNR, bias removed | fkl mean ||g|| "
+           "| on-policy rkl SNR | rkl SNR, bias removed | rkl mean ||g|| |", "|---" * 9 + "|"]
+  for a, b in zip(ref["buckets"], onp["buckets"]):
+    name = (f"p = {a['lo']:g}" if a["lo"] == a["hi"] else f"{a['lo']:g} <= p <= {a['hi']:g}")
+    cell = lambda e: (f"{e['snr']:.4f} | {e['snr_unbiased']:.4f} | {e['grad_norm']:.3f}"
+                      if "snr" in e else "- | - | -")
+    mean_p = f"{a['p_mean']:.2f}" if a["p_mean"] is not None else "-"
+    lines.append(f"| {name} | {a['n']} | {mean_p} | {cell(a)} | {cell(b)} |")
+  return lines
+
+
+def plot_snr(path: Path, snr: dict) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for loss, label in (("references", "forward KL on references"),
+                      ("on_policy", "reverse KL on the student's rollouts")):
+    bs = [b for b in snr[loss]["buckets"] if "snr" in b]
+    ax.plot([b["p_mean"] for b in bs], [b["snr_unbiased"] for b in bs], "o-", label=label)
+  ax.axhline(0, color="gray", lw=0.8)
+  ax.set(xlabel="pass rate p (bucket mean)", ylabel="cross-problem gradient SNR (bias removed)",
+         title=f"Gradient SNR by pass rate, pool {snr['pool']}")
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -356,6 +423,11 @@ def main(argv=None) -> int:
   ap.add_argument("--mastered-p", type=float, default=0.85)
   ap.add_argument("--hopeless-p", type=float, default=0.05)
   ap.add_argument("--mastered-levels", nargs="*", type=int, default=[])
+  ap.add_argument("--snr-problems", type=int, default=0, help="gradient SNR per p bucket on "
+                  "this many problems of --snr-pool, for forward KL on references and for "
+                  "on-policy reverse KL (0: not measured; read back from <out>/snr_POOL.json)")
+  ap.add_argument("--snr-rollouts", type=int, default=8)
+  ap.add_argument("--snr-pool", default=None, help="default: the first of --pools")
   ap.add_argument("--report-only", action="store_true",
                   help="run nothing: summarise the finished runs of --pools")
   ap.add_argument("--write-results", action="store_true",
@@ -378,6 +450,7 @@ def main(argv=None) -> int:
     pools[name] = {"weights": list(w), "hist": h, "p1_share": h[-1]}
     log(f"pool {name}: level weights {', '.join(f'{x:.2f}' for x in w)}; p histogram (j/"
         f"{levels['k']}) {' '.join(f'{x:.2f}' for x in h)}; p=0 {h[0]:.2f}, p=1 {h[-1]:.2f}")
+  snr = measure_snr(args, pools, log)
   todo = [(pool, regime, k, arm, seed) for pool in args.pools for regime in args.regimes
           for k in args.k for arm in args.arms for seed in args.seeds
           if not (k != args.k[0] and regime == "fkl" and arm == "uniform")
@@ -413,12 +486,14 @@ def main(argv=None) -> int:
   summary["k0"] = args.k[0]
   env = base.environment()
   payload = {"env": env, "args": vars(args), "pools": pools_info, "summary": summary,
-             "runs": results}
+             "snr": snr, "runs": results}
   dests = [Path(args.out)] + ([ROOT / "benchmarks" / "results"] if args.write_results else [])
   for dest in dests:
     (dest / "phase_diagram.json").write_text(json.dumps(payload, indent=1))
-    write_markdown(dest / "phase_diagram.md", summary, pools_info, args, env)
+    write_markdown(dest / "phase_diagram.md", summary, pools_info, args, env, snr)
     plot(dest / "phase_diagram.png", summary)
+    if snr:
+      plot_snr(dest / "phase_diagram_snr.png", snr)
   print((Path(args.out) / "phase_diagram.md").read_text())
   log(f"done in {(time.perf_counter() - t_start) / 60:.1f} min; wrote "
       + ", ".join(str(d / "phase_diagram.md") for d in dests))

@@ -37,7 +37,7 @@ def test_phase_diagram_runs_end_to_end_at_equal_compute(tmp_path):
           "paced", "--seeds", "0", "--budget-steps", "2", "--eval-problems", "30",
           "--heldout-per-cell", "2", "--measure-problems", "1", "--measure-k", "2",
           "--mastered-levels", "1", "--out", str(out)]
-  assert pd.main(argv) == 0
+  assert pd.main(argv + ["--snr-problems", "6", "--snr-rollouts", "2"]) == 0
   res = json.loads((out / "phase_diagram.json").read_text())
   assert res["pools"]["pools"]["m50"]["weights"] == [0.5, 0.125, 0.125, 0.125, 0.125]
   runs = {(r["pool"], r["arm"]): r for r in res["runs"]}
@@ -56,6 +56,14 @@ def test_phase_diagram_runs_end_to_end_at_equal_compute(tmp_path):
   table = (out / "phase_diagram.md").read_text()
   assert "## fkl" in table and "| m50 | 0.00 | 4 | paced |" in table
   assert (out / "phase_diagram.png").stat().st_size > 0
+  # Gradient SNR per p bucket for both training losses, on the first pool.
+  snr = res["snr"]
+  assert snr["pool"] == "m0" and set(snr) >= {"references", "on_policy"}
+  for loss in ("references", "on_policy"):
+    assert snr[loss]["loss"] == loss
+    assert sum(b["n"] for b in snr[loss]["buckets"]) == 6
+  assert "## Gradient SNR by pass rate" in table
+  assert (out / "phase_diagram_snr.png").stat().st_size > 0
   done = out / "m0" / "fkl" / "paced" / "seed_0" / "eval_after.json"
   stamp = done.stat().st_mtime_ns
   assert pd.main(argv) == 0  # resumed: every run is read, none rerun
