@@ -11,7 +11,9 @@ KL at temperature 1.
                    chunk, logits recomputed in the backward), swapped into the same step
   tunix            DistillationTrainer + LogitStrategy (scores all T positions: it has no mask)
 
-tokens/s counts SCORED positions (B * R for ours, B * T for Tunix, which must score them all).
+Scored tok/s counts the positions each system scores (B * R for ours, B * T for Tunix, which must
+score them all); response tok/s counts the response positions the batch asks for (B * R for
+both), i.e. the steps/s of each system on the same batch.
 Speed: one process, systems interleaved (rounds x blocks of steps, median over blocks). Peak RSS:
 a fresh subprocess per system (`--only NAME`), run one after another, warm-up + 2 steps each.
 
@@ -167,21 +169,25 @@ def main():
   print(f"shape: cpu-student <- cpu-teacher at V = {V:,}, batch {args.batch} x {args.seq}, "
         f"response = last {args.scored} (ours), all {args.seq} (Tunix), chunk {args.chunk}; "
         f"{args.warmup} warm-up, {args.rounds} rounds x {args.block} steps interleaved\n")
-  print("| system | scored/row | setup + warm-up s | median scored tok/s | min | max | peak RSS GiB |")
-  print("|---|---|---|---|---|---|---|")
+  print("| system | scored/row | setup + warm-up s | median step s | median scored tok/s | min "
+        "| max | response tok/s | peak RSS GiB |")
+  print("|---|---|---|---|---|---|---|---|---|")
   med = {name: statistics.median(v) for name, v in tok_s.items()}
   for name in runners:
     r = rss.get(name)
-    print(f"| {name} | {scored[name]} | {setup_s[name]:.0f} | {med[name]:,.0f} | "
+    step_s = args.batch * scored[name] / med[name]
+    print(f"| {name} | {scored[name]} | {setup_s[name]:.0f} | {step_s:.2f} | {med[name]:,.0f} | "
           f"{min(tok_s[name]):,.0f} | {max(tok_s[name]):,.0f} | "
-          f"{'-' if r is None else f'{r:.2f}'} |")
+          f"{args.batch * args.scored / step_s:,.0f} | {'-' if r is None else f'{r:.2f}'} |")
   print()
   for name in runners:
     for other in ("tunix", "ours-remat", "ours-unchunked"):
       if other in med and other != name and name == "ours-fused":
         paired = statistics.median(a / b for a, b in zip(tok_s[name], tok_s[other]))
-        print(f"{name} / {other}: {med[name] / med[other]:.2f}x (ratio of medians), "
-              f"{paired:.2f}x (median of per-round ratios)")
+        same = med[name] / scored[name] / (med[other] / scored[other])
+        print(f"{name} / {other}: {med[name] / med[other]:.2f}x scored tok/s (ratio of "
+              f"medians), {paired:.2f}x (median of per-round ratios); {same:.2f}x response "
+              f"tok/s (steps/s on the same batch)")
 
 
 if __name__ == "__main__":

@@ -82,13 +82,15 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--rounds", type=int, default=3)
   ap.add_argument("--rows", type=int, default=32)
-  ap.add_argument("--skip", nargs="*", default=[], choices=["static", "tunix", "full"])
+  ap.add_argument("--skip", nargs="*", default=[],
+                  choices=["static", "tunix", "full", "realistic"])
   args = ap.parse_args()
   cfg = get_preset("cpu-student")
   model = random_decoder(cfg)
   work = workloads(cfg)
-  if "full" in args.skip:
-    del work["full"]
+  for w in ("full", "realistic"):
+    if w in args.skip:
+      del work[w]
   runners = {"ours": {w: make_ours(Engine(model, slots=args.rows if w == "realistic" else 16))
                       for w in work}}
   if "static" not in args.skip:
@@ -131,7 +133,10 @@ def main():
     for other in ("static", "tunix"):
       if other in runners:
         ratio = statistics.median(times[(other, w)]) / statistics.median(times[("ours", w)])
-        print(f"\n{w}: ours / {other} useful tokens/s = {ratio:.2f}x", end="")
+        per = sorted(a / b for a, b in zip(times[(other, w)], times[("ours", w)]))
+        q = len(per) // 4
+        print(f"\n{w}: ours / {other} useful tokens/s = {ratio:.2f}x (per round: median "
+              f"{statistics.median(per):.2f}x, quartiles {per[q]:.2f}-{per[-1 - q]:.2f}x)", end="")
   print()
 
 
