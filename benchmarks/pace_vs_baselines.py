@@ -44,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -118,6 +120,26 @@ SNR_LOSSES = {
 }
 
 
+def _snr(gram) -> tuple[float, float]:
+  """(SNR, SNR with the 1/n bias of the squared mean removed) of the gradients whose Gram matrix
+  is `gram` [n, n]: ||mean g||^2 = sum(gram) / n^2, mean ||g - mean g||^2 = tr(gram) / n minus
+  that."""
+  n = gram.shape[0]
+  sq = float(gram.sum()) / n ** 2
+  dev = float(np.trace(gram)) / n - sq
+  if dev <= 0:  # every gradient equal (a bootstrap draw of one problem)
+    return float("nan"), float("nan")
+  return sq / dev, (sq - dev / (n - 1)) / dev
+
+
+def _snr_se(gram, draws: int = 1000, seed: int = 0) -> float:
+  """Bootstrap standard error (over the bucket's problems) of the bias-corrected SNR."""
+  rng = np.random.default_rng(seed)
+  n = gram.shape[0]
+  vals = [_snr(gram[np.ix_(s, s)])[1] for s in rng.integers(0, n, (draws, n))]
+  return float(np.nanstd(vals, ddof=1))
+
+
 def gradient_snr(args, log, *, loss: str = "references", extra=(), wd: Path | None = None
                  ) -> dict:
   """Per-problem gradients of the starting student's distillation loss (`loss`: a key of
@@ -187,11 +209,9 @@ def gradient_snr(args, log, *, loss: str = "references", extra=(), wd: Path | No
     n = int(sel.sum())
     entry = {"lo": lo, "hi": hi, "n": n, "p_mean": float(p[sel].mean()) if n else None}
     if n >= 3:
-      G = grads[sel]
-      mean = G.mean(0)
-      dev = float(((G - mean) ** 2).sum(1).mean())
-      sq = float((mean ** 2).sum())
-      entry.update(snr=sq / dev, snr_unbiased=(sq - dev / (n - 1)) / dev,
+      G = grads[sel].astype(np.float64)
+      snr, snr_u = _snr(G @ G.T)
+      entry.update(snr=snr, snr_unbiased=snr_u, snr_unbiased_se=_snr_se(G @ G.T),
                    grad_norm=float(np.linalg.norm(G, axis=1).mean()))
     out["buckets"].append(entry)
   run.pipeline.close()

@@ -40,15 +40,16 @@ configs/demo_models.py:student_strong on families add and sort: it masters level
 0.95, 0.91; levels 3-5 0.81, 0.69, 0.54), so pools m0 / m50 / m90 have p = 1 shares of about
 0.17 / 0.41 / 0.60.
 
-    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --pools m0    # part 1: 15 fkl runs, ~1-1.5 h
+    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --pools m0    # part 1: 15 fkl runs, ~1-1.5 h (the first run also measures the levels)
     python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --pools m50   # part 2, the same
     python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --pools m90   # part 3, the same
-    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --pools m0 m50 m90 --report-only --write-results   # minutes: tables + figure
-    # not yet timed (on-policy batches are rollouts; split by --arms if a part runs long):
-    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --regimes on_policy --pools P   # P = m0, then the pool where fkl gains most
-    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --regimes two_stage --pools P   # the same pools
-    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --pools P --arms uniform paced posterior dapo --k 4 8   # K = 8 at one point
-    # then the report command again, with every pool and regime run
+    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --regimes on_policy --pools m0     # part 4: 15 on-policy runs, ~25 min
+    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --regimes on_policy --pools m50    # part 5, the same
+    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --regimes two_stage --pools m0     # part 6: 15 two-stage runs, ~35 min
+    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --pools m0 --arms uniform paced posterior dapo --k 4 8   # part 7: K = 8 at m0, ~30 min
+    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --regimes two_stage --pools m50    # part 8, as part 6
+    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --pools m0 --arms uniform --seeds 0 --snr-problems 1600   # gradient SNR per p bucket, both losses, ~10 min
+    python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --pools m0 m50 m90 --regimes fkl on_policy two_stage --k 4 8 --report-only --write-results   # the report, with every part
 """
 
 from __future__ import annotations
@@ -360,12 +361,14 @@ def snr_lines(snr: dict) -> list[str]:
            "gradient of problem i's loss: forward KL on its teacher reference (what fkl trains "
            "on) or reverse KL on one fresh rollout of the student (what on_policy trains on). "
            "SNR = ||mean g||^2 / mean ||g - mean g||^2 over a bucket's problems (bias-corrected: "
-           "the 1/n bias of the squared mean removed).", "",
+           "the 1/n bias of the squared mean removed; ± a bootstrap standard error over the bucket's "
+           "problems).", "",
            "| p bucket | problems | mean p | fkl SNR | fkl SNR, bias removed | fkl mean ||g|| "
            "| on-policy rkl SNR | rkl SNR, bias removed | rkl mean ||g|| |", "|---" * 9 + "|"]
   for a, b in zip(ref["buckets"], onp["buckets"]):
     name = (f"p = {a['lo']:g}" if a["lo"] == a["hi"] else f"{a['lo']:g} <= p <= {a['hi']:g}")
-    cell = lambda e: (f"{e['snr']:.4f} | {e['snr_unbiased']:.4f} | {e['grad_norm']:.3f}"
+    se = lambda e: f" ± {e['snr_unbiased_se']:.4f}" if "snr_unbiased_se" in e else ""
+    cell = lambda e: (f"{e['snr']:.4f} | {e['snr_unbiased']:.4f}{se(e)} | {e['grad_norm']:.3f}"
                       if "snr" in e else "- | - | -")
     mean_p = f"{a['p_mean']:.2f}" if a["p_mean"] is not None else "-"
     lines.append(f"| {name} | {a['n']} | {mean_p} | {cell(a)} | {cell(b)} |")
