@@ -4,6 +4,9 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from paced_jax.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,3 +46,19 @@ def test_study_runs_end_to_end_at_equal_compute(tmp_path):
   table = (out / "results.md").read_text()
   assert "| uniform |" in table and "| paced |" in table
   assert (out / "pace_vs_baselines_accuracy_vs_compute.png").stat().st_size > 0
+
+
+def test_snr_from_the_gram_matrix_matches_the_definition():
+  """||mean g||^2 / mean ||g - mean g||^2, computed directly from the gradients."""
+  rng = np.random.default_rng(0)
+  G = rng.standard_normal((40, 7)) + np.array([0.5, -0.2, 0, 0, 1.0, 0, 0])
+  mean = G.mean(0)
+  dev = ((G - mean) ** 2).sum(1).mean()
+  want = (mean ** 2).sum() / dev
+  snr, snr_u = study._snr(G @ G.T)
+  assert snr == pytest.approx(want, rel=1e-12)
+  assert snr_u == pytest.approx(want - 1 / 39, rel=1e-12)  # (sq - dev/(n-1))/dev
+  # The bootstrap SE shrinks like 1/sqrt(n): 4x the problems, about half the SE.
+  big = rng.standard_normal((160, 7)) + np.array([0.5, -0.2, 0, 0, 1.0, 0, 0])
+  se_small, se_big = study._snr_se(G @ G.T), study._snr_se(big @ big.T)
+  assert 0.3 < se_big / se_small < 0.8
