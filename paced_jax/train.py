@@ -16,39 +16,36 @@ SIGTERM (TPU preemption) or SIGINT in the step loop saves at the next step bound
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 
 from paced_jax import checkpoint as ckpt
 from paced_jax import flops as flops_lib
 from paced_jax import step as step_lib
+from paced_jax.build import Run, load_or_init, prepare_workdir, record_config, setup
 from paced_jax.config import Config, ConfigError, to_dict
 from paced_jax.distributed import is_main, to_host
-from paced_jax.data.pipeline import FrontierPipeline
-from paced_jax.data.sources import load_pool
-from paced_jax.data.tokenizer import load_tokenizer
-from paced_jax.evaluate import estimate_for_config, eval_off_reason, evaluate, load_eval_sets
-from paced_jax.frontier import (PassRateTable, frontier_round, frontier_stats, frontier_weights,
-                                skip_settled)
-from paced_jax.metrics import MetricsWriter, progress_bar
-from paced_jax.preflight import check_run as preflight
-from paced_jax.rollout_data import FreshRollouts, on_policy_batch, teacher_references
+from paced_jax.evaluate import evaluate
+from paced_jax.frontier import PassRateTable
+from paced_jax.metrics import progress_bar
+from paced_jax.rollout_data import on_policy_batch
+from paced_jax.rounds import (_student, _write_round, apply_round, needs_reference, refresh,
+                              samplable)
 from paced_jax.models.resolve import resolve_models
-from paced_jax.models.transformer import Decoder
-from paced_jax.sharding import make_mesh, shard_init
-from paced_jax.verify import verifier_from_config
 
 log = logging.getLogger("paced_jax.train")
+
+# The public names, with those of build.py (setting a run up) and rounds.py (the frontier rounds).
+__all__ = ["Interrupted", "Run", "TrainingDiverged", "apply_round", "load_or_init",
+           "needs_reference", "prepare_workdir", "record_config", "refresh", "run_eval",
+           "samplable", "setup", "train"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -64,292 +61,6 @@ class Interrupted(Exception):
     super().__init__(f"interrupted by {name} {where}; run the same command to "
                      f"{'start' if step is None else 'resume'}")
     self.signum = signum
-
-
-@dataclasses.dataclass
-class Run:
-  """What a training run holds besides the train state (built once by `setup`)."""
-
-  cfg: Config
-  workdir: Path
-  mesh: Any
-  tokenizer: Any
-  student_def: Any
-  teacher_def: Any
-  teacher_params: Any
-  tx: Any
-  problems: list
-  pipeline: FrontierPipeline
-  table: PassRateTable
-  verifier: Any
-  writer: MetricsWriter
-  eval_sets: list = dataclasses.field(default_factory=list)
-  step_fn: Any = None
-  # Model FLOPs spent so far (flops.py conventions); checkpointed, so `train.max_flops` holds
-  # across resumes. Not counted: evaluation, and the teacher's one-off reference generation
-  # (data.reference=teacher), which is cached and shared by every run on the pool.
-  compute: dict = dataclasses.field(
-      default_factory=lambda: {"train_flops": 0.0, "rollout_flops": 0.0})
-  # Whether this round's rows carry reference responses (False in on-policy / reverse-KL
-  # phases, where the student samples them), and the pass rates the round was built on.
-  need_reference: bool = True
-  pass_rates: Any = None
-  # paced.reuse_rollouts: this round's estimation rollouts as on-policy rows, and how many rows
-  # of the last on-policy batch came from them.
-  fresh: FreshRollouts | None = None
-  reused_rows: int = 0
-
-  def flops(self) -> float:
-    return sum(self.compute.values())
-
-  def budget_spent(self) -> bool:
-    return 0 < self.cfg.train.max_flops <= self.flops()
-
-
-# ----------------------------------------------------------------------------- setup
-
-
-def prepare_workdir(workdir: str | Path, cfg: Config) -> Path:
-  """Creates the run directory and refuses a checkpoint written by an incompatible config.
-  Writes nothing else (`record_config` does, once everything is validated)."""
-  if "://" in str(workdir):
-    raise ConfigError(f"workdir {str(workdir)!r} is a URL; paced writes through the filesystem: "
-                      "mount the bucket (e.g. gcsfuse) at the same path on every host and pass "
-                      "that path")
-  wd = Path(workdir)
-  try:
-    wd.mkdir(parents=True, exist_ok=True)
-    probe = wd / f".write_test_{jax.process_index()}"
-    probe.write_text("ok")
-    probe.unlink()
-  except OSError as e:
-    raise ConfigError(f"workdir {str(wd)!r} is not writable ({e.strerror}); pass a directory "
-                      "you can write to with --workdir") from None
-  saved = wd / "config.json"
-  if saved.exists() and ckpt.committed_steps(wd / "checkpoints"):
-    try:
-      old = json.loads(saved.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-      raise ConfigError(f"{saved} is not valid JSON; restore it from {wd}/configs/ or use a new "
-                        "--workdir") from None
-    diff = ckpt.config_mismatch(old, to_dict(cfg), sections=("model", "data", "loss", "seed"))
-    if diff:
-      raise ConfigError(f"workdir {str(wd)!r} holds checkpoints of a different config ({diff}); "
-                        "use a new --workdir or the config it was written with")
-  return wd
-
-
-def record_config(wd: Path, cfg: Config, start: int) -> None:
-  """`config.json` (this invocation's) and `configs/<start>.json` (every invocation's, so the
-  config that produced each checkpoint is never lost)."""
-  if not is_main():
-    return
-  text = json.dumps(to_dict(cfg), indent=2)
-  hist = wd / "configs"
-  if (wd / "config.json").exists() and not hist.is_dir():  # a run from before configs/
-    hist.mkdir()
-    (hist / "earlier.json").write_text((wd / "config.json").read_text())
-  hist.mkdir(exist_ok=True)
-  for path in (hist / f"{start}.json", wd / "config.json"):
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # a kill never leaves half a config
-
-
-def load_or_init(path: str, model_cfg, mesh, seed: int, role: str) -> Decoder:
-  """A model from an Orbax model checkpoint or Hugging Face directory, or random init. The
-  config must describe the stored model (`resolve_models` makes it so); any disagreement is
-  one line listing every differing shape field."""
-  if not path:
-    return shard_init(lambda rngs: Decoder(model_cfg, rngs=rngs), mesh, seed=seed)
-  from paced_jax.models.io import load_model
-  from paced_jax.models.resolve import describe_diff, shape_diff
-
-  model, loaded_cfg = load_model(path, mesh=mesh, dtype=model_cfg.dtype,
-                                 param_dtype=model_cfg.param_dtype)
-  diff = shape_diff(loaded_cfg, model_cfg)
-  if diff:
-    raise ConfigError(f"train.init_{role}={path!r} holds a model that the config's {role} "
-                      f"contradicts in {len(diff)} field(s): "
-                      f"{describe_diff(loaded_cfg, model_cfg, diff)}")
-  return model
-
-
-def setup(cfg: Config, workdir: str | Path, *, progress: bool = True) -> tuple[Run, Any]:
-  """Builds mesh, models, data, table and the compiled step. Returns (run, initial state).
-  Cheap checks (paths, data files, vocabularies, the pool) come before any model is built."""
-  preflight(cfg)
-  cfg = resolve_models(cfg)  # the init paths decide the architectures (no-op when resolved)
-  wd = prepare_workdir(workdir, cfg)
-  mesh = make_mesh(cfg.mesh)
-  if cfg.loss.chunk_size < 0:  # auto: what fits these devices (config.json keeps "-1")
-    cfg = step_lib.resolve_loss_chunk(cfg, mesh)
-    log.info("loss.chunk_size=-1 (auto): %d scored positions per chunk", cfg.loss.chunk_size)
-  tok = load_tokenizer(cfg.data.tokenizer, cfg.data.chat_template_kwargs)
-  if cfg.loss.mode not in ("sft", "self_distill") and cfg.teacher is None:
-    raise ConfigError(f"loss.mode={cfg.loss.mode!r} needs a teacher: set the config's teacher "
-                      "(and train.init_teacher), or use loss.mode=sft")
-  if cfg.teacher is not None and cfg.teacher.vocab_size != cfg.model.vocab_size and \
-      cfg.loss.mode != "self_distill" and not cfg.loss.vocab_limit:  # resolve_models sets it
-    raise ConfigError(f"teacher vocab_size={cfg.teacher.vocab_size} differs from student "
-                      f"vocab_size={cfg.model.vocab_size}: distillation compares distributions "
-                      "over one vocabulary")
-  if tok.vocab_size > cfg.model.vocab_size:
-    raise ConfigError(f"tokenizer {cfg.data.tokenizer!r} has {tok.vocab_size} ids but "
-                      f"model.vocab_size={cfg.model.vocab_size}; raise model.vocab_size")
-  source = load_pool(cfg.data, "train", seed=cfg.seed)
-  problems = [source[i] for i in range(len(source))]
-  off = eval_off_reason(cfg)
-  if off:
-    log.info("evaluation off: %s", off)
-  eval_sets = [] if off else load_eval_sets(cfg, train=problems)
-  verifier = verifier_from_config(cfg.paced)
-  student = load_or_init(cfg.train.init_student, cfg.model, mesh, cfg.seed, "student")
-  teacher_def = teacher_params = None
-  if cfg.loss.mode == "self_distill":  # the teacher is a frozen copy of the initial student
-    teacher = load_or_init(cfg.train.init_student, cfg.model, mesh, cfg.seed, "student")
-    teacher_def, teacher_params = nnx.split(teacher)
-  elif cfg.loss.mode != "sft":
-    teacher = load_or_init(cfg.train.init_teacher, cfg.teacher, mesh, cfg.seed + 1, "teacher")
-    teacher_def, teacher_params = nnx.split(teacher)
-  references = None
-  if cfg.data.reference == "teacher":
-    if teacher_params is None:
-      raise ConfigError("data.reference=teacher needs a teacher; loss.mode=sft has none")
-    references = teacher_references(cfg, wd, source, nnx.merge(teacher_def, teacher_params),
-                                    tok, verifier, mesh, progress=progress)
-  # on_policy rows carry no reference (the student samples every response): problems without
-  # one are usable too.
-  pipeline = FrontierPipeline(source, tok, cfg.data, seed=cfg.seed, mesh=mesh,
-                              references=references, prompts_only=cfg.loss.mode == "on_policy")
-  table = PassRateTable([p.id for p in problems])
-  tx = step_lib.make_optimizer(cfg.train)
-  state = step_lib.init_train_state(student, tx, mesh)
-  run = Run(cfg=cfg, workdir=wd, mesh=mesh, tokenizer=tok, student_def=nnx.graphdef(student),
-            teacher_def=teacher_def, teacher_params=teacher_params, tx=tx, problems=problems,
-            pipeline=pipeline, table=table, verifier=verifier,
-            writer=MetricsWriter(wd, enabled=is_main()), eval_sets=eval_sets,
-            fresh=FreshRollouts(cfg.paced.reuse_rollouts) if cfg.paced.reuse_rollouts else None)
-  run.step_fn = step_lib.compile_train_step(cfg, mesh, state, run.student_def, teacher_params,
-                                            teacher_def, tx)
-  return run, state
-
-
-# ----------------------------------------------------------------------------- frontier
-
-
-def _student(run: Run, state) -> Decoder:
-  return nnx.merge(run.student_def, state.params)
-
-
-def needs_reference(cfg: Config, step: int) -> bool:
-  """Whether the rows of `step` are teacher-forced on references (False when the student's own
-  rollouts replace them: on_policy, and the reverse-KL stage of two_stage)."""
-  if cfg.loss.mode == "on_policy":
-    return False
-  return not (cfg.loss.mode == "two_stage" and step_lib.stage_of(cfg, step) == "reverse_kl")
-
-
-def samplable(run: Run, need_reference: bool) -> np.ndarray:
-  """[N] problems the pipeline can draw (a prompt that fits; a reference when rows need one)."""
-  return run.pipeline.pool.usable_for(need_reference)
-
-
-def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -> dict:
-  """Re-estimates pass rates (all problems or a subset), rebuilds weights and starts the data
-  round `round_`. Deterministic in (seed, round). Only problems that can be drawn and sampled
-  are estimated; nothing is estimated when the weights cannot depend on it (uniform)."""
-  cfg = run.cfg
-  metrics: dict[str, float] = {}
-  idx = np.zeros(0, np.int64)
-  if cfg.paced.weighting != "uniform":
-    idx, skipped = _to_estimate(run, round_)
-    metrics["frontier/estimated"] = len(idx)
-    if cfg.paced.skip_base < 1:
-      metrics["frontier/skipped"] = float(len(skipped))
-    if is_main() and len(skipped):  # which estimates are stale this round, for audits
-      (run.workdir / "passrates").mkdir(exist_ok=True)
-      (run.workdir / "passrates" / f"round_{round_:05d}.skipped.json").write_text(
-          json.dumps([run.problems[i].id for i in skipped]))
-  chosen, kept = [run.problems[i] for i in idx], []
-  if chosen:
-    t0 = time.perf_counter()
-    est = estimate_for_config(
-        _student(run, state), chosen, run.tokenizer, run.verifier, cfg, run.mesh,
-        rollouts=cfg.paced.rollouts, rng=jax.random.fold_in(jax.random.key(cfg.seed), round_),
-        progress=progress, screen=cfg.paced.screen_rollouts, keep_rollouts=run.fresh is not None)
-    run.table.update([p.id for p in chosen], est.successes, est.trials, step, cfg.paced.merge)
-    run.compute["rollout_flops"] += est.flops
-    metrics["frontier/estimate_seconds"] = time.perf_counter() - t0
-    kept = est.rollouts
-  if run.fresh is not None:
-    where = {p.id: i for p, i in zip(chosen, idx)}
-    run.fresh.set(round_, step, [where[r.problem_id] for r in kept], kept,
-                  run.workdir / "rollouts" / f"round_{round_:05d}.npz" if is_main() else None)
-  metrics.update(apply_round(run, round_, needs_reference(cfg, step)))
-  s, n = run.table.counts()
-  stats = frontier_stats(s, n, run.pipeline.probs)
-  metrics.update(stats.as_metrics())
-  seen = run.table.step >= 0
-  metrics["frontier/staleness"] = float(np.mean(step - run.table.step[seen])) if seen.any() else 0.
-  metrics["frontier/round"] = round_
-  levels = np.asarray([p.difficulty if p.difficulty is not None else -1 for p in run.problems])
-  p_hat = run.pass_rates
-  for level in np.unique(levels[levels >= 0]):
-    sel = levels == level
-    metrics[f"frontier_mass/level_{level}"] = float(run.pipeline.probs[sel].sum())
-    if np.isfinite(p_hat[sel]).any():
-      metrics[f"frontier_p/level_{level}"] = float(np.nanmean(p_hat[sel]))
-  if is_main():
-    (run.workdir / "passrates").mkdir(exist_ok=True)
-    run.table.to_jsonl(run.workdir / "passrates" / f"round_{round_:05d}.jsonl")
-  return metrics
-
-
-def _to_estimate(run: Run, round_: int) -> tuple[np.ndarray, np.ndarray]:
-  """(estimated, skipped) pool indices of a refresh: problems of either phase of the run that
-  can be drawn and sampled (two_stage draws prompt-only rows later), a random
-  paced.refresh_subset of them, split by GRESO-style skipping of settled problems
-  (paced.skip_base < 1; none skipped otherwise)."""
-  cfg, pool = run.cfg, run.pipeline.pool
-  ok = samplable(run, True) | samplable(run, needs_reference(cfg, cfg.train.steps - 1))
-  ok &= pool.prompt_lens <= max(cfg.sample.prompt_buckets)
-  candidates = np.flatnonzero(ok)
-  subset = cfg.paced.refresh_subset
-  idx = (np.sort(np.random.default_rng([cfg.seed, round_, 7]).choice(
-      candidates, subset, replace=False)) if 0 < subset < len(candidates) else candidates)
-  if cfg.paced.skip_base >= 1:
-    return idx, idx[:0]
-  # Settled problems keep their last estimate.
-  settled = run.table.settled[run.table.rows([run.problems[i].id for i in idx])]
-  skip = skip_settled(settled, cfg.paced.skip_base, cfg.paced.skip_floor,
-                      np.random.default_rng([cfg.seed, round_, 11]))
-  return idx[~skip], idx[skip]
-
-
-def apply_round(run: Run, round_: int, need_reference: bool = True, table=None) -> dict:
-  """Weights from the table -> the pipeline's round (sampling or loss-weight mode). When every
-  problem that can be drawn has weight 0 the round is uniform, said once in a warning line."""
-  cfg = run.cfg
-  if table is not None:
-    run.table = table
-  s, n = run.table.counts()
-  w, ok = frontier_weights(s, n, cfg.paced), samplable(run, need_reference)
-  fr = frontier_round(w, cfg.paced, ok)
-  estimated = ok & (n > 0)
-  outside = bool(estimated.any()) and not w[estimated].sum() > 0 and cfg.paced.weighting != "uniform"
-  if fr.fallback_uniform:
-    log.warning("round %d: every problem has frontier weight 0 (all estimated pass rates in "
-                "{0, 1}); this round samples uniformly", round_)
-  elif outside:  # the unestimated problems (prior weight) and the eps floor carry the round
-    log.warning("round %d: every estimated problem has frontier weight 0 (pass rates in {0, 1}); "
-                "this round draws only the %d unestimated problems and the paced.eps floor",
-                round_, int((ok & (n == 0)).sum()))
-  run.pipeline.set_round(round_, fr.probs, weights=fr.loss_weights, need_reference=need_reference)
-  run.need_reference = need_reference
-  run.pass_rates = run.table.pass_rates()  # a new array per round: steps keep their snapshot
-  return {"frontier/fallback_uniform": float(fr.fallback_uniform),
-          "frontier/estimated_outside": float(outside)}
 
 
 # ----------------------------------------------------------------------------- loop
@@ -526,22 +237,6 @@ def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals) 
   last["step"] = step
   last.update(_compute_metrics(run.compute))
   return last
-
-
-def _write_round(run: Run, step: int, metrics: dict) -> None:
-  """A refresh's metrics (with this round's verifier incidents) and one INFO line."""
-  from paced_jax.verify import take_counts
-
-  metrics.update(take_counts())
-  run.writer.write(step, metrics)
-  log.info("round %d at step %d: %d problems estimated, mean p %.3f, p=0 %.1f%%, p=1 %.1f%%%s",
-           metrics.get("frontier/round", 0), step, metrics.get("frontier/estimated", 0),
-           metrics.get("frontier/mean_p", float("nan")),
-           100 * metrics.get("frontier/frac_p0", float("nan")),
-           100 * metrics.get("frontier/frac_p1", float("nan")),
-           f", {metrics['verify/timeouts']:.0f} verifier timeouts"
-           if metrics.get("verify/timeouts") else "")
-
 
 def _compute_metrics(compute: dict) -> dict:
   """compute/train_flops, compute/rollout_flops and their sum compute/flops."""

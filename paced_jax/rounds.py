@@ -1,0 +1,151 @@
+"""The frontier rounds: estimate pass rates (K rollouts, verified) -> PassRateTable -> frontier
+weights -> sampling probabilities -> the pipeline's round, and each round's metrics line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from paced_jax import step as step_lib
+from paced_jax.build import Run
+from paced_jax.config import Config
+from paced_jax.distributed import is_main
+from paced_jax.evaluate import estimate_for_config
+from paced_jax.frontier import frontier_round, frontier_stats, frontier_weights, skip_settled
+from paced_jax.models.transformer import Decoder
+
+log = logging.getLogger("paced_jax.train")  # the loop's logger: one name in every log line
+
+
+def _student(run: Run, state) -> Decoder:
+  return nnx.merge(run.student_def, state.params)
+
+
+def needs_reference(cfg: Config, step: int) -> bool:
+  """Whether the rows of `step` are teacher-forced on references (False when the student's own
+  rollouts replace them: on_policy, and the reverse-KL stage of two_stage)."""
+  if cfg.loss.mode == "on_policy":
+    return False
+  return not (cfg.loss.mode == "two_stage" and step_lib.stage_of(cfg, step) == "reverse_kl")
+
+
+def samplable(run: Run, need_reference: bool) -> np.ndarray:
+  """[N] problems the pipeline can draw (a prompt that fits; a reference when rows need one)."""
+  return run.pipeline.pool.usable_for(need_reference)
+
+
+def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -> dict:
+  """Re-estimates pass rates (all problems or a subset), rebuilds weights and starts the data
+  round `round_`. Deterministic in (seed, round). Only problems that can be drawn and sampled
+  are estimated; nothing is estimated when the weights cannot depend on it (uniform)."""
+  cfg = run.cfg
+  metrics: dict[str, float] = {}
+  idx = np.zeros(0, np.int64)
+  if cfg.paced.weighting != "uniform":
+    idx, skipped = _to_estimate(run, round_)
+    metrics["frontier/estimated"] = len(idx)
+    if cfg.paced.skip_base < 1:
+      metrics["frontier/skipped"] = float(len(skipped))
+    if is_main() and len(skipped):  # which estimates are stale this round, for audits
+      (run.workdir / "passrates").mkdir(exist_ok=True)
+      (run.workdir / "passrates" / f"round_{round_:05d}.skipped.json").write_text(
+          json.dumps([run.problems[i].id for i in skipped]))
+  chosen, kept = [run.problems[i] for i in idx], []
+  if chosen:
+    t0 = time.perf_counter()
+    est = estimate_for_config(
+        _student(run, state), chosen, run.tokenizer, run.verifier, cfg, run.mesh,
+        rollouts=cfg.paced.rollouts, rng=jax.random.fold_in(jax.random.key(cfg.seed), round_),
+        progress=progress, screen=cfg.paced.screen_rollouts, keep_rollouts=run.fresh is not None)
+    run.table.update([p.id for p in chosen], est.successes, est.trials, step, cfg.paced.merge)
+    run.compute["rollout_flops"] += est.flops
+    metrics["frontier/estimate_seconds"] = time.perf_counter() - t0
+    kept = est.rollouts
+  if run.fresh is not None:
+    where = {p.id: i for p, i in zip(chosen, idx)}
+    run.fresh.set(round_, step, [where[r.problem_id] for r in kept], kept,
+                  run.workdir / "rollouts" / f"round_{round_:05d}.npz" if is_main() else None)
+  metrics.update(apply_round(run, round_, needs_reference(cfg, step)))
+  s, n = run.table.counts()
+  stats = frontier_stats(s, n, run.pipeline.probs)
+  metrics.update(stats.as_metrics())
+  seen = run.table.step >= 0
+  metrics["frontier/staleness"] = float(np.mean(step - run.table.step[seen])) if seen.any() else 0.
+  metrics["frontier/round"] = round_
+  levels = np.asarray([p.difficulty if p.difficulty is not None else -1 for p in run.problems])
+  p_hat = run.pass_rates
+  for level in np.unique(levels[levels >= 0]):
+    sel = levels == level
+    metrics[f"frontier_mass/level_{level}"] = float(run.pipeline.probs[sel].sum())
+    if np.isfinite(p_hat[sel]).any():
+      metrics[f"frontier_p/level_{level}"] = float(np.nanmean(p_hat[sel]))
+  if is_main():
+    (run.workdir / "passrates").mkdir(exist_ok=True)
+    run.table.to_jsonl(run.workdir / "passrates" / f"round_{round_:05d}.jsonl")
+  return metrics
+
+
+def _to_estimate(run: Run, round_: int) -> tuple[np.ndarray, np.ndarray]:
+  """(estimated, skipped) pool indices of a refresh: problems of either phase of the run that
+  can be drawn and sampled (two_stage draws prompt-only rows later), a random
+  paced.refresh_subset of them, split by GRESO-style skipping of settled problems
+  (paced.skip_base < 1; none skipped otherwise)."""
+  cfg, pool = run.cfg, run.pipeline.pool
+  ok = samplable(run, True) | samplable(run, needs_reference(cfg, cfg.train.steps - 1))
+  ok &= pool.prompt_lens <= max(cfg.sample.prompt_buckets)
+  candidates = np.flatnonzero(ok)
+  subset = cfg.paced.refresh_subset
+  idx = (np.sort(np.random.default_rng([cfg.seed, round_, 7]).choice(
+      candidates, subset, replace=False)) if 0 < subset < len(candidates) else candidates)
+  if cfg.paced.skip_base >= 1:
+    return idx, idx[:0]
+  # Settled problems keep their last estimate.
+  settled = run.table.settled[run.table.rows([run.problems[i].id for i in idx])]
+  skip = skip_settled(settled, cfg.paced.skip_base, cfg.paced.skip_floor,
+                      np.random.default_rng([cfg.seed, round_, 11]))
+  return idx[~skip], idx[skip]
+
+
+def apply_round(run: Run, round_: int, need_reference: bool = True, table=None) -> dict:
+  """Weights from the table -> the pipeline's round (sampling or loss-weight mode). When every
+  problem that can be drawn has weight 0 the round is uniform, said once in a warning line."""
+  cfg = run.cfg
+  if table is not None:
+    run.table = table
+  s, n = run.table.counts()
+  w, ok = frontier_weights(s, n, cfg.paced), samplable(run, need_reference)
+  fr = frontier_round(w, cfg.paced, ok)
+  estimated = ok & (n > 0)
+  outside = bool(estimated.any()) and not w[estimated].sum() > 0 and cfg.paced.weighting != "uniform"
+  if fr.fallback_uniform:
+    log.warning("round %d: every problem has frontier weight 0 (all estimated pass rates in "
+                "{0, 1}); this round samples uniformly", round_)
+  elif outside:  # the unestimated problems (prior weight) and the eps floor carry the round
+    log.warning("round %d: every estimated problem has frontier weight 0 (pass rates in {0, 1}); "
+                "this round draws only the %d unestimated problems and the paced.eps floor",
+                round_, int((ok & (n == 0)).sum()))
+  run.pipeline.set_round(round_, fr.probs, weights=fr.loss_weights, need_reference=need_reference)
+  run.need_reference = need_reference
+  run.pass_rates = run.table.pass_rates()  # a new array per round: steps keep their snapshot
+  return {"frontier/fallback_uniform": float(fr.fallback_uniform),
+          "frontier/estimated_outside": float(outside)}
+
+
+def _write_round(run: Run, step: int, metrics: dict) -> None:
+  """A refresh's metrics (with this round's verifier incidents) and one INFO line."""
+  from paced_jax.verify import take_counts
+
+  metrics.update(take_counts())
+  run.writer.write(step, metrics)
+  log.info("round %d at step %d: %d problems estimated, mean p %.3f, p=0 %.1f%%, p=1 %.1f%%%s",
+           metrics.get("frontier/round", 0), step, metrics.get("frontier/estimated", 0),
+           metrics.get("frontier/mean_p", float("nan")),
+           100 * metrics.get("frontier/frac_p0", float("nan")),
+           100 * metrics.get("frontier/frac_p1", float("nan")),
+           f", {metrics['verify/timeouts']:.0f} verifier timeouts"
+           if metrics.get("verify/timeouts") else "")
