@@ -286,6 +286,11 @@ class LossConfig:
         ("teacher_top_k", self.teacher_top_k >= 0, ">= 0 (0: the full vocabulary)"),
         ("vocab_limit", self.vocab_limit >= 0, ">= 0 (0: the models' whole vocabulary)"),
         ("two_stage_switch", 0 < self.two_stage_switch < 1, "in (0, 1)")])
+    if self.mode == "two_stage" and self.divergence not in ("auto", "forward_kl"):
+      raise ConfigError(
+          f"loss.divergence={self.divergence!r} would be ignored: loss.mode=two_stage trains "
+          "forward KL on references, then reverse KL on the student's rollouts; set "
+          "loss.divergence=auto")
     if self.teacher_top_k and (self.mode != "distill" or self.resolved_divergence != "forward_kl"):
       raise ConfigError(
           f"loss.teacher_top_k={self.teacher_top_k} works only for off-policy forward KL "

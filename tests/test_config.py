@@ -35,10 +35,12 @@ def test_overrides_parse_by_type():
     ("seed.x=1", r"'seed.x': 'seed' is a int, not a section"),
     ("model.num_heads=3", r"not a multiple of model.num_kv_heads"),
     ("novalue", r"not of the form key.sub=value"),
+    # two-stage's stages are fixed (forward KL, then reverse KL): another divergence was ignored
+    ("loss.mode=two_stage,loss.divergence=akl", r"loss.divergence='akl' would be ignored"),
 ])
 def test_override_errors(override, match):
   with pytest.raises(ConfigError, match=match):
-    apply_overrides(Config(), [override])
+    apply_overrides(Config(), override.split(","))
 
 
 def test_load_config_with_arg():
