@@ -387,7 +387,9 @@ def plot_snr(path: Path, snr: dict) -> None:
   for loss, label in (("references", "forward KL on references"),
                       ("on_policy", "reverse KL on the student's rollouts")):
     bs = [b for b in snr[loss]["buckets"] if "snr" in b]
-    ax.plot([b["p_mean"] for b in bs], [b["snr_unbiased"] for b in bs], "o-", label=label)
+    ax.errorbar([b["p_mean"] for b in bs], [b["snr_unbiased"] for b in bs],
+                yerr=[b.get("snr_unbiased_se", 0.0) for b in bs], marker="o", capsize=3,
+                label=f"{label} (± bootstrap SE)")
   ax.axhline(0, color="gray", lw=0.8)
   ax.set(xlabel="pass rate p (bucket mean)", ylabel="cross-problem gradient SNR (bias removed)",
          title=f"Gradient SNR by pass rate, pool {snr['pool']}")
