@@ -53,9 +53,8 @@ from paced_jax.config import ConfigError, SampleConfig
 from paced_jax.distributed import to_host
 from paced_jax.flops import attention_flops_per_token, body_flops_per_token, unembed_flops
 from paced_jax.models.transformer import Decoder, KVCache
-from paced_jax.sampler import (Knobs, Sample, Strategy, check_knobs, pad_prompts, per_row,
-                               pick_bucket)
-from paced_jax.sharding import constrain
+from paced_jax.sampler import (Knobs, Sample, Strategy, check_knobs, constrain_cache,
+                               pad_prompts, per_row, pick_bucket)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,9 +232,7 @@ def decode_core(graphdef, params, st: EngineState, wave: Wave, knobs_R: Knobs, r
     # A refill can end rollouts at once (stop id first, budget 1): decode only if a slot runs.
     return jax.lax.cond(jnp.any(st.busy_B), decode, lambda s: s, st)
 
-  cache_axes = ("batch", "act_kv_heads", "length", None)
-  st = st.replace(cache=jax.tree.map(
-      lambda x: constrain(x, mesh, cache_axes) if x.ndim == 4 else x, st.cache))
+  st = st.replace(cache=constrain_cache(st.cache, mesh))
   return jax.lax.while_loop(cond, body, st)
 
 

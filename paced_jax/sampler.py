@@ -168,6 +168,12 @@ Strategy = Greedy | Sample
 # ----------------------------------------------------------------------------- the jitted core
 
 
+def constrain_cache(cache: KVCache, mesh: Mesh | None) -> KVCache:
+  """The KV cache's k/v buffers [B, K, S, H] kept with their rows over the batch mesh axes."""
+  axes = ("batch", "act_kv_heads", "length", None)
+  return jax.tree.map(lambda x: constrain(x, mesh, axes) if x.ndim == 4 else x, cache)
+
+
 def _step_keys(row_keys_B, step):
   return jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys_B)
 
@@ -183,9 +189,7 @@ def sample_core(graphdef, params, prompts_BP, prompt_lengths_B, knobs: Knobs, rn
   """
   model: Decoder = nnx.merge(graphdef, params)
   B, P = prompts_BP.shape
-  cache_axes = ("batch", "act_kv_heads", "length", None)  # [B, K, S, H]
-  cache = model.init_cache(B, P + budget)
-  cache = jax.tree.map(lambda x: constrain(x, mesh, cache_axes) if x.ndim == 4 else x, cache)
+  cache = constrain_cache(model.init_cache(B, P + budget), mesh)
   row_keys_B = jax.vmap(lambda i: jax.random.fold_in(rng, i))(row_ids_B)
   max_new_B = jnp.clip(knobs.max_new_tokens, 1, budget)
 
