@@ -148,17 +148,16 @@ def gradient_snr(args, log, *, loss: str = "references", extra=(), wd: Path | No
   level weights); args.set, when the caller has it, applies too."""
   import jax
   import jax.numpy as jnp
-  import numpy as np
   from flax import nnx
 
   from paced_jax import losses
   from paced_jax import step as step_lib
   from paced_jax.config import load_config
   from paced_jax.data.packing import pick_bucket
+  from paced_jax.distributed import to_host
   from paced_jax.evaluate import estimate_for_config
   from paced_jax.rollout_data import on_policy_batch
   from paced_jax.train import setup
-  from paced_jax.distributed import to_host
 
   over = common_overrides(args) + list(getattr(args, "set", [])) + list(extra)
   cfg = load_config(args.config, over + list(SNR_LOSSES[loss]) + ["eval.max_problems=0"])
@@ -190,7 +189,7 @@ def gradient_snr(args, log, *, loss: str = "references", extra=(), wd: Path | No
     rows = {k: np.concatenate([pad(x[k], k) if x[k].ndim > 1 else x[k] for x in parts])
             for k in parts[0] if k not in ("index", "weights")}
   rows["weights"] = np.ones(len(idx), np.float32)
-  kind = jnp.int32(losses.DIVERGENCES.index(SNR_LOSSES[loss][1].split("=")[1]))
+  kind = jnp.int32(losses.DIVERGENCES.index(cfg.loss.resolved_divergence))
   loss_fn = functools.partial(step_lib.loss_fn, cfg=cfg, student_def=run.student_def,
                               teacher_def=run.teacher_def)
 
@@ -210,8 +209,9 @@ def gradient_snr(args, log, *, loss: str = "references", extra=(), wd: Path | No
     entry = {"lo": lo, "hi": hi, "n": n, "p_mean": float(p[sel].mean()) if n else None}
     if n >= 3:
       G = grads[sel].astype(np.float64)
-      snr, snr_u = _snr(G @ G.T)
-      entry.update(snr=snr, snr_unbiased=snr_u, snr_unbiased_se=_snr_se(G @ G.T),
+      gram = G @ G.T
+      snr, snr_u = _snr(gram)
+      entry.update(snr=snr, snr_unbiased=snr_u, snr_unbiased_se=_snr_se(gram),
                    grad_norm=float(np.linalg.norm(G, axis=1).mean()))
     out["buckets"].append(entry)
   run.pipeline.close()
