@@ -7,8 +7,8 @@ KL at temperature 1.
 
   ours-fused       paced_jax.step with loss.chunk_size=CHUNK: paced_jax/fused_loss.py
   ours-unchunked   loss.chunk_size=0: [B, R, V] logits, plain autodiff
-  ours-remat       the previous chunked loss (losses.chunked_divergence: `jax.checkpoint` per
-                   chunk, logits recomputed in the backward), swapped into the same step
+  ours-remat       the previous chunked loss (`_remat_loss` below: `jax.checkpoint` per chunk,
+                   logits recomputed in the backward), swapped into the same step
   tunix            DistillationTrainer + LogitStrategy (scores all T positions: it has no mask)
 
 Scored tok/s counts the positions each system scores (B * R for ours, B * T for Tunix, which must
@@ -51,9 +51,24 @@ TRAIN = TrainConfig(steps=10_000, lr=1e-4, warmup_steps=1, weight_decay=0.01)
 SYSTEMS = ("ours-fused", "ours-unchunked", "ours-remat", "tunix")
 
 
-def _remat_loss(h_t, w_t, h_s, w_s, mask, coef, kind, *, chunk, row_sharding=None, **kw):
-  """The chunked loss before fusion: jax.checkpoint per chunk (logits recomputed backward)."""
-  sums, _ = losses.chunked_divergence(h_t, w_t, h_s, w_s, mask, kind, chunk=chunk, **kw)
+def _remat_loss(h_t, w_t, h_s, w_s, mask, coef, kind, *, chunk, row_sharding=None,
+                targets_BR=None, **kw):
+  """The chunked loss before fusion, kept here for the comparison: a scan over chunks of
+  scored positions under jax.checkpoint (each chunk's logits recomputed in the backward)."""
+  B, R, _ = h_s.shape
+  n = -(-R // chunk)
+  tgt = jnp.zeros((B, R), jnp.int32) if targets_BR is None else targets_BR
+  pad = lambda x: jnp.pad(x, [(0, 0), (0, n * chunk - R)] + [(0, 0)] * (x.ndim - 2))
+  xs = tuple(jnp.moveaxis(pad(x).reshape(B, n, chunk, *x.shape[2:]), 1, 0)
+             for x in (h_t, h_s, mask, tgt))  # padded positions are masked: they add nothing
+
+  @jax.checkpoint
+  def body(sums, x):
+    h_t_c, h_s_c, m, t = x
+    s, _ = losses.linear_divergence(h_t_c, w_t, h_s_c, w_s, m, kind, targets_BR=t, **kw)
+    return sums + s, None
+
+  sums, _ = jax.lax.scan(body, jnp.zeros((B,), jnp.float32), xs)
   return jnp.sum(coef * sums), sums
 
 

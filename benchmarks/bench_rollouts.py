@@ -15,7 +15,7 @@ per system per round, interleaved, median of --rounds after one warm-up). Wasted
 decode row-steps that produced no token of a live rollout / all decode row-steps.
 
   ours     paced_jax.rollouts.Engine (continuous batching, shared prefill, bounded attention)
-  static   paced_jax.rollouts.StaticRollouts (sampler.generate, `rows` rows per call)
+  static   static_rollouts.StaticRollouts (sampler.generate, `rows` rows per call)
   tunix    tunix.generate.sampler.Sampler over tunix.models.qwen2 (google-tunix==0.1.7)
 
 Tunix is not a dependency (see benchmarks/results/sampler.md for its venv); without it that
@@ -38,7 +38,8 @@ import numpy as np
 import paced_jax
 from common import random_decoder, timed, tunix_sampler
 from paced_jax.models import get_preset
-from paced_jax.rollouts import Engine, StaticRollouts
+from paced_jax.rollouts import Engine
+from static_rollouts import StaticRollouts
 from paced_jax.sampler import Knobs
 
 PROMPT, K = 32, 8

@@ -93,10 +93,10 @@ def audit(wd: Path, step: int, cfg) -> dict:
   import jax
   import numpy as np
 
-  from paced_jax.checkpoint import load_model_checked
+  from paced_jax.models.io import load_model_checked
   from paced_jax.data.sources import load_pool
   from paced_jax.data.tokenizer import load_tokenizer
-  from paced_jax.evaluate import estimate_for_config
+  from paced_jax.estimate import estimate_for_config
   from paced_jax.frontier import PassRateTable
   from paced_jax.sharding import make_mesh
   from paced_jax.verify import verifier_from_config

@@ -2,8 +2,8 @@
 
 One refresh of configs/demo.py (its shipped student, 512 problems of the synthetic train pool,
 temperature 1.0, budget 128) estimated with K = 8 by
-  static     estimate_pass_rates(engine="static")  (today: sampler.generate, 256-row batches)
-  engine     estimate_pass_rates(engine="continuous")  (rollouts.Engine, 256 slots)
+  static     estimate_pass_rates(StaticRollouts(model, rows=256))  (sampler.generate batches)
+  engine     estimate_pass_rates(model)  (rollouts.Engine, 256 slots)
   screen k0  the engine with screen=k0: k0 rollouts each, K - k0 more where the first k0 disagree
 Per setting: rollout FLOPs (flops.py convention, as computed), wall time, and for screening the
 error against the full-K estimate of the same rollouts (same RNG streams): mean |p - p_K| over
@@ -34,6 +34,7 @@ from paced_jax.frontier import posterior_weight
 from paced_jax.models.io import load_model
 from paced_jax.sampler import Knobs
 from paced_jax.verify import verifier_from_config
+from static_rollouts import StaticRollouts
 
 K, SUBSET, REFRESHES, STEPS = 8, 512, 12, 300
 
@@ -55,15 +56,17 @@ def main():
             pad_id=tok.pad_id, batch_size=cfg.sample.batch_size,
             prompt_buckets=cfg.sample.prompt_buckets, budget_buckets=cfg.sample.budget_buckets,
             keep_rollouts=False, progress=False, verify_workers=cfg.paced.verify_workers)
-  settings = [("static", dict(engine="static")), ("engine", dict(engine="continuous"))]
-  settings += [(f"engine + screen k0={k0}", dict(engine="continuous", screen=k0))
-               for k0 in args.screens]
-  for _, extra in settings:  # warm-up at the same shapes: compile every program once
-    estimate_pass_rates(model, problems, **(kw | extra))
+  static = StaticRollouts(model, rows=cfg.sample.batch_size,
+                          prompt_buckets=cfg.sample.prompt_buckets,
+                          budget_buckets=cfg.sample.budget_buckets)
+  settings = [("static", static, {}), ("engine", model, {})]
+  settings += [(f"engine + screen k0={k0}", model, dict(screen=k0)) for k0 in args.screens]
+  for _, engine, extra in settings:  # warm-up at the same shapes: compile every program once
+    estimate_pass_rates(engine, problems, **(kw | extra))
   res = {}
-  for name, extra in settings:
+  for name, engine, extra in settings:
     t0 = time.perf_counter()
-    est = estimate_pass_rates(model, problems, **(kw | extra))
+    est = estimate_pass_rates(engine, problems, **(kw | extra))
     res[name] = (est, time.perf_counter() - t0)
 
   rows = [json.loads(line) for line in open(args.train_metrics)]

@@ -11,7 +11,7 @@ benchmarks/bench_rollouts.py: EOS disabled, rollout r stops after L_r tokens (pe
   engine  paced_jax.rollouts.Engine(slots=S): one prefill wave of all N prompts, then one
           while-loop that refills a slot as soon as its rollout ends, attention bounded by the
           filled length.
-  static  paced_jax.rollouts.StaticRollouts(rows=S): sampler.generate on S / K prompts per call;
+  static  static_rollouts.StaticRollouts(rows=S): sampler.generate on S / K prompts per call;
           a call runs until its longest rollout ends, attending over the whole cache buffer.
 
 Per (S, system), after one warm-up call on the same workload (another seed: it compiles every
@@ -51,7 +51,8 @@ from flax import nnx
 from gpu_sampler import copy_bandwidth  # benchmarks/ is on sys.path when run as a script
 from paced_jax.config import MeshConfig, SampleConfig
 from paced_jax.models import Decoder, get_preset, param_count
-from paced_jax.rollouts import Engine, StaticRollouts
+from paced_jax.rollouts import Engine
+from static_rollouts import StaticRollouts
 from paced_jax.sampler import Knobs, pick_bucket
 from paced_jax.sharding import make_mesh, shard_init
 

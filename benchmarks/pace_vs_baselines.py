@@ -152,10 +152,9 @@ def gradient_snr(args, log, *, loss: str = "references", extra=(), wd: Path | No
 
   from paced_jax import losses
   from paced_jax import step as step_lib
-  from paced_jax.config import load_config
-  from paced_jax.data.packing import pick_bucket
+  from paced_jax.config import load_config, pick_bucket
   from paced_jax.distributed import to_host
-  from paced_jax.evaluate import estimate_for_config
+  from paced_jax.estimate import estimate_for_config
   from paced_jax.rollout_data import on_policy_batch
   from paced_jax.train import setup
 

@@ -91,7 +91,7 @@ def measure_levels(args, log) -> dict:
 
   from paced_jax.config import load_config
   from paced_jax.data.synthetic import synthetic_source
-  from paced_jax.evaluate import estimate_for_config
+  from paced_jax.estimate import estimate_for_config
   from paced_jax.train import setup
 
   cfg = load_config(args.config, ["eval.max_problems=0", *args.set])

@@ -26,6 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from paced_jax.config import ConfigError
+from paced_jax.models.io import error_reason, incomplete
 
 
 def fuse_filesystem(path: str | Path, mounts: str | Path = "/proc/mounts") -> str | None:
@@ -81,19 +82,6 @@ def manager(directory: str | Path, max_to_keep: int = 3, async_save: bool = True
   return mgr
 
 
-def _reason(e: BaseException) -> str:
-  """The useful part of an Orbax / TensorStore / OS error, one short line."""
-  if isinstance(e, OSError) and e.strerror:
-    return e.strerror
-  text = str(e)
-  for known in ("No space left on device", "Read-only file system", "Permission denied",
-                "Transport endpoint is not connected", "Input/output error"):
-    if known in text:
-      return known
-  first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-  return first[:200]
-
-
 def wait(mgr: ocp.CheckpointManager) -> None:
   """Waits for the save in flight; a failed write becomes one CheckpointError (earlier steps
   are intact: Orbax writes a temporary directory and this module rotates only after commits)."""
@@ -103,7 +91,7 @@ def wait(mgr: ocp.CheckpointManager) -> None:
   except Exception as e:  # noqa: BLE001 -- Orbax raises many types from its threads
     latest = committed_steps(mgr.directory)
     raise CheckpointError(
-        f"a checkpoint could not be written to {mgr.directory} ({_reason(e)}); earlier "
+        f"a checkpoint could not be written to {mgr.directory} ({error_reason(e)}); earlier "
         f"checkpoints are intact (latest: {latest[-1] if latest else 'none'}): fix the "
         "directory (space, permissions, mount) and run the same command to resume") from None
 
@@ -122,21 +110,6 @@ def committed_steps(directory: str | Path) -> list[int]:
   if not d.is_dir():
     return []
   return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and p.is_dir())
-
-
-def incomplete(step_dir: str | Path) -> str | None:
-  """Why a step directory is not a whole training checkpoint (missing items or commit
-  marker), or None."""
-  d = Path(str(step_dir))
-  missing = [n for n in ("params", "opt_state", "passrates", "meta") if not (d / n).is_dir()]
-  if missing:
-    return f"no {', '.join(missing)}"
-  if not any(f.is_file() for f in (d / "meta").iterdir()):
-    return "an empty meta/"
-  if any("commit" in p.name for p in d.iterdir()) or (
-      d / "_CHECKPOINT_METADATA").exists():
-    return None
-  return "no commit marker (the save did not finish)"
 
 
 def rotate(mgr: ocp.CheckpointManager) -> None:
@@ -171,7 +144,7 @@ def save(mgr: ocp.CheckpointManager, step: int, *, params, opt_state, passrates:
         passrates=ocp.args.StandardSave(passrates), meta=ocp.args.JsonSave(meta)))
   except Exception as e:  # noqa: BLE001 -- a synchronous part of the write failed
     raise CheckpointError(
-        f"checkpoint step {step} could not be written to {mgr.directory} ({_reason(e)}); "
+        f"checkpoint step {step} could not be written to {mgr.directory} ({error_reason(e)}); "
         "earlier checkpoints are intact: fix the directory and run the same command to "
         "resume") from None
   finally:
@@ -212,8 +185,8 @@ def restore(mgr: ocp.CheckpointManager, step: int | None, *, params, opt_state) 
     text = f"{e} {e.__cause__ or ''}"
     if any(k in text for k in _UNREADABLE):
       raise CheckpointError(f"{where} is unreadable (truncated or corrupt: "
-                            f"{_reason(e.__cause__ or e)})") from None
-    raise CheckpointError(f"{where} does not match this config ({_reason(e)}); use another "
+                            f"{error_reason(e.__cause__ or e)})") from None
+    raise CheckpointError(f"{where} does not match this config ({error_reason(e)}); use another "
                           "--workdir or the config it was written with") from None
   if not isinstance(out["meta"], dict) or "step" not in out["meta"]:
     raise CheckpointError(f"{where} is incomplete (its meta has no step)")
@@ -247,84 +220,28 @@ def set_aside(workdir: Path, checkpoints: Path, step: int) -> Path:
   return dest
 
 
-def check_model_path(path: str | Path, flag: str) -> None:
-  """Cheap checks of a --checkpoint / --baseline / init path before anything is built."""
-  p = Path(str(path))
-  if not p.exists():
-    raise ConfigError(f"{flag}{'' if flag.endswith('=') else ' '}{path} does not exist; pass a model checkpoint, a training step "
-                      "directory (WORKDIR/checkpoints/STEP) or a Hugging Face directory")
-  if p.is_dir() and (p / "params").is_dir() and p.parent.name == "checkpoints" and \
-      p.name.isdigit():
-    why = incomplete(p)
-    if why:
-      raise ConfigError(f"{flag}{'' if flag.endswith('=') else ' '}{path} is an incomplete training checkpoint ({why}); use "
-                        "another step of WORKDIR/checkpoints")
-  for file in sorted(p.glob("*.safetensors")) if p.is_dir() else []:
-    why = safetensors_damage(file)
-    if why:
-      raise ConfigError(f"{flag}{'' if flag.endswith('=') else ' '}{path} cannot be read: "
-                        f"{file.name} is truncated or corrupt ({why}); copy or export it again")
+def config_changes(saved: dict, current: dict, sections) -> list[str]:
+  """Every differing field of `sections` between a workdir's saved config and this run's, as
+  "key: saved -> now" (tuples and lists compare as sequences)."""
+  out: list[str] = []
 
+  def walk(a, b, prefix):
+    if isinstance(a, dict) and isinstance(b, dict):
+      for k in sorted(set(a) | set(b)):
+        walk(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+    elif a != b and not (isinstance(a, (list, tuple)) and list(a) == list(b or [])):
+      out.append(f"{prefix}: {a!r} -> {b!r}")
 
-def safetensors_damage(file: Path) -> str | None:
-  """Why a safetensors file is not whole, from its header and size alone (no tensor is read):
-  the header (u64 length + JSON) must parse and the file must end where its last tensor ends."""
-  import json
-  import struct
-
-  size = file.stat().st_size
-  with open(file, "rb") as f:
-    head = f.read(8)
-    if len(head) < 8:
-      return f"{size} bytes, shorter than a header"
-    (n,) = struct.unpack("<Q", head)
-    if 8 + n > size:
-      return f"header of {n} bytes in a file of {size}"
-    try:
-      header = json.loads(f.read(n))
-      end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-                default=0)
-    except (ValueError, KeyError, TypeError, IndexError) as e:
-      return f"unreadable header: {type(e).__name__}"
-  if 8 + n + end != size:
-    return f"{size} bytes where its tensors end at byte {8 + n + end}"
-  return None
-
-
-def load_model_checked(path: str | Path, flag: str, **kw):
-  """`models.io.load_model` whose unreadable-file failures are one ConfigError line."""
-  from paced_jax.models.io import load_model
-
-  check_model_path(path, flag)
-  p = Path(str(path))
-  step_dir = p.name.isdigit() and p.parent.name == "checkpoints" and (p / "meta").is_dir()
-  try:
-    return load_model(path, **kw)
-  except ConfigError as e:
-    if not step_dir:
-      raise
-    # A trainer's step holds its own model config: params that disagree with it are damaged.
-    raise ConfigError(f"{flag} {path} cannot be read: truncated or corrupt? ({e})") from None
-  except Exception as e:  # noqa: BLE001 -- TensorStore / safetensors raise many types
-    cause = e.__cause__ or e
-    raise ConfigError(f"{flag} {path} cannot be read: truncated or corrupt? "
-                      f"({type(cause).__name__}: {_reason(cause)})") from None
+  for section in sections:
+    walk(saved.get(section), current.get(section), section)
+  return out
 
 
 def config_mismatch(saved: dict, current: dict, sections=("model", "data", "loss")) -> str | None:
   """The first differing field between a workdir's saved config and this run's, or None."""
-  def walk(a, b, prefix):
-    if isinstance(a, dict) and isinstance(b, dict):
-      for k in sorted(set(a) | set(b)):
-        found = walk(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
-        if found:
-          return found
-      return None
-    if a != b and not (isinstance(a, (list, tuple)) and list(a) == list(b or [])):
-      return f"{prefix}: saved {a!r}, now {b!r}"
+  found = config_changes(saved, current, sections)
+  if not found:
     return None
-  for section in sections:
-    found = walk(saved.get(section), current.get(section), section)
-    if found:
-      return found
-  return None
+  key, _, change = found[0].partition(": ")
+  was, _, now = change.partition(" -> ")
+  return f"{key}: saved {was}, now {now}"

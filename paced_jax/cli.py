@@ -18,19 +18,6 @@ import paced_jax
 from paced_jax.config import ConfigError
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
-  p.add_argument("config", help="configs/NAME.py or configs/NAME.py:ARG (ARG goes to get_config)")
-  p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                 help="override a config field, e.g. --set model.num_layers=4 (repeatable)")
-
-
-def cmd_smoke(args) -> int:
-  """See `paced_jax.commands.cmd_smoke`."""
-  from paced_jax.commands import cmd_smoke as smoke
-
-  return smoke(args)
-
-
 # Subcommands defined in other modules: each module exposes `add_parser(subparsers)`, which
 # registers its subcommand with `set_defaults(func=...)`. Append a module name to add one.
 COMMAND_MODULES: tuple[str, ...] = ("paced_jax.commands", "paced_jax.convert", "paced_jax.plan",
@@ -42,12 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
       prog="paced", description="PACED distillation of LLMs in JAX (arXiv 2603.11178).")
   parser.add_argument("--version", action="version", version=f"paced {paced_jax.__version__}")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-  p = sub.add_parser("smoke", help="load the configured models (or init them randomly), size "
-                     "the run against device memory, forward pass and cached-decode check")
-  add_config_args(p)
-  p.add_argument("--batch", type=int, default=4)
-  p.add_argument("--seq", type=int, default=32)
-  p.set_defaults(func=cmd_smoke)
   for name in COMMAND_MODULES:
     importlib.import_module(name).add_parser(sub)
   for p in sub.choices.values():

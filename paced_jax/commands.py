@@ -1,11 +1,11 @@
-"""`paced train`, `paced sft` and `paced estimate`."""
+"""`paced train`, `paced sft`, `paced estimate`, `paced eval` and `paced smoke`."""
 
 from __future__ import annotations
 
 import dataclasses
 import sys
 
-from paced_jax.cli import add_config_args
+from paced_jax.config import add_config_args
 
 
 def add_parser(sub) -> None:
@@ -41,6 +41,13 @@ def add_parser(sub) -> None:
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(func=cmd_eval)
 
+  p = sub.add_parser("smoke", help="load the configured models (or init them randomly), size "
+                     "the run against device memory, forward pass and cached-decode check")
+  add_config_args(p)
+  p.add_argument("--batch", type=int, default=4)
+  p.add_argument("--seq", type=int, default=32)
+  p.set_defaults(func=cmd_smoke)
+
 
 def cmd_train(args) -> int:
   import signal
@@ -48,15 +55,16 @@ def cmd_train(args) -> int:
   from paced_jax.config import load_config
   from paced_jax.train import Interrupted, TrainingDiverged, train
 
-  from paced_jax.models.resolve import resolve_models, shape_overrides
+  from paced_jax.models.resolve import shape_overrides
 
   cfg = load_config(args.config, args.overrides)
-  if args.mode == "sft":
-    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, mode="sft"))
-  # The init paths decide the architectures; a --set shape that contradicts one is an error.
-  cfg = resolve_models(cfg, shape_overrides(args.overrides))
+  if args.mode == "sft":  # cross-entropy whatever divergence the (distillation) config names
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, mode="sft",
+                                                            divergence="auto"))
   try:
-    last = train(cfg, args.workdir, progress=not args.quiet)
+    # The init paths decide the architectures; a --set shape that contradicts one is an error.
+    last = train(cfg, args.workdir, progress=not args.quiet,
+                 explicit=shape_overrides(args.overrides))
   except TrainingDiverged as e:
     print(f"paced: error: {e}", file=sys.stderr)
     return 1
@@ -65,6 +73,13 @@ def cmd_train(args) -> int:
     return 128 + e.signum
   from paced_jax.distributed import is_main
 
+  if last.get("finished"):  # a rerun of a finished run: nothing written, the summary again
+    if is_main():
+      print(f"{args.workdir}: finished at step {last['step']} (train.steps="
+            f"{cfg.train.steps}); nothing to do: raise train.steps or train.max_flops to train "
+            "on, or use a new --workdir")
+      _print_summary(args.workdir, cfg, plots=False)
+    return 0
   if last.get("stopped_by") is not None:  # saved at a step boundary; the line was logged
     # SIGTERM is a preemption the scheduler asked for (exit 0); Ctrl-C is the user's (130).
     return 130 if last["stopped_by"] == signal.SIGINT else 0
@@ -75,8 +90,25 @@ def cmd_train(args) -> int:
   return 0
 
 
-def _print_summary(workdir, cfg) -> None:
-  """The before/after accuracy table and the report plots, when the run evaluated."""
+def _print_summary(workdir, cfg, plots: bool = True) -> None:
+  """The before/after accuracy table and (`plots`) the report plots, when the run evaluated.
+  The run has finished by now: a summary or plot that cannot be read or written is one warning
+  line, never a failure of the run."""
+  import logging
+
+  try:
+    _summary(workdir, cfg, plots)
+  except Exception as e:  # noqa: BLE001 -- a report must not fail a finished run
+    from paced_jax.config import ConfigError
+
+    why = str(e) if isinstance(e, ConfigError) else (
+        f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}")
+    logging.getLogger("paced_jax.report").warning(
+        "the end-of-run report was not completed: %s; the run itself finished: run "
+        "`paced report %s` once that is fixed", why, workdir)
+
+
+def _summary(workdir, cfg, plots: bool) -> None:
   import json
   from pathlib import Path
 
@@ -89,7 +121,7 @@ def _print_summary(workdir, cfg) -> None:
                         json.loads((wd / "eval_after.json").read_text())))
   elif eval_off_reason(cfg):
     print(f"evaluation: off ({eval_off_reason(cfg)})")
-  for p in make_report(wd):
+  for p in make_report(wd) if plots else ():
     print(f"wrote {p}")
 
 
@@ -102,13 +134,14 @@ def cmd_estimate(args) -> int:
   from paced_jax.data.sources import load_pool
   from paced_jax.data.tokenizer import load_tokenizer
   from paced_jax.estimate import plot_frontier
-  from paced_jax.evaluate import estimate_for_config
+  from paced_jax.estimate import estimate_for_config
+  from paced_jax.rollouts import make_engine
   from paced_jax.frontier import PassRateTable, frontier_stats, frontier_weights, sampling_probs
   from paced_jax.sharding import make_mesh
   from paced_jax.distributed import is_main
   from paced_jax.verify import verifier_from_config
 
-  from paced_jax.checkpoint import check_model_path, load_model_checked
+  from paced_jax.models.io import check_model_path, load_model_checked
   from paced_jax.preflight import check_data_files
 
   cfg = load_config(args.config, args.overrides)
@@ -133,7 +166,7 @@ def cmd_estimate(args) -> int:
   source = load_pool(cfg.data, args.split, seed=cfg.seed)
   problems = [source[i] for i in range(len(source))]
   verifier = verifier_from_config(cfg.paced)
-  est = estimate_for_config(model, problems, tok, verifier, cfg, mesh,
+  est = estimate_for_config(make_engine(cfg, model, mesh), problems, tok, verifier, cfg, mesh,
                             rollouts=cfg.paced.rollouts, rng=jax.random.key(cfg.seed),
                             progress=not args.quiet and is_main(),
                             screen=cfg.paced.screen_rollouts)
@@ -143,7 +176,7 @@ def cmd_estimate(args) -> int:
   table.update([p.id for p in problems], est.successes, est.trials, step=0)
   table.to_jsonl(out / "passrates.jsonl")
   w = frontier_weights(est.successes, est.trials, cfg.paced)
-  plot_frontier(out / "passrates.png", table.pass_rates(), w)
+  plot_frontier(out / "passrates.png", table.pass_rates(), w, trials=table.counts()[1])
   stats = frontier_stats(est.successes, est.trials, sampling_probs(w, cfg.paced.eps))
   print(f"{len(problems)} problems x {cfg.paced.rollouts} rollouts: mean p {stats.mean_p:.3f}, "
         f"p=0 {stats.frac_p0:.1%}, p=1 {stats.frac_p1:.1%}, weight ESS {stats.ess:.0f}; "
@@ -157,7 +190,7 @@ def cmd_eval(args) -> int:
   from paced_jax.config import load_config
   from paced_jax.data.tokenizer import load_tokenizer
   from paced_jax.evaluate import evaluate, load_eval_sets, summary_table
-  from paced_jax.checkpoint import check_model_path, load_model_checked
+  from paced_jax.models.io import check_model_path, load_model_checked
   from paced_jax.preflight import check_data_files
   from paced_jax.sharding import make_mesh
   from paced_jax.distributed import is_main
@@ -216,9 +249,9 @@ def cmd_smoke(args) -> int:
   import numpy as np
   from flax import nnx
 
-  from paced_jax.checkpoint import load_model_checked
   from paced_jax.config import ConfigError, load_config
   from paced_jax.models import Decoder, param_count
+  from paced_jax.models.io import load_model_checked
   from paced_jax.models.resolve import resolve_models, shape_overrides
   from paced_jax.plan import GiB, estimate
   from paced_jax.preflight import check_run

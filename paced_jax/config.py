@@ -8,6 +8,7 @@ line naming the key and what it accepts.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.util
 import json
@@ -16,9 +17,23 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+from paced_jax import divergences
+
 
 class ConfigError(ValueError):
   """A user error in a config file or an override; its message is one line."""
+
+
+def pick_bucket(n: int, buckets: typing.Sequence[int], what: str = "a row",
+                key: str = "data.length_buckets") -> int:
+  """The smallest bucket >= n. Here, beside the config fields that hold buckets
+  (data.length_buckets, sample.prompt_buckets, sample.budget_buckets), so the data pipeline and
+  the samplers share one; `what`/`key` name the value and its config field in the error."""
+  for b in sorted(buckets):
+    if n <= b:
+      return b
+  raise ConfigError(f"{what} of {n} tokens exceeds the largest bucket {max(buckets)} of {key}; "
+                    f"add a larger bucket to {key} or reduce it")
 
 
 DType = Literal["float32", "bfloat16", "float16"]
@@ -154,9 +169,8 @@ class DataConfig:
     if self.chat_template and self.chat_template_kwargs:
       raise ConfigError("data.chat_template_kwargs go to the tokenizer's own chat template, which "
                         "data.chat_template replaces; set one of them")
-    from paced_jax.data.chat_template import parse_kwargs  # "name=json_value" entries
-
-    parse_kwargs(self.chat_template_kwargs)
+    # Each "name=json_value" entry is parsed where the tokenizer loads (preflight.check_run
+    # parses them first, before any model is built).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +185,11 @@ class SampleConfig:
   max_new_tokens: int = 128
   prompt_buckets: tuple[int, ...] = (32, 64, 128, 256)
   budget_buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096)
-  batch_size: int = 64  # rows (prompts x rollouts) per generate call
+  batch_size: int = 64  # decode slots of the rollout engine (rows sampled at once)
+  # The run's rollout engine (paced_jax.rollouts.make_engine): "continuous" (the built-in
+  # continuous-batching Engine) or "package.module:factory" returning a rollouts.Rollouts
+  # (an external server), used for every rollout the run samples.
+  engine: str = "continuous"
 
   def __post_init__(self):
     checks = [("temperature", self.temperature >= 0, ">= 0 (0 is greedy)"),
@@ -183,7 +201,10 @@ class SampleConfig:
               ("prompt_buckets", bool(self.prompt_buckets) and min(self.prompt_buckets) >= 1,
                "a non-empty tuple of positive lengths"),
               ("budget_buckets", bool(self.budget_buckets) and min(self.budget_buckets) >= 1,
-               "a non-empty tuple of positive lengths")]
+               "a non-empty tuple of positive lengths"),
+              ("engine", self.engine == "continuous" or (
+                  self.engine.count(":") == 1 and all(self.engine.split(":"))),
+               "'continuous' or 'package.module:factory'")]
     _check("sample", self, checks)
 
 
@@ -244,24 +265,21 @@ class PacedConfig:
     _check("paced", self, checks)
 
 
-# The divergence each mode uses when loss.divergence is "auto" (two_stage: forward KL first).
-MODE_DIVERGENCE = {"distill": "forward_kl", "on_policy": "reverse_kl", "self_distill": "reverse_kl",
-                   "two_stage": "forward_kl", "sft": "ce"}
-
-
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
   """Token-level divergence between teacher and student next-token distributions."""
 
+  # The Literals spell out divergences.MODES and ("auto",) + divergences.NAMES for the override
+  # parser (tests/test_config.py checks that they agree).
   mode: Literal["distill", "on_policy", "two_stage", "self_distill", "sft"] = "distill"
-  # "auto": the mode's own (MODE_DIVERGENCE): forward KL off-policy on references, reverse KL on
-  # the student's own rollouts (on_policy, self_distill), cross-entropy for sft.
-  divergence: Literal["auto", "forward_kl", "reverse_kl", "akl", "jsd", "ce"] = "auto"
+  # "auto": the mode's own (divergences.MODES): forward KL off-policy on references, reverse KL
+  # on the student's own rollouts (on_policy, self_distill), cross-entropy for sft.
+  divergence: Literal["auto", "forward_kl", "reverse_kl", "jsd", "akl", "ce"] = "auto"
   temperature: float = 1.0
   jsd_beta: float = 0.5  # 0: forward KL, 1: reverse KL (GKD convention)
   akl_mu: float = 0.5  # head/tail split of the adaptive KL
   # Scored positions per chunk of the fused full-vocabulary divergence; 0: unchunked; -1 (auto):
-  # the largest that fits (paced_jax/plan.py auto_loss_chunk), resolved when the step compiles.
+  # the largest that fits (paced_jax/memory.py auto_loss_chunk), resolved when the step compiles.
   chunk_size: int = -1
   # Forward KL on the teacher's top-k tokens only (off-policy distill mode); 0: full vocabulary.
   teacher_top_k: int = 0
@@ -286,12 +304,19 @@ class LossConfig:
         ("teacher_top_k", self.teacher_top_k >= 0, ">= 0 (0: the full vocabulary)"),
         ("vocab_limit", self.vocab_limit >= 0, ">= 0 (0: the models' whole vocabulary)"),
         ("two_stage_switch", 0 < self.two_stage_switch < 1, "in (0, 1)")])
-    if self.mode == "two_stage" and self.divergence not in ("auto", "forward_kl"):
+    m = divergences.mode(self.mode)
+    if not m.takes_divergence and self.divergence not in ("auto", m.stages[0].divergence):
       raise ConfigError(
-          f"loss.divergence={self.divergence!r} would be ignored: loss.mode=two_stage trains "
-          "forward KL on references, then reverse KL on the student's rollouts; set "
-          "loss.divergence=auto")
-    if self.teacher_top_k and (self.mode != "distill" or self.resolved_divergence != "forward_kl"):
+          f"loss.divergence={self.divergence!r} would be ignored: loss.mode={self.mode} trains "
+          f"{m.summary}; set loss.divergence=auto")
+    stages = divergences.stages(self.mode, self.divergence)
+    for st, d in stages:
+      if st.on_policy and d.references_only:
+        raise ConfigError(
+            f"loss.divergence={d.name!r} is defined on reference responses only, and "
+            f"loss.mode={self.mode} trains on the student's own rollouts; choose a divergence "
+            "against the teacher, or loss.mode=sft")
+    if self.teacher_top_k and not all(d.top_k and not st.on_policy for st, d in stages):
       raise ConfigError(
           f"loss.teacher_top_k={self.teacher_top_k} works only for off-policy forward KL "
           f"(loss.mode=distill, loss.divergence=forward_kl); got loss.mode={self.mode!r}, "
@@ -299,8 +324,9 @@ class LossConfig:
 
   @property
   def resolved_divergence(self) -> str:
-    """The divergence of the (first) stage: `divergence`, or the mode's own when "auto"."""
-    return MODE_DIVERGENCE[self.mode] if self.divergence == "auto" else self.divergence
+    """The divergence of the (first) stage (divergences.resolve): `divergence`, or the mode's
+    own when "auto" or when the mode fixes it."""
+    return divergences.resolve(self.mode, self.divergence)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,7 +402,7 @@ class Config:
       if limit and m is not None and limit > m.vocab_size:
         raise ConfigError(f"loss.vocab_limit={limit} exceeds the {role}'s vocab_size="
                           f"{m.vocab_size}; it is the tokenizer's real vocabulary, at most both")
-    if self.paced.reuse_rollouts and (self.loss.mode in ("distill", "sft")
+    if self.paced.reuse_rollouts and (not divergences.trains_on_rollouts(self.loss.mode)
                                       or self.paced.weighting == "uniform"):
       why = ("uniform weighting estimates nothing" if self.paced.weighting == "uniform" else
              f"loss.mode={self.loss.mode} trains on no rollouts of the student")
@@ -392,6 +418,13 @@ class Config:
 
 
 # ----------------------------------------------------------------------------- loading
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+  """The CONFIG and --set arguments every config-reading subcommand takes (for `load_config`)."""
+  p.add_argument("config", help="configs/NAME.py or configs/NAME.py:ARG (ARG goes to get_config)")
+  p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                 help="override a config field, e.g. --set model.num_layers=4 (repeatable)")
 
 
 def load_config(spec: str, overrides: typing.Sequence[str] = ()) -> Config:

@@ -6,8 +6,10 @@
 
 The source is read completely before anything is written; the result goes to a temporary
 sibling of `--out` and is renamed into place, so a failure never leaves a half-written or
-clobbered `--out`. An existing non-empty `--out` is refused unless `--force`. Large models
-convert on the host: `JAX_PLATFORMS=cpu paced convert ...`.
+clobbered `--out`. An existing non-empty `--out` is refused unless `--force`, and `--force`
+replaces only an earlier convert output (never a run directory, a checkpoint, the source or a
+directory holding it, or files convert did not write). Large models convert on the host:
+`JAX_PLATFORMS=cpu paced convert ...`.
 
 --to-hf keeps the parameters' dtype unless `--dtype` and writes the source's bos/eos/pad ids
 into config.json, with or without `--tokenizer`: --from-hf keeps the HF directory's ids in
@@ -61,18 +63,27 @@ def add_parser(subparsers) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> int:
   from paced_jax.models.hf import export_hf, load_hf_model, token_ids_of
-  from paced_jax.checkpoint import load_model_checked
-  from paced_jax.models.io import save_model
+  from paced_jax.models.io import load_model_checked, save_model
 
   out = Path(args.out).absolute()
   src = Path(args.from_hf or args.to_hf)
   flag = "--from-hf" if args.from_hf else "--to-hf"
   if not src.is_dir():
     raise ConfigError(f"{flag} {src} is not a directory")
-  if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-    raise ConfigError(f"--out {out} exists and is not empty; pass --force to replace it")
-  if out == src.absolute() or src.absolute() in out.parents:
-    raise ConfigError(f"--out {out} must not be {flag} {src} or lie inside it")
+  real_out, real_src = out.resolve(), src.resolve()  # symlinks and `..` seen through
+  if real_out == real_src or real_src in real_out.parents or real_out in real_src.parents:
+    raise ConfigError(f"--out {out} must not be {flag} {src}, lie inside it or contain it "
+                      "(convert would write into or replace the source); pick another --out")
+  if out.is_symlink():  # replacing it would rename over the link, not into its target
+    raise ConfigError(f"--out {out} is a symbolic link; pass the directory it points to "
+                      f"({real_out}) or another --out")
+  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if not args.force:
+      raise ConfigError(f"--out {out} exists and is not empty; pass --force to replace it")
+    foreign = not_convert_output(out)
+    if foreign:
+      raise ConfigError(f"--out {out} holds {foreign}, not only an earlier paced convert "
+                        "output; --force replaces nothing else: pick another --out")
   if args.tokenizer is not None and args.from_hf:
     raise ConfigError("--tokenizer applies to --to-hf only (a paced_jax checkpoint holds no "
                       "tokenizer; pass the HF directory as data.tokenizer instead)")
@@ -113,6 +124,43 @@ def cmd_convert(args: argparse.Namespace) -> int:
   return 0
 
 
+# What `paced convert` writes: --to-hf a HF directory, --from-hf an Orbax model directory.
+_HF_FILES = {"config.json", "model.safetensors", "model.safetensors.index.json"}
+_HF_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+_ORBAX_FILES = {"model_config.json", TOKEN_IDS}
+
+
+def not_convert_output(out: Path) -> str:
+  """'' when `out` holds only what an earlier convert wrote (a model among it), so --force
+  may replace it; else what is there, for the error. --force deleting a run directory, a
+  checkpoint or anyone's own files would lose what no convert can give back."""
+  from paced_jax.models.hf import TOKENIZER_FILES
+
+  if not out.is_dir():
+    return "a file"
+  entries = sorted(out.iterdir(), key=lambda p: p.name)
+  files = {p.name for p in entries if p.is_file() and not p.is_symlink()}
+  names = {p.name for p in entries}
+  hf = (names == files and "config.json" in files
+        and files <= _HF_FILES | set(TOKENIZER_FILES) | set(filter(_HF_SHARD.fullmatch, files))
+        and ({"model.safetensors", "model.safetensors.index.json"} & files)
+        and not isinstance(_read_json(out / "config.json").get("model"), dict))  # a run's
+  orbax = ((out / "params").is_dir() and not (out / "params").is_symlink()
+           and names - {"params"} == files and "model_config.json" in files
+           and files <= _ORBAX_FILES)
+  if hf or orbax:
+    return ""
+  first = ("checkpoints", "metrics.jsonl", "config.json", "params", "meta")  # what tells
+  entries.sort(key=lambda p: (p.name not in first, first.index(p.name) if p.name in first else 0))
+  shown = [p.name + ("/" if p.is_dir() else "") for p in entries]
+  what = ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
+  if {"checkpoints", "metrics.jsonl"} & names:
+    return f"a paced run directory ({what})"
+  if (out / "meta").is_dir() and (out / "params").is_dir():
+    return f"a training checkpoint ({what})"
+  return what
+
+
 def _read_json(path: Path) -> dict:
   try:
     data = json.loads(path.read_text())
@@ -125,18 +173,19 @@ def source_token_ids(src: Path) -> dict:
   """bos/eos/pad ids for a --to-hf source (see the module docstring); {} when none is found.
   Looks in `src` and up to 3 directories above it, like models.io.find_model_config."""
   from paced_jax.data.tokenizer import load_tokenizer
-  from paced_jax.models.hf import is_hf_dir, token_ids_of, tokenizer_token_ids
+  from paced_jax.models.hf import token_ids_of, tokenizer_token_ids
+  from paced_jax.models.io import model_dir_kind
 
   for d in [src, *list(src.absolute().parents)[:3]]:
     if (d / TOKEN_IDS).is_file():
       return _read_json(d / TOKEN_IDS)
-    if is_hf_dir(d):
+    if model_dir_kind(d) == "hf":
       return token_ids_of(d)
     run = _read_json(d / "config.json")
     if not isinstance(run.get("model"), dict):
       continue
     init = str((run.get("train") or {}).get("init_student") or "")
-    if init and is_hf_dir(init):
+    if init and model_dir_kind(init) == "hf":
       return token_ids_of(init)
     if init and (Path(init) / TOKEN_IDS).is_file():
       return _read_json(Path(init) / TOKEN_IDS)

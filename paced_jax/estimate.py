@@ -1,14 +1,13 @@
 """Pass-rate estimation of a student on a pool of problems, and its histogram plots.
 
-    est = estimate_pass_rates(model, problems, encode_prompt=tok.encode_prompt, decode=tok.decode,
-                              verifier=load_verifier("exact"), rollouts=8,
+    est = estimate_pass_rates(model_or_engine, problems, encode_prompt=tok.encode_prompt,
+                              decode=tok.decode, verifier=load_verifier("exact"), rollouts=8,
                               knobs=Knobs(temperature=1.0, max_new_tokens=256), rng=0,
                               mesh=mesh, eos_id=tok.eos_id, pad_id=tok.pad_id, batch_size=64)
     table.update([p.id for p in problems], est.successes, est.trials, step=step)
 
-The device samples batch i+1 while a host thread pool decodes and verifies batch i; every batch
-has the same row count (the last one is padded), so the whole pool runs on one compiled program
-per prompt bucket.
+Rollouts come from one `rollouts.Rollouts` engine (the run's, or one built for a Decoder); a
+host thread decodes and verifies group g while the engine samples group g + 1.
 """
 
 from __future__ import annotations
@@ -23,13 +22,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from paced_jax.config import ConfigError, SampleConfig
+from paced_jax.config import Config, ConfigError, SampleConfig
 from paced_jax.data.schema import Problem
-from paced_jax.flops import output_flops
-from paced_jax.models.transformer import Decoder
-from paced_jax.rollouts import Engine, Rollouts, RolloutOutput
-from paced_jax.sampler import Knobs, Sample, Strategy, SampleOutput, generate
+from paced_jax.data.tokenizer import encode_prompt
 from paced_jax.distributed import to_host
+from paced_jax.models.transformer import Decoder
+from paced_jax.rollouts import Engine, Rollouts, RolloutOutput, make_engine
+from paced_jax.sampler import Knobs, Sample, Strategy
 from paced_jax.verify import Verifier, verify_batch
 
 
@@ -54,7 +53,7 @@ class Estimate(NamedTuple):
   flops: float = 0.0  # what the sampler computed (flops.generate_flops, padding included)
 
 
-def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
+def estimate_pass_rates(engine: Rollouts | Decoder, problems: Sequence[Problem],
                         encode_prompt: Callable[[Problem], list[int]],
                         decode: Callable[[list[int]], str], verifier: Verifier, *,
                         rollouts: int, knobs: Knobs, rng: int | jax.Array,
@@ -63,28 +62,27 @@ def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
                         prompt_buckets: Sequence[int] = SampleConfig.prompt_buckets,
                         budget_buckets: Sequence[int] = SampleConfig.budget_buckets,
                         verify_workers: int = 4, keep_rollouts: bool = True,
-                        progress: bool = True, engine: str | Rollouts = "static",
-                        screen: int = 0) -> Estimate:
+                        progress: bool = True, screen: int = 0, desc: str = "estimate"
+                        ) -> Estimate:
   """K = `rollouts` samples per problem, each verified; successes and trials per problem.
 
-  `batch_size` counts rows (problems x K) per generate call. `decode` receives each row's
-  tokens up to and including the stop token. Determinism: row k of problem i always uses RNG
-  stream i * K + k of `rng`, so the draws do not depend on the batch size (up to float rounding
-  when a batch lands in a different prompt bucket).
+  engine: any `rollouts.Rollouts` (the run's engine, an external server), or a `Decoder`, for
+  which a `rollouts.Engine` with `batch_size` slots is built from `strategy`, `mesh` and the
+  buckets (those four arguments are ignored for an engine). Rollouts are requested in groups of
+  16 * batch_size rows (a finished rollout's slot takes the next one; fewer drains), and the
+  host decodes and verifies group g while the engine samples group g + 1. `decode` receives
+  each row's tokens up to and including the stop token; `desc` labels the progress bar.
+  Determinism: rollout k of problem i always uses RNG stream
+  i * K + k of `rng`, so the draws depend neither on the grouping nor on the engine's slots.
 
-  engine: "static" (sampler.generate, `batch_size` rows per call), "continuous"
-  (rollouts.Engine with `batch_size` slots, fed groups of 16 slots' worth of rollouts: a
-  finished rollout's slot takes the next one) or any `rollouts.Rollouts` implementation. The
-  draws are the same rollouts either way; `flops` counts what the chosen engine computed.
-
-  screen = k0 (0: off; needs an engine other than "static"): k0 rollouts for every problem,
-  the other K - k0 only where the first k0 disagree (0 < s < k0); a unanimous problem keeps
-  trials = k0. Same RNG streams as without screening, so a screened-out problem's (s, n) is the
-  first k0 outcomes of its full-K run. The stopping rule depends only on observed outcomes, so
-  the Beta posterior of (s, n) (weighting "paced_posterior") is exactly the posterior given
-  the data and stays calibrated (the mean posterior mean equals the mean true p under the
-  prior). The plug-in s / n is not unbiased: E[s/n] - p = (K - k0) / K * (p^k0 (1 - p) -
-  p (1 - p)^k0), zero at p in {0, 1/2, 1}; tests/test_screening.py checks both by simulation.
+  screen = k0 (0: off): k0 rollouts for every problem, the other K - k0 only where the first
+  k0 disagree (0 < s < k0); a unanimous problem keeps trials = k0. Same RNG streams as without
+  screening, so a screened-out problem's (s, n) is the first k0 outcomes of its full-K run. The
+  stopping rule depends only on observed outcomes, so the Beta posterior of (s, n) (weighting
+  "paced_posterior") is exactly the posterior given the data and stays calibrated (the mean
+  posterior mean equals the mean true p under the prior). The plug-in s / n is not unbiased:
+  E[s/n] - p = (K - k0) / K * (p^k0 (1 - p) - p (1 - p)^k0), zero at p in {0, 1/2, 1};
+  tests/test_screening.py checks both by simulation.
   """
   problems = list(problems)
   if not problems:
@@ -94,52 +92,39 @@ def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
   if batch_size < rollouts:
     raise ConfigError(f"sample.batch_size={batch_size} rows cannot hold the {rollouts} rollouts "
                       "of one problem; raise sample.batch_size or lower paced.rollouts")
+  if not 0 <= screen < rollouts:
+    raise ConfigError(f"paced.screen_rollouts={screen} must be in [0, paced.rollouts) "
+                      "(0 is off)")
   prompts = [list(encode_prompt(p)) for p in problems]
   limit = max(prompt_buckets)
   for p, toks in zip(problems, prompts):
     if not 1 <= len(toks) <= limit:
       raise ConfigError(f"problem {p.id!r} has a prompt of {len(toks)} tokens; prompts need "
                         f"1..{limit} tokens (the largest of sample.prompt_buckets)")
-  per_batch = batch_size // rollouts
-  if engine == "continuous":
-    engine = Engine(model, slots=batch_size, strategy=strategy, mesh=mesh,
+  if isinstance(engine, Decoder):
+    engine = Engine(engine, slots=batch_size, strategy=strategy, mesh=mesh,
                     prompt_buckets=prompt_buckets, budget_buckets=budget_buckets)
-  elif engine != "static" and not hasattr(engine, "sample"):
-    raise ConfigError(f"rollout engine {engine!r} is not 'static', 'continuous' or a Rollouts")
-  if not 0 <= screen < rollouts:
-    raise ConfigError(f"paced.screen_rollouts={screen} must be in [0, paced.rollouts) "
-                      "(0 is off)")
-  if screen and engine == "static":
-    raise ConfigError("screening (screen_rollouts > 0) needs the continuous rollout engine")
-  if engine != "static":  # one call per group: more rollouts per call, less drain at its end
-    per_batch = max(per_batch, 16 * batch_size // rollouts)
-  rows = per_batch * rollouts
+  elif not callable(getattr(engine, "sample", None)):
+    raise ConfigError(f"rollout engine {engine!r} is neither a Decoder nor a Rollouts")
+  per_group = max(1, 16 * batch_size // rollouts)  # problems per engine call
   key = jax.random.key(rng) if isinstance(rng, (int, np.integer)) else rng
   N = len(problems)
   successes, trials = np.zeros((N,), np.int64), np.zeros((N,), np.int64)
   kept: list[tuple[tuple[int, int], Rollout]] = []
-  bar = _progress_bar(N, progress)
+  bar = _progress_bar(N, progress, desc)
   n_tokens, n_prompt, t0 = 0, 0, time.perf_counter()
-  flops = [0.0]
+  flops = 0.0
 
-  def launch(job) -> SampleOutput | RolloutOutput:
-    idx, lo, hi = job
-    if engine != "static":  # rollout k of problem i is stream i * K + k whatever the job
-      streams = (idx[:, None] * rollouts + np.arange(lo, hi)[None]).reshape(-1)
-      return engine.sample([prompts[i] for i in idx], rollouts=hi - lo, knobs=knobs, rng=key,
-                           stop_ids=eos_id, pad_id=pad_id, streams=streams)
-    return generate(model, [prompts[i] for i in idx], rng=key, knobs=knobs,
-                    eos_id=eos_id, pad_id=pad_id, mesh=mesh, rollouts=rollouts,
-                    strategy=strategy, prompt_buckets=prompt_buckets,
-                    budget_buckets=budget_buckets, pad_rows_to=rows,
-                    row_offset=int(idx[0]) * rollouts)
+  def launch(job) -> RolloutOutput:
+    idx, lo, hi = job  # rollout k of problem i is stream i * K + k whatever the job
+    streams = (idx[:, None] * rollouts + np.arange(lo, hi)[None]).reshape(-1)
+    return engine.sample([prompts[i] for i in idx], rollouts=hi - lo, knobs=knobs, rng=key,
+                         stop_ids=eos_id, pad_id=pad_id, streams=streams)
 
-  def finish(job, out, pool) -> tuple[int, concurrent.futures.Future, list]:
+  def finish(job, out: RolloutOutput, pool):
     idx, lo, hi = job
     tokens, logprobs = to_host(out.tokens_BS), to_host(out.logprobs_BS)
     lengths = to_host(out.lengths_B)
-    flops[0] += (out.flops(model.cfg) if isinstance(out, RolloutOutput)
-                 else output_flops(model.cfg, out))
     texts = [decode(tokens[r, :lengths[r]].tolist()) for r in range(len(lengths))]
     owners = [problems[i] for i in idx for _ in range(hi - lo)]
     fut = pool.submit(verify_batch, texts, owners, verifier, max_workers=verify_workers)
@@ -161,30 +146,24 @@ def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
       bar.update(len(idx))
 
   def run(idx, lo, hi) -> None:
-    nonlocal n_tokens, n_prompt
-    jobs = [(idx[s:s + per_batch], lo, hi) for s in range(0, len(idx), per_batch)]
+    nonlocal n_tokens, n_prompt, flops
+    jobs = [(idx[s:s + per_group], lo, hi) for s in range(0, len(idx), per_group)]
     n_prompt += (hi - lo) * sum(len(prompts[i]) for i in idx)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-      pending_out = launch(jobs[0])  # dispatch is asynchronous
-      pending_verify = None
-      for i, job in enumerate(jobs):
-        out = pending_out
-        # Host work on job i (readback, decode, verification) overlaps device work on job i+1:
-        # generate() dispatches asynchronously, Engine.sample returns when done (so job i's
-        # verification is queued first).
-        nxt = (lambda i=i: launch(jobs[i + 1]) if i + 1 < len(jobs) else None)
-        if engine == "static":
-          pending_out = nxt()
+      pending = None
+      for job in jobs:
+        out = launch(job)
+        flops += out.flops()
+        # Job g's verification is queued before job g + 1 is sampled: the host checks while
+        # the engine runs.
         toks, fut, extra = finish(job, out, pool)
-        if engine != "static":
-          pending_out = nxt()
-        if pending_verify is not None:
-          collect(*pending_verify)
-        pending_verify = (job, fut, extra)
+        if pending is not None:
+          collect(*pending)
+        pending = (job, fut, extra)
         n_tokens += toks
-        dt = max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(tok_s=f"{n_tokens / dt:,.0f}", refresh=False)
-      collect(*pending_verify)
+        bar.set_postfix(tok_s=f"{n_tokens / max(time.perf_counter() - t0, 1e-9):,.0f}",
+                        refresh=False)
+      collect(*pending)
 
   everyone = np.arange(N)
   if not screen:
@@ -198,30 +177,71 @@ def estimate_pass_rates(model: Decoder, problems: Sequence[Problem],
   bar.close()
   kept.sort(key=lambda x: x[0])  # problem-major, k within a problem
   return Estimate(successes=successes, trials=trials, rollouts=[r for _, r in kept],
-                  prompt_tokens=n_prompt,
-                  generated_tokens=n_tokens, flops=flops[0])
+                  prompt_tokens=n_prompt, generated_tokens=n_tokens, flops=flops)
 
 
-def _progress_bar(total: int, enabled: bool):
+def estimate_for_config(engine: Rollouts | Decoder, problems, tokenizer, verifier, cfg: Config,
+                        mesh, *, rollouts: int, rng, knobs: Knobs | None = None,
+                        batch_size: int | None = None, progress: bool = False,
+                        screen: int = 0, keep_rollouts: bool = False,
+                        desc: str = "estimate") -> Estimate:
+  """`estimate_pass_rates` with the prompt encoding, stop/pad ids, buckets and workers a run's
+  config implies (training refreshes, `paced estimate` and evaluation). `engine`: the run's
+  (`rollouts.make_engine`), or a Decoder to sample with a fresh one. `screen`:
+  paced.screen_rollouts for pass-rate estimates; evaluation (avg@k) never screens."""
+  if isinstance(engine, Decoder):
+    engine = make_engine(cfg, engine, mesh, slots=batch_size)
+  return estimate_pass_rates(
+      engine, problems, lambda p: encode_prompt(tokenizer, p.prompt, cfg.data.chat_template),
+      tokenizer.decode, verifier, rollouts=rollouts,
+      knobs=Knobs.from_config(cfg.sample) if knobs is None else knobs, rng=rng,
+      eos_id=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
+      batch_size=cfg.sample.batch_size if batch_size is None else batch_size,
+      prompt_buckets=cfg.sample.prompt_buckets, keep_rollouts=keep_rollouts,
+      verify_workers=cfg.paced.verify_workers, progress=progress, screen=screen, desc=desc)
+
+
+def _progress_bar(total: int, enabled: bool, desc: str):
   from tqdm.auto import tqdm
 
-  return tqdm(total=total, unit="problem", desc="estimate", disable=not enabled,
+  return tqdm(total=total, unit="problem", desc=desc, disable=not enabled,
               dynamic_ncols=True)
 
 
 def plot_frontier(path: str | Path, pass_rates, weights, bins: int = 20,
-                  title: str = "") -> Path:
-  """Writes a PNG with histograms of the pass rates (NaN: unestimated, skipped) and weights."""
+                  title: str = "", trials=None) -> Path:
+  """Writes a PNG with histograms of the pass rates (NaN: unestimated, skipped) and weights.
+  Pass rates get one bar per value s/K that `trials` allow (report.pass_rate_levels): `bins`
+  fixed-width bins would leave empty bands between them. Without `trials`, one bar per
+  distinct value (at most report.MAX_LEVELS, else `bins` bins)."""
   import matplotlib
 
   matplotlib.use("Agg")  # no display on TPU VMs and CI
   import matplotlib.pyplot as plt
 
+  from paced_jax.report import MAX_LEVELS, level_counts, pass_rate_levels
+
   p = np.asarray(pass_rates, np.float64)
   w = np.asarray(weights, np.float64)
   fig, (ax_p, ax_w) = plt.subplots(1, 2, figsize=(10, 3.6))
-  ax_p.hist(p[~np.isnan(p)], bins=bins, range=(0, 1), color="tab:blue")
-  ax_p.set_xlabel("pass rate p")
+  seen = ~np.isnan(p)
+  if trials is not None:
+    n = np.where(seen, np.asarray(trials, np.int64), 0)
+    levels = pass_rate_levels(n)
+    counts = level_counts(np.rint(np.where(seen, p, 0) * n), n, levels)
+  else:
+    levels = np.unique(p[seen])
+    levels = levels if len(levels) <= MAX_LEVELS else None
+    counts = None if levels is None else level_counts(p[seen], np.ones(seen.sum()), levels)
+  if levels is not None and len(levels):
+    gap = np.diff(levels).min() if len(levels) > 1 else 1.0
+    ax_p.bar(levels, counts, width=0.8 * gap, color="tab:blue")
+    if len(levels) <= 11:
+      ax_p.set_xticks(levels, [f"{v:.2g}" for v in levels])
+    ax_p.set_xlabel("pass rate p (one bar per value s/K)")
+  else:
+    ax_p.hist(p[seen], bins=bins, range=(0, 1), color="tab:blue")
+    ax_p.set_xlabel("pass rate p")
   ax_p.set_ylabel("problems")
   ax_p.set_title(f"pass rates ({int(np.sum(~np.isnan(p)))} of {p.size} estimated)")
   ax_w.hist(w, bins=bins, color="tab:orange")

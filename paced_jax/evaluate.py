@@ -16,9 +16,8 @@ import numpy as np
 
 from paced_jax.config import Config
 from paced_jax.data.sources import has_split, load_pool
-from paced_jax.data.tokenizer import encode_prompt
-from paced_jax.estimate import estimate_pass_rates
-from paced_jax.sampler import Knobs, Sample
+from paced_jax.estimate import estimate_for_config
+from paced_jax.sampler import Knobs
 
 log = logging.getLogger("paced_jax.eval")
 
@@ -66,33 +65,15 @@ def load_eval_sets(cfg: Config, splits=("test", "probe"), train=None) -> list[Ev
   return out
 
 
-def estimate_for_config(model, problems, tokenizer, verifier, cfg: Config, mesh, *,
-                        rollouts: int, rng, knobs: Knobs | None = None,
-                        batch_size: int | None = None, progress: bool = False,
-                        screen: int = 0, keep_rollouts: bool = False):
-  """`estimate_pass_rates` with the prompt encoding, stop/pad ids, buckets and workers a run's
-  config implies (shared by training refreshes, `paced estimate` and evaluation). `screen`:
-  paced.screen_rollouts for pass-rate estimates; evaluation (avg@k) never screens."""
-  return estimate_pass_rates(
-      model, problems, lambda p: encode_prompt(tokenizer, p.prompt, cfg.data.chat_template),
-      tokenizer.decode, verifier, rollouts=rollouts, engine="continuous",
-      knobs=Knobs.from_config(cfg.sample) if knobs is None else knobs, rng=rng, mesh=mesh,
-      eos_id=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
-      batch_size=cfg.sample.batch_size if batch_size is None else batch_size,
-      prompt_buckets=cfg.sample.prompt_buckets, budget_buckets=cfg.sample.budget_buckets,
-      keep_rollouts=keep_rollouts, verify_workers=cfg.paced.verify_workers, progress=progress,
-      strategy=Sample(cfg.loss.vocab_limit),  # padding ids (loss.vocab_limit) never drawn
-      screen=screen)
-
-
-def accuracy(model, problems, tokenizer, verifier, cfg: Config, mesh, *, rng: int = 0,
-             progress: bool = False) -> dict[str, float]:
-  """{"overall": acc, "level_1": acc, ...} with acc = mean avg@k (k = eval.samples)."""
+def accuracy(engine, problems, tokenizer, verifier, cfg: Config, mesh, *, rng: int = 0,
+             progress: bool = False, desc: str = "eval") -> dict[str, float]:
+  """{"overall": acc, "level_1": acc, ...} with acc = mean avg@k (k = eval.samples). `engine`:
+  the run's rollout engine holding the model to evaluate, or a Decoder."""
   knobs = dataclasses.replace(Knobs.from_config(cfg.sample), temperature=cfg.eval.temperature)
-  est = estimate_for_config(model, problems, tokenizer, verifier, cfg, mesh,
+  est = estimate_for_config(engine, problems, tokenizer, verifier, cfg, mesh,
                             rollouts=cfg.eval.samples, knobs=knobs, rng=jax.random.key(rng),
                             batch_size=max(cfg.sample.batch_size, cfg.eval.samples),
-                            progress=progress)
+                            progress=progress, desc=desc)
   per = est.successes / np.maximum(est.trials, 1)
   out = {"overall": float(per.mean())}
   groups = collections.defaultdict(list)
@@ -104,13 +85,13 @@ def accuracy(model, problems, tokenizer, verifier, cfg: Config, mesh, *, rng: in
   return out
 
 
-def evaluate(model, eval_sets, tokenizer, verifier, cfg: Config, mesh, *,
+def evaluate(engine, eval_sets, tokenizer, verifier, cfg: Config, mesh, *,
              progress: bool = False) -> dict[str, float]:
-  """Flat metrics `eval/<split>/<bucket>` for every eval set."""
+  """Flat metrics `eval/<split>/<bucket>` for every eval set (`engine`: as for `accuracy`)."""
   metrics = {}
   for es in eval_sets:
-    acc = accuracy(model, es.problems, tokenizer, verifier, cfg, mesh, rng=cfg.seed + 17,
-                   progress=progress)
+    acc = accuracy(engine, es.problems, tokenizer, verifier, cfg, mesh, rng=cfg.seed + 17,
+                   progress=progress, desc=f"eval {es.name}")
     metrics.update({f"eval/{es.name}/{k}": v for k, v in acc.items()})
     metrics[f"eval_contaminated/{es.name}"] = float(es.contaminated)
   return metrics

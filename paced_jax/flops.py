@@ -119,24 +119,27 @@ def output_flops(cfg: ModelConfig, out) -> float:
 
 
 def step_flops(student_cfg: ModelConfig, teacher_cfg: ModelConfig | None, rows: int,
-               seq_len: int, scored_len: int | None = None, chunk: int = 0) -> float:
+               seq_len: int, scored_len: int | None = None, chunk: int = 0,
+               teacher_seq_len: int | None = None) -> float:
   """FLOPs of one train step on a [rows, seq_len] batch as computed (padding included: the
   step computes every position of the bucket), scoring `scored_len` positions per row (default
-  all) in fused chunks of `chunk` (0: unchunked)."""
+  all) in fused chunks of `chunk` (0: unchunked). `teacher_seq_len`: the teacher's own row
+  length when it reads other tokens (self-distillation's privileged prompt; default seq_len)."""
   R = seq_len if scored_len is None else scored_len
   if 0 < chunk < R:
     R = -(-R // chunk) * chunk  # the last chunk is padded and computed whole
-  tokens, scored = rows * seq_len, rows * R
+  scored = rows * R
 
-  def model(cfg, passes):  # body+attention passes; the unembedding is added per scored position
-    layer = body_flops_per_token(cfg) + attention_flops_per_token(cfg, seq_len)
+  def model(cfg, passes, T):  # body+attention passes; the unembedding is added per scored position
+    layer = body_flops_per_token(cfg) + attention_flops_per_token(cfg, T)
     extra = {"full": layer,
-             "dots_no_batch": attention_flops_per_token(cfg, seq_len)}.get(cfg.remat, 0.0)
-    return tokens * (passes * layer + (extra if passes == 3 else 0.0))
+             "dots_no_batch": attention_flops_per_token(cfg, T)}.get(cfg.remat, 0.0)
+    return rows * T * (passes * layer + (extra if passes == 3 else 0.0))
 
-  flops = model(student_cfg, 3) + scored * unembed_flops(student_cfg) * 3
+  flops = model(student_cfg, 3, seq_len) + scored * unembed_flops(student_cfg) * 3
   if teacher_cfg is not None:
-    flops += model(teacher_cfg, 1) + scored * unembed_flops(teacher_cfg)
+    flops += (model(teacher_cfg, 1, teacher_seq_len or seq_len)
+              + scored * unembed_flops(teacher_cfg))
   return float(flops)
 
 

@@ -122,6 +122,15 @@ class PassRateTable:
             "trials": self.trials.copy(), "step": self.step.copy(),
             "settled": self.settled.copy()}
 
+  def reindexed(self, ids: Sequence[str]) -> PassRateTable:
+    """The same counts with rows in the order of `ids` (a pool whose lines were reordered is
+    restored by problem id, never by position); every id must be in the table."""
+    r = self.rows([str(i) for i in ids])
+    out = PassRateTable(ids)
+    out.successes, out.trials = self.successes[r].copy(), self.trials[r].copy()
+    out.step, out.settled = self.step[r].copy(), self.settled[r].copy()
+    return out
+
   @classmethod
   def from_state_dict(cls, state: dict) -> PassRateTable:
     raw, off = np.asarray(state["ids_utf8"], np.uint8).tobytes(), np.asarray(state["ids_offsets"])

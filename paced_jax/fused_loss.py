@@ -15,8 +15,9 @@ divergence, temperature, teacher top-k) and, by the chain rule through the unemb
   dW_DV  += h_s^T @ dz                         (fp32 accumulator, carried across chunks)
 then drops the chunk's logits. The backward pass only scales dh and dW by the incoming cotangent:
 no logits are recomputed. Unembedding matmuls per scored position: 3 for the student (logits,
-dh, dW) and 1 for the teacher, as an unchunked step (the `jax.checkpoint` chunking in
-losses.chunked_divergence needs 4 + 2). Peak extra memory: a few [B, C, V] fp32 buffers and dW.
+dh, dW) and 1 for the teacher, as an unchunked step (a `jax.checkpoint` chunking, recomputing
+each chunk's logits in the backward, needs 4 + 2). Peak extra memory: a few [B, C, V] fp32
+buffers and dW.
 
 Differentiable inputs: h_s and w_s. The teacher (h_t, w_t), mask, coef and targets are constants
 (the step holds the teacher under stop_gradient; coef depends only on counts and weights).
@@ -32,7 +33,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from paced_jax import losses
+from paced_jax import divergences, losses
 
 
 def _value_and_dz(kind, z_t, z_s, targets, ct, opts):
@@ -50,7 +51,7 @@ def _value_and_dz(kind, z_t, z_s, targets, ct, opts):
     return one(kind)(z_t, z_s, targets, ct)
   if z_t is None:
     z_t = jnp.zeros_like(z_s)  # every branch is traced; only cross-entropy runs without one
-  return jax.lax.switch(kind, [one(name) for name in losses.DIVERGENCES], z_t, z_s, targets, ct)
+  return jax.lax.switch(kind, [one(name) for name in divergences.NAMES], z_t, z_s, targets, ct)
 
 
 def _forward(static, h_s, w_s, h_t, w_t, mask, coef, targets, kind):
@@ -59,7 +60,7 @@ def _forward(static, h_s, w_s, h_t, w_t, mask, coef, targets, kind):
   # all-gathers every chunk's rows and computes the loss on each device redundantly).
   rowwise = (lambda x: jax.lax.with_sharding_constraint(x, rows)) if rows is not None else (
       lambda x: x)
-  kind = kind if name is None else name  # a name when it is known on the host (top-k)
+  kind = kind if name is None else name  # a name when it is known on the host
   opts = dict(temperature=temperature, jsd_beta=jsd_beta, akl_mu=akl_mu, teacher_top_k=top_k)
   B, R, _ = h_s.shape
   has_teacher = h_t is not None
@@ -124,22 +125,22 @@ def fused_divergence_loss(h_t_BRD, w_t_DV, h_s_BRD, w_s_DV, mask_BR, coef_B, kin
                           row_sharding=None):
   """(loss, sums_B) with loss = sum_b coef_b sum_r mask_br d_br; see the module docstring.
 
-  `kind` is a name in losses.DIVERGENCES or a traced index into it; `h_t_BRD`/`w_t_DV` may be None
-  for cross-entropy. `chunk` >= 1 positions per chunk (R is padded to a whole number of chunks;
-  padded positions are masked). `row_sharding`: a NamedSharding of the leading (batch) axis
+  `kind` is a name in divergences.NAMES (one branch compiled) or a traced index into it (every
+  divergence compiled, one taken: two_stage); `h_t_BRD`/`w_t_DV` may be None for cross-entropy.
+  `teacher_top_k` needs a divergence that takes it, by name (divergences.check_top_k).
+  `chunk` >= 1 positions per chunk (R is padded to a whole number of chunks; padded positions
+  are masked). `row_sharding`: a NamedSharding of the leading (batch) axis
   (e.g. NamedSharding(mesh, P(("data", "fsdp")))) that every per-row array keeps in the loop."""
   if chunk < 1:
-    raise ValueError(f"chunk={chunk} must be >= 1 (use losses.chunked_divergence(chunk=0) for "
-                     "the unchunked reference)")
+    raise ValueError(f"chunk={chunk} must be >= 1 (use losses.linear_divergence for the "
+                     "unchunked reference)")
   B, R, _ = h_s_BRD.shape
+  divergences.check_top_k(kind, teacher_top_k)
   name = None
-  if isinstance(kind, str):
-    if kind not in losses.DIVERGENCES:
-      raise ValueError(f"unknown divergence {kind!r}; choose one of "
-                       f"{', '.join(losses.DIVERGENCES)}")
-    kind = jnp.int32(losses.DIVERGENCES.index(kind))
-  if teacher_top_k:  # forward KL only, known on the host (token_divergence checks the name)
-    name = "forward_kl"
+  if isinstance(kind, str):  # host-known: only its branch is traced
+    name, kind = kind, jnp.int32(divergences.index(kind))
+    if h_t_BRD is None and divergences.divergence(name).teacher:
+      raise ValueError(f"divergence {name!r} compares with the teacher: give its hidden states")
   if targets_BR is None:
     targets_BR = jnp.zeros((B, R), jnp.int32)
   static = (min(chunk, R), float(temperature), float(jsd_beta), float(akl_mu),

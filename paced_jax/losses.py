@@ -29,7 +29,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "akl", "ce")
+from paced_jax import divergences
+
+DIVERGENCES = divergences.NAMES  # the table's names: a traced divergence indexes them
 
 
 def _kl(logp, logq):
@@ -104,14 +106,14 @@ def token_divergence(logits_t_BRV, logits_s_BRV, kind: str | jax.Array, *, targe
   logp_t = _log_softmax32(logits_t_BRV, temperature) if logits_t_BRV is not None else None
   logq_s = _log_softmax32(logits_s_BRV, temperature)
   kw = dict(beta=jsd_beta, mu=akl_mu, targets=targets_BR)
+  if isinstance(kind, str) and logp_t is None and divergences.divergence(kind).teacher:
+    raise ValueError(f"divergence {kind!r} compares with the teacher: give its logits")
+  divergences.check_top_k(kind, teacher_top_k)
   if teacher_top_k:
-    if not (isinstance(kind, str) and kind == "forward_kl"):
-      raise ValueError(f"loss.teacher_top_k={teacher_top_k} supports only forward_kl, got {kind}")
     logp_t, logq_s = _topk_teacher(logp_t, logq_s, teacher_top_k)
   scale = temperature ** 2
   if isinstance(kind, str):
-    if kind not in _FNS:
-      raise ValueError(f"unknown divergence {kind!r}; choose one of {', '.join(DIVERGENCES)}")
+    divergences.divergence(kind)  # one error for an unknown name
     return scale * _FNS[kind](logp_t, logq_s, **kw)
   if targets_BR is None:  # every branch is traced; cross-entropy's must see some targets
     kw["targets"] = jnp.zeros(logq_s.shape[:-1], jnp.int32)
@@ -127,53 +129,27 @@ def masked_sums(tok_BR, mask_BR):
   return jnp.sum(jnp.where(mask > 0, tok_BR, 0.0) * mask, axis=-1), jnp.sum(mask, axis=-1)
 
 
-def chunked_divergence(h_t_BRD, w_t_DV, h_s_BRD, w_s_DV, mask_BR, kind, *, targets_BR=None,
-                       chunk: int = 0, **kw):
-  """Divergence of the logits `h @ w` without materialising [B, R, V].
-
-  The scored positions are split into chunks of `chunk` (0: one chunk); each chunk's logits are
-  computed, reduced to per-example sums, and (through `jax.checkpoint`) recomputed in the
-  backward pass, so peak memory is O(B * chunk * V). Chunked and unchunked agree in value and
-  gradient. `h_t_BRD`/`w_t_DV` may be None for cross-entropy. Returns (sums [B], counts [B]).
+def linear_divergence(h_t_BRD, w_t_DV, h_s_BRD, w_s_DV, mask_BR, kind, *, targets_BR=None,
+                      **kw):
+  """Divergence of the logits `h @ w`, unchunked: the [B, R, V] logits exist at once and plain
+  autodiff differentiates them (loss.chunk_size=0, and the reference that the fused chunked loss,
+  fused_loss.py, is tested against). `h_t_BRD`/`w_t_DV` may be None for cross-entropy. Returns
+  (sums [B], counts [B]).
   """
   B, R, _ = h_s_BRD.shape
   if targets_BR is None:
     targets_BR = jnp.zeros((B, R), jnp.int32)
   has_teacher = h_t_BRD is not None
-
-  def one(h_t, h_s, m, tgt):
-    # Masked rows are zeroed BEFORE the matmul: a non-finite hidden state at a padded position
-    # then never reaches the logits, the loss or dW (0 * NaN in a matmul would be NaN).
-    keep = (m > 0)[..., None]
-    h_s = jnp.where(keep, h_s, jnp.zeros((), h_s.dtype))
-    h_t = jnp.where(keep, h_t, jnp.zeros((), h_t.dtype)) if has_teacher else None
-    logits_s = jnp.einsum("BRD,DV->BRV", h_s, w_s_DV, preferred_element_type=jnp.float32)
-    logits_t = (jnp.einsum("BRD,DV->BRV", h_t, w_t_DV, preferred_element_type=jnp.float32)
-                if has_teacher else None)
-    tok = token_divergence(logits_t, logits_s, kind, targets_BR=tgt, **kw)
-    return masked_sums(tok, m)
-
-  if not chunk or chunk >= R:
-    return one(h_t_BRD, h_s_BRD, mask_BR, targets_BR)
-  pad = (-R) % chunk
-  if pad:  # padded positions are masked out, so they add nothing
-    padR = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-    h_s_BRD, mask_BR, targets_BR = padR(h_s_BRD), padR(mask_BR), padR(targets_BR)
-    h_t_BRD = padR(h_t_BRD) if has_teacher else None
-  n = (R + pad) // chunk
-  to_chunks = lambda x: jnp.moveaxis(x.reshape(B, n, chunk, *x.shape[2:]), 1, 0)
-  xs = (to_chunks(h_t_BRD) if has_teacher else jnp.zeros((n,)), to_chunks(h_s_BRD),
-        to_chunks(mask_BR), to_chunks(targets_BR))
-
-  @jax.checkpoint
-  def body(carry, x):
-    h_t, h_s, m, tgt = x
-    s, c = one(h_t if has_teacher else None, h_s, m, tgt)
-    return (carry[0] + s, carry[1] + c), None
-
-  zeros = jnp.zeros((B,), jnp.float32)
-  (sums, counts), _ = jax.lax.scan(body, (zeros, zeros), xs)
-  return sums, counts
+  # Masked rows are zeroed BEFORE the matmul: a non-finite hidden state at a padded position
+  # then never reaches the logits, the loss or dW (0 * NaN in a matmul would be NaN).
+  keep = (mask_BR > 0)[..., None]
+  h_s = jnp.where(keep, h_s_BRD, jnp.zeros((), h_s_BRD.dtype))
+  h_t = jnp.where(keep, h_t_BRD, jnp.zeros((), h_t_BRD.dtype)) if has_teacher else None
+  logits_s = jnp.einsum("BRD,DV->BRV", h_s, w_s_DV, preferred_element_type=jnp.float32)
+  logits_t = (jnp.einsum("BRD,DV->BRV", h_t, w_t_DV, preferred_element_type=jnp.float32)
+              if has_teacher else None)
+  tok = token_divergence(logits_t, logits_s, kind, targets_BR=targets_BR, **kw)
+  return masked_sums(tok, mask_BR)
 
 
 NORMALISATIONS = ("token", "sequence")

@@ -27,7 +27,7 @@ the tensor axis when it divides them. The fused chunked loss holds LOSS_BUFFERS_
 [b, chunk, V/tensor] buffers (one chunk's student and teacher logits, softmaxes, dz) and an
 fp32 dW of the unembedding; the unchunked one LOSS_BUFFERS fp32 [b, R, V/tensor]. The teacher's
 forward working set is dead before the loss runs, so only its excess over the loss counts.
-loss.chunk_size=-1 picks the chunk with `auto_loss_chunk`.
+loss.chunk_size=-1 picks the chunk with `memory.auto_loss_chunk` (the step does the same).
 
 Measured peak (what the estimate is checked against, tests/test_plan.py and
 benchmarks/results/plan.md): XLA:CPU reports no allocator statistics (`memory_stats()` is
@@ -54,29 +54,24 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from paced_jax.config import Config, ConfigError, MeshConfig, ModelConfig
+from paced_jax import divergences
+from paced_jax.config import Config, ConfigError, MeshConfig, ModelConfig, add_config_args
+from paced_jax.memory import LOSS_BUFFERS, LOSS_BUFFERS_FUSED, auto_loss_chunk, shard_div
 from paced_jax.topology import GiB, Target, parse_target
+
 ACT_OVERHEAD = 1.0  # XLA:CPU buffers over the structural count (benchmarks/results/plan.md)
-LOSS_BUFFERS = 12  # live fp32 [b, R, V] buffers of the unchunked divergence, fwd + bwd
-# ... of the fused chunked divergence (one chunk's logits, softmaxes and dz; nothing is kept for
-# the backward): measured 5.2 per [b, chunk, V] on XLA:CPU (benchmarks/results/plan.md).
-LOSS_BUFFERS_FUSED = 6
-LOSS_SHARE = 0.1  # of device memory that loss.chunk_size=-1 (auto) gives the loss buffers
 
 
 # ----------------------------------------------------------------------------- abstract state
 
 
 def teacher_config(cfg: Config) -> ModelConfig | None:
-  """The model the step runs as teacher: none for SFT, the student's own for self-distill."""
-  if cfg.loss.mode == "sft":
-    return None
-  if cfg.loss.mode == "self_distill":
-    return cfg.model
-  if cfg.teacher is None:
+  """The model the step runs as teacher (divergences.teacher_of): none for SFT, the student's
+  own for self-distill; an error when the mode needs a teacher the config lacks."""
+  if divergences.needs_teacher(cfg.loss.mode) and cfg.teacher is None:
     raise ConfigError(f"loss.mode={cfg.loss.mode!r} needs a teacher: set the config's teacher, "
                       "or use loss.mode=sft")
-  return cfg.teacher
+  return divergences.teacher_of(cfg)
 
 
 def _is_var(x: Any) -> bool:
@@ -149,17 +144,13 @@ class Estimate:
     return self.total <= self.memory
 
 
-def _div(n: int, by: int) -> float:
-  """n / by when the mesh axis divides n (sharded), else n (replicated, as logical_to_spec)."""
-  return n / by if n % by == 0 else n
-
-
 def _layer_elements(m: ModelConfig, T: int, tensor: int, policy: str) -> float:
   """Compute-dtype elements per token of one block's activations kept for the backward pass
   under a remat policy (see the module docstring); scores are fp32."""
   c = jnp.dtype(m.dtype).itemsize
   D, H = m.hidden, m.head_dim
-  N, K, F = _div(m.num_heads, tensor), _div(m.num_kv_heads, tensor), _div(m.mlp_dim, tensor)
+  N, K = shard_div(m.num_heads, tensor), shard_div(m.num_kv_heads, tensor)
+  F = shard_div(m.mlp_dim, tensor)
   return {
       "none": 4 * D + 3 * F + (3 * N + 3 * K) * H + N * T * (4 / c + 1),
       "dots": 2 * D + 2 * F + (2 * N + 2 * K) * H + N * T * 4 / c,
@@ -172,26 +163,9 @@ def _layer_param_bytes(m: ModelConfig, tensor: int) -> float:
   """One block's weights in compute dtype, sharded over tensor only: what an fsdp all-gather
   materialises per layer."""
   D, H, F = m.hidden, m.head_dim, m.mlp_dim
-  n = (D * (_div(m.num_heads, tensor) * 2 + _div(m.num_kv_heads, tensor) * 2) * H
-       + 3 * D * _div(F, tensor))
+  n = (D * (shard_div(m.num_heads, tensor) * 2 + shard_div(m.num_kv_heads, tensor) * 2) * H
+       + 3 * D * shard_div(F, tensor))
   return n * jnp.dtype(m.dtype).itemsize
-
-
-def auto_loss_chunk(cfg: Config, mesh: dict[str, int], device_memory: int | None) -> int:
-  """loss.chunk_size=-1 (auto): the largest power-of-two chunk of scored positions whose loss
-  buffers (LOSS_BUFFERS_FUSED fp32 [b, chunk, V/tensor], the planner's count) fit in LOSS_SHARE of the
-  device memory (1 GiB when the device reports none, e.g. CPU); the whole response (one chunk)
-  when that fits. The fused loss recomputes nothing, so a smaller chunk costs only loop steps."""
-  R = min(cfg.data.max_response_len, max(cfg.data.length_buckets))
-  b = cfg.data.batch_size / (mesh["data"] * mesh["fsdp"])
-  per_position = LOSS_BUFFERS_FUSED * b * _div(cfg.model.vocab_size, mesh["tensor"]) * 4
-  budget = LOSS_SHARE * device_memory if device_memory else 2**30
-  if R * per_position <= budget:
-    return R
-  chunk = 16
-  while chunk * 2 * per_position <= budget and chunk * 2 < R:
-    chunk *= 2
-  return chunk
 
 
 def _budget(cfg: Config) -> int:
@@ -200,8 +174,10 @@ def _budget(cfg: Config) -> int:
 
 def estimate(cfg: Config, mesh: dict[str, int], memory: int) -> Estimate:
   """Per-device bytes of each component of a `paced train` run on a (data, fsdp, tensor) mesh."""
+  from paced_jax.sharding import batch_shards
+
   tcfg = teacher_config(cfg)
-  rows_axes = mesh["data"] * mesh["fsdp"]
+  rows_axes = batch_shards(mesh)
   tn = mesh["tensor"]
   _, state, _ = abstract_train_state(cfg)
   out: list[tuple[str, str, int]] = []
@@ -232,12 +208,12 @@ def estimate(cfg: Config, mesh: dict[str, int], memory: int) -> Estimate:
   chunk = R if not chunk or chunk >= R else chunk
   n_logits = LOSS_BUFFERS_FUSED if fused else LOSS_BUFFERS
   n_logits = n_logits if tcfg is not None else n_logits // 2
-  loss = int(n_logits * b * chunk * _div(m.vocab_size, tn) * 4)
+  loss = int(n_logits * b * chunk * shard_div(m.vocab_size, tn) * 4)
   out.append(("train step", f"loss logits (chunk {chunk} x vocab, fp32)", loss))
   if fused:  # the fused loss carries dW of the unembedding in fp32
-    loss += int(m.hidden * _div(m.vocab_size, tn) * 4)
+    loss += int(m.hidden * shard_div(m.vocab_size, tn) * 4)
     out.append(("train step", "fused loss dW accumulator (fp32)",
-                int(m.hidden * _div(m.vocab_size, tn) * 4)))
+                int(m.hidden * shard_div(m.vocab_size, tn) * 4)))
   if tcfg is not None:
     # The teacher's forward is done (only its hidden states stay) before the loss runs: its
     # working set and the loss buffers are never live together; only the excess counts.
@@ -249,7 +225,7 @@ def estimate(cfg: Config, mesh: dict[str, int], memory: int) -> Estimate:
   # Sampler (pass-rate refresh): KV cache [rows, K, S, H] per layer, k and v, compute dtype.
   rows = math.ceil(cfg.sample.batch_size / rows_axes)
   S = max(cfg.sample.prompt_buckets) + _budget(cfg)
-  kv = rows * S * m.num_layers * 2 * _div(m.num_kv_heads, tn) * m.head_dim * c
+  kv = rows * S * m.num_layers * 2 * shard_div(m.num_kv_heads, tn) * m.head_dim * c
   out.append(("sampler", f"KV cache ({cfg.sample.batch_size} rows x {S} slots)", int(kv)))
   out.append(("sampler", "sampling logits (fp32, x4)", int(4 * rows * m.vocab_size * 4)))
   return Estimate(mesh=dict(mesh), rows=tuple(out), memory=memory)
@@ -441,8 +417,6 @@ def format_memory_analysis(ma) -> str:
 
 
 def add_parser(sub) -> None:
-  from paced_jax.cli import add_config_args
-
   p = sub.add_parser("plan", help="per-device memory of `paced train` on a TPU slice or GPUs, "
                      "and the (data, fsdp, tensor) mesh to use")
   add_config_args(p)

@@ -8,8 +8,9 @@ import glob
 import os
 from pathlib import Path
 
-from paced_jax import checkpoint as ckpt
 from paced_jax.config import Config, ConfigError, DataConfig
+from paced_jax.data.chat_template import parse_kwargs
+from paced_jax.models.io import check_model_path
 
 
 def check_data_files(data: DataConfig) -> None:
@@ -42,10 +43,11 @@ def _check_utf8(file: str) -> None:
 
 def check_run(cfg: Config) -> None:
   """Everything `paced train` reads, before anything is built."""
+  parse_kwargs(cfg.data.chat_template_kwargs)  # a bad entry is one line, not a failed load
   for flag, path in (("train.init_student", cfg.train.init_student),
                      ("train.init_teacher", cfg.train.init_teacher)):
     if path:
-      ckpt.check_model_path(path, f"{flag}=")
+      check_model_path(path, f"{flag}=")
   if cfg.data.tokenizer != "char" and not Path(cfg.data.tokenizer).exists():
     raise ConfigError(f"data.tokenizer={cfg.data.tokenizer!r} is neither 'char' nor an existing "
                       "tokenizer.json file or model directory")

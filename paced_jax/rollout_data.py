@@ -8,24 +8,24 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from flax import nnx
 
-from paced_jax.config import Config, ConfigError, to_dict
-from paced_jax.data.packing import pack_rows, pick_bucket
+from paced_jax import divergences
+from paced_jax.config import Config, ConfigError, pick_bucket, to_dict
+from paced_jax.data.packing import pack_rows
 from paced_jax.data.pipeline import to_global_batch
 from paced_jax.data.tokenizer import encode_prompt
 from paced_jax.distributed import to_host
-from paced_jax.flops import output_flops
-from paced_jax.models.transformer import Decoder
-from paced_jax.sampler import Knobs, Sample, generate
+from paced_jax.rollouts import Rollouts
+from paced_jax.sampler import Knobs
 
 
-def teacher_references(cfg: Config, wd: Path, source, teacher: Decoder, tok, verifier, mesh,
+def teacher_references(cfg: Config, wd: Path, source, teacher: Rollouts, tok, verifier,
                        progress: bool = False):
   """Reference responses sampled once from the teacher, verified, cached as ArrayRecord under
   `data.reference_cache` (default <workdir>/references); a second run reads the cache (also
   after a run that failed because nothing verified). The cache key names what decides the
-  responses and their verdicts: teacher, sampling, prompt template, tokenizer, verifier."""
+  responses and their verdicts: teacher, sampling, prompt template, tokenizer, verifier.
+  `teacher`: a rollout engine holding the teacher (`rollouts.make_engine`)."""
   from paced_jax.data.references import build_references
 
   K = cfg.data.references_per_problem
@@ -33,14 +33,12 @@ def teacher_references(cfg: Config, wd: Path, source, teacher: Decoder, tok, ver
 
   def generate_fn(problems):
     prompts = [encode_prompt(tok, p.prompt, cfg.data.chat_template) for p in problems]
-    # Response k of pool problem i draws RNG stream i * K + k (chunks are runs of consecutive
-    # problems), so references do not depend on how generation is chunked.
-    out = generate(teacher, prompts, rng=jax.random.key(cfg.seed + 3), rollouts=K,
-                   row_offset=where[problems[0].id] * K,
-                   strategy=Sample(cfg.loss.vocab_limit),
-                   knobs=Knobs.from_config(cfg.sample), eos_id=tok.stop_ids, pad_id=tok.pad_id,
-                   mesh=mesh, prompt_buckets=cfg.sample.prompt_buckets,
-                   budget_buckets=cfg.sample.budget_buckets)
+    # Response k of pool problem i draws RNG stream i * K + k, so references do not depend on
+    # how generation is chunked.
+    streams = [where[p.id] * K + k for p in problems for k in range(K)]
+    out = teacher.sample(prompts, rollouts=K, rng=jax.random.key(cfg.seed + 3),
+                         knobs=Knobs.from_config(cfg.sample), stop_ids=tok.stop_ids,
+                         pad_id=tok.pad_id, streams=streams)
     toks, lens = to_host(out.tokens_BS), to_host(out.lengths_B)
     texts = []
     for r in range(len(lens)):
@@ -123,9 +121,9 @@ class FreshRollouts:
 
 def on_policy_batch(run, state, batch: dict, step: int) -> dict:
   """Replaces the reference responses of a sampled batch by the student's rollouts: fresh ones
-  sampled now, or (paced.reuse_rollouts) this round's unused estimation rollouts. Only the
-  rows without one are sampled, padded up to a quarter of the batch (at most 4 compiled
-  shapes; the padding rows are computed and counted)."""
+  sampled now through the run's engine (row b draws RNG stream b of the step's key), or
+  (paced.reuse_rollouts) this round's unused estimation rollouts; only the rows without one
+  are sampled."""
   cfg, tok, pool = run.cfg, run.tokenizer, run.pipeline.pool
   index = to_host(batch["index"])
   prompts = [pool.prompt(int(i)) for i in index]
@@ -133,24 +131,21 @@ def on_policy_batch(run, state, batch: dict, step: int) -> dict:
   missing = [b for b, t in enumerate(got) if t is None]
   run.reused_rows = len(index) - len(missing)
   if missing:
-    quarter = max(len(index) // 4, 1)
-    n = min(-(-len(missing) // quarter) * quarter, len(index))
-    rows = missing + [missing[0]] * (n - len(missing))
-    out = generate(nnx.merge(run.student_def, state.params), [prompts[b].tolist() for b in rows],
-                   strategy=Sample(cfg.loss.vocab_limit),
-                   rng=jax.random.fold_in(jax.random.key(cfg.seed + 1), step),
-                   knobs=Knobs.from_config(cfg.sample), eos_id=tok.stop_ids, pad_id=tok.pad_id,
-                   mesh=run.mesh, prompt_buckets=cfg.sample.prompt_buckets,
-                   budget_buckets=cfg.sample.budget_buckets)
-    run.compute["rollout_flops"] += output_flops(cfg.model, out)
+    engine = run.student_engine(state)
+    out = engine.sample([prompts[b].tolist() for b in missing], rollouts=1,
+                        rng=jax.random.fold_in(jax.random.key(cfg.seed + 1), step),
+                        knobs=Knobs.from_config(cfg.sample), stop_ids=tok.stop_ids,
+                        pad_id=tok.pad_id, streams=missing)
+    run.compute["rollout_flops"] += out.flops()
     sampled, sampled_lens = to_host(out.tokens_BS), to_host(out.lengths_B)
     for j, b in enumerate(missing):
       got[b] = sampled[j, :sampled_lens[j]]
   toks = [np.asarray(t) for t in got]
   lens = [len(t) for t in toks]
   priv = None
-  if cfg.loss.mode == "self_distill":
-    # The teacher scores the same response after a prompt that shows the reference solution.
+  if divergences.teacher_is_student(cfg.loss.mode):
+    # The teacher (the student itself) scores the same response after a prompt that shows the
+    # reference solution.
     priv = [np.asarray(encode_prompt(tok, cfg.loss.privileged_template.format(
         prompt=run.problems[int(i)].prompt, solution=run.problems[int(i)].solution or ""),
         cfg.data.chat_template), np.int32) for i in index]

@@ -5,7 +5,7 @@ filled length, behind one `Rollouts` interface.
     out = engine.sample([[1, 5, 9], [1, 7]], rollouts=8, rng=0, stop_ids=[2], pad_id=0,
                         knobs=Knobs(temperature=1.0, max_new_tokens=256))
     out.tokens_BS[i * 8 + k]   # rollout k of prompt i; pad_id after its end (as sampler.generate)
-    out.flops(model.cfg)       # matmul FLOPs as computed (see `engine_flops`)
+    out.flops()                # matmul FLOPs as computed (see `engine_flops`)
 
 Why: reasoning-length responses are long-tailed. A static batch (sampler.generate) keeps a
 finished row's slot until the longest row ends, prefills each prompt K times and attends over
@@ -30,9 +30,11 @@ Compilation: one prefill program per (wave, prompt bucket) and one decode progra
 prompt bucket, budget bucket, output rows bucket, K); knobs (temperature, top-k, top-p,
 max_new_tokens, per rollout) are traced. Output rows are padded to a power of two.
 
-An external server (vLLM-TPU, SGLang-Jax) plugs in by implementing `Rollouts.sample` with the
-same arguments and returning a `RolloutOutput` (its `flops` may be 0 if unknown); estimation
-(`estimate_pass_rates(..., engine=...)`) verifies whatever comes back.
+An external server (vLLM-TPU, SGLang-Jax) plugs in as one class implementing `Rollouts`
+(`sample` with the same arguments, returning a `RolloutOutput` whose `computed_flops` may be
+None if unknown, and `set_params` to receive new student weights) and one config field,
+`sample.engine="package.module:factory"` (`make_engine`): every place a run samples goes
+through it, and estimation verifies whatever comes back.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib
 from typing import Protocol, Sequence
 
 import flax.struct
@@ -49,12 +52,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from paced_jax.config import ConfigError, SampleConfig
+from paced_jax.config import Config, ConfigError, SampleConfig
 from paced_jax.distributed import to_host
 from paced_jax.flops import attention_flops_per_token, body_flops_per_token, unembed_flops
 from paced_jax.models.transformer import Decoder, KVCache
 from paced_jax.sampler import (Knobs, Sample, Strategy, check_knobs, constrain_cache,
                                pad_prompts, per_row, pick_bucket)
+from paced_jax.sharding import batch_shards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +74,7 @@ class RolloutOutput:
   steps: int = 0  # decode iterations (each runs every slot)
   attended: int = 0  # sum over iterations of the key slots each slot's attention computed
   busy: int = 0  # decode slot-steps that produced a token of a live rollout
-  computed_flops: float | None = None  # set by implementations that count their own
+  computed_flops: float | None = None  # what the implementation computed (None: unknown)
 
   @property
   def wasted_fraction(self) -> float:
@@ -78,9 +82,13 @@ class RolloutOutput:
     total = self.steps * self.slots
     return 1.0 - self.busy / total if total else 0.0
 
-  def flops(self, cfg) -> float:
+  def flops(self, cfg=None) -> float:
+    """Model FLOPs of the call: `computed_flops` where the implementation counted them (the
+    built-in Engine always does), else `engine_flops` of the counters for `cfg`."""
     if self.computed_flops is not None:
       return self.computed_flops
+    if cfg is None:
+      return 0.0
     return engine_flops(cfg, self.prefill_rows, self.prompt_len, self.slots, self.steps,
                         self.attended)
 
@@ -100,13 +108,22 @@ def engine_flops(cfg, prefill_rows: int, prompt_len: int, slots: int, steps: int
 
 
 class Rollouts(Protocol):
-  """K rollouts for each of a list of tokenised prompts (verification happens upstream)."""
+  """K rollouts for each of a list of tokenised prompts (verification happens upstream).
+
+  A run holds one implementation per model (`make_engine`): estimation, evaluation, on-policy
+  rows and `paced estimate` sample the student through it, teacher references a second one
+  holding the teacher. `set_params` hands it the student's new weights before each use."""
 
   def sample(self, prompts: Sequence[Sequence[int]], *, rollouts: int, knobs: Knobs,
              rng: int | jax.Array, stop_ids: Sequence[int] | int | None, pad_id: int,
              row_offset: int = 0, streams: Sequence[int] | None = None) -> RolloutOutput:
     """Rollout k of prompt i (row i * K + k of the output) draws token t with key
     fold_in(fold_in(rng, stream), t), stream = streams[i * K + k] or row_offset + i * K + k."""
+    ...
+
+  def set_params(self, params) -> None:
+    """The model's new parameters (an `nnx.State` of its `nnx.Param`s); the next `sample`
+    uses them."""
     ...
 
 
@@ -121,11 +138,13 @@ class EngineState:
   last_B: jax.Array  # int32 token each slot feeds next
   busy_B: jax.Array  # bool
   next: jax.Array  # int32 next rollout id to hand out
-  tokens_RS: jax.Array
-  logprobs_RS: jax.Array
-  lengths_R: jax.Array
+  tokens_QS: jax.Array  # int32 [Q, budget]: each rollout's sampled tokens, by rollout id
+  logprobs_QS: jax.Array
+  lengths_Q: jax.Array
   steps: jax.Array  # int32 decode iterations
-  attended: jax.Array  # int32 key slots per slot, summed over iterations
+  # int32 attention blocks per slot, summed over iterations (blocks, not key slots: a count
+  # of key slots wraps int32 at long budgets, e.g. 16k-token rollouts, and FLOPs went negative)
+  attended_blocks: jax.Array
   busy: jax.Array  # int32 live slot-steps
 
 
@@ -136,8 +155,8 @@ class Wave:
   k: tuple[jax.Array, ...]  # per layer [W, K, P, H]
   v: tuple[jax.Array, ...]
   lengths_W: jax.Array
-  first_R: jax.Array  # int32 [W * K]
-  first_lp_R: jax.Array
+  first_Q: jax.Array  # int32 [W * K]
+  first_lp_Q: jax.Array
   lo: jax.Array  # int32: rollout id of the wave's first rollout
   hi: jax.Array  # int32: one past its last real rollout
 
@@ -150,33 +169,33 @@ def _stopped(tok_B, stop_ids_E):
   return jnp.any(tok_B[:, None] == stop_ids_E[None], axis=-1)
 
 
-def prefill_core(graphdef, params, prompts_WP, lengths_W, knobs_R: Knobs, rng, stream_R, lo,
+def prefill_core(graphdef, params, prompts_WP, lengths_W, knobs_Q: Knobs, rng, stream_Q, lo,
                  *, rollouts: int, strategy: Strategy) -> Wave:
   """Prefills W prompts once; draws token 0 of each of their K rollouts with its own key."""
   model: Decoder = nnx.merge(graphdef, params)
   W, P = prompts_WP.shape
   h_WPD, cache = model.extend_hidden(prompts_WP, model.init_cache(W, P), lengths_W)
   h_W1D = jnp.take_along_axis(h_WPD, (lengths_W - 1)[:, None, None], axis=1)
-  logits_RV = jnp.repeat(model.logits(h_W1D)[:, 0], rollouts, axis=0)
-  rid_R = lo + jnp.arange(W * rollouts, dtype=jnp.int32)
-  R_cap = knobs_R.temperature.shape[0]
-  safe_R = jnp.minimum(rid_R, R_cap - 1)
-  kn = jax.tree.map(lambda a: a[safe_R], knobs_R)
-  tok_R, lp_R = strategy(logits_RV, _keys(rng, stream_R[safe_R], jnp.zeros_like(rid_R)), kn)
-  return Wave(k=cache.k, v=cache.v, lengths_W=lengths_W, first_R=tok_R, first_lp_R=lp_R,
+  logits_QV = jnp.repeat(model.logits(h_W1D)[:, 0], rollouts, axis=0)
+  rid_Q = lo + jnp.arange(W * rollouts, dtype=jnp.int32)
+  Q_cap = knobs_Q.temperature.shape[0]
+  safe_Q = jnp.minimum(rid_Q, Q_cap - 1)
+  kn = jax.tree.map(lambda a: a[safe_Q], knobs_Q)
+  tok_Q, lp_Q = strategy(logits_QV, _keys(rng, stream_Q[safe_Q], jnp.zeros_like(rid_Q)), kn)
+  return Wave(k=cache.k, v=cache.v, lengths_W=lengths_W, first_Q=tok_Q, first_lp_Q=lp_Q,
               lo=lo, hi=lo)
 
 
-def decode_core(graphdef, params, st: EngineState, wave: Wave, knobs_R: Knobs, rng, stream_R,
+def decode_core(graphdef, params, st: EngineState, wave: Wave, knobs_Q: Knobs, rng, stream_Q,
                 stop_ids_E, pad_id, drain, *, rollouts: int, budget: int, block: int,
                 strategy: Strategy, mesh: Mesh | None = None) -> EngineState:
   """Decodes until every rollout of `wave` has a slot (and, with `drain`, until all end)."""
   model: Decoder = nnx.merge(graphdef, params)
   B = st.rid_B.shape[0]
-  R_cap = st.lengths_R.shape[0]
-  WK = wave.first_R.shape[0]
+  Q_cap = st.lengths_Q.shape[0]
+  WK = wave.first_Q.shape[0]
   P = wave.k[0].shape[2]
-  max_new_R = jnp.clip(knobs_R.max_new_tokens, 1, budget)
+  max_new_Q = jnp.clip(knobs_Q.max_new_tokens, 1, budget)
 
   def refill(st: EngineState) -> EngineState:
     idle_B = ~st.busy_B
@@ -189,17 +208,17 @@ def decode_core(graphdef, params, st: EngineState, wave: Wave, knobs_R: Knobs, r
     put = lambda c, s: c.at[rows_B, :, :P, :].set(s[src_B].astype(c.dtype), mode="drop")
     ks = tuple(put(c, s) for c, s in zip(st.cache.k, wave.k))
     vs = tuple(put(c, s) for c, s in zip(st.cache.v, wave.v))
-    first_B, lp_B = wave.first_R[local_B], wave.first_lp_R[local_B]
-    widx_B = jnp.where(take_B, rid_B, R_cap)  # out of range: dropped
-    done_B = _stopped(first_B, stop_ids_E) | (max_new_R[jnp.clip(rid_B, 0, R_cap - 1)] <= 1)
+    first_B, lp_B = wave.first_Q[local_B], wave.first_lp_Q[local_B]
+    widx_B = jnp.where(take_B, rid_B, Q_cap)  # out of range: dropped
+    done_B = _stopped(first_B, stop_ids_E) | (max_new_Q[jnp.clip(rid_B, 0, Q_cap - 1)] <= 1)
     cache = KVCache(k=ks, v=vs, end_B=jnp.where(take_B, wave.lengths_W[src_B], st.cache.end_B))
     return st.replace(
         cache=cache, rid_B=jnp.where(take_B, rid_B, st.rid_B),
         t_B=jnp.where(take_B, 1, st.t_B), last_B=jnp.where(take_B, first_B, st.last_B),
         busy_B=jnp.where(take_B, ~done_B, st.busy_B), next=st.next + n_take,
-        tokens_RS=st.tokens_RS.at[widx_B, 0].set(first_B, mode="drop"),
-        logprobs_RS=st.logprobs_RS.at[widx_B, 0].set(lp_B, mode="drop"),
-        lengths_R=st.lengths_R.at[widx_B].set(1, mode="drop"))
+        tokens_QS=st.tokens_QS.at[widx_B, 0].set(first_B, mode="drop"),
+        logprobs_QS=st.logprobs_QS.at[widx_B, 0].set(lp_B, mode="drop"),
+        lengths_Q=st.lengths_Q.at[widx_B].set(1, mode="drop"))
 
   def decode(st: EngineState) -> EngineState:
     busy_B = st.busy_B
@@ -209,18 +228,18 @@ def decode_core(graphdef, params, st: EngineState, wave: Wave, knobs_R: Knobs, r
     cache = cache.replace(end_B=jnp.where(busy_B, cache.end_B, st.cache.end_B))
     logits_BV = model.logits(h_B1D)[:, 0]
     rid_B = jnp.where(busy_B, st.rid_B, 0)
-    kn = jax.tree.map(lambda a: a[rid_B], knobs_R)
-    tok_B, lp_B = strategy(logits_BV, _keys(rng, stream_R[rid_B], st.t_B), kn)
+    kn = jax.tree.map(lambda a: a[rid_B], knobs_Q)
+    tok_B, lp_B = strategy(logits_BV, _keys(rng, stream_Q[rid_B], st.t_B), kn)
     tok_B = jnp.where(busy_B, tok_B, pad_id)
     lp_B = jnp.where(busy_B, lp_B, 0.0)
-    widx_B = jnp.where(busy_B, st.rid_B, R_cap)
-    done_B = _stopped(tok_B, stop_ids_E) | (st.t_B + 1 >= max_new_R[rid_B])
+    widx_B = jnp.where(busy_B, st.rid_B, Q_cap)
+    done_B = _stopped(tok_B, stop_ids_E) | (st.t_B + 1 >= max_new_Q[rid_B])
     return st.replace(
         cache=cache, t_B=st.t_B + 1, last_B=tok_B, busy_B=busy_B & ~done_B,
-        tokens_RS=st.tokens_RS.at[widx_B, st.t_B].set(tok_B, mode="drop"),
-        logprobs_RS=st.logprobs_RS.at[widx_B, st.t_B].set(lp_B, mode="drop"),
-        lengths_R=st.lengths_R.at[widx_B].set(st.t_B + 1, mode="drop"),
-        steps=st.steps + 1, attended=st.attended + num_blocks * block,
+        tokens_QS=st.tokens_QS.at[widx_B, st.t_B].set(tok_B, mode="drop"),
+        logprobs_QS=st.logprobs_QS.at[widx_B, st.t_B].set(lp_B, mode="drop"),
+        lengths_Q=st.lengths_Q.at[widx_B].set(st.t_B + 1, mode="drop"),
+        steps=st.steps + 1, attended_blocks=st.attended_blocks + num_blocks,
         busy=st.busy + jnp.sum(busy_B.astype(jnp.int32)))
 
   def cond(st: EngineState):
@@ -268,6 +287,11 @@ class Engine:
       if v < 1:
         raise ConfigError(f"rollout engine {name}={v} must be >= 1")
 
+  def set_params(self, params) -> None:
+    """New weights for the same model (e.g. the student after a train step). The engine keeps
+    no other copy: the old parameters are released."""
+    self.model = nnx.merge(nnx.graphdef(self.model), params)
+
   def sample(self, prompts: Sequence[Sequence[int]], *, rollouts: int, knobs: Knobs = Knobs(),
              rng: int | jax.Array = 0, stop_ids: Sequence[int] | int | None = None,
              pad_id: int = 0, row_offset: int = 0, streams=None) -> RolloutOutput:
@@ -299,7 +323,7 @@ class Engine:
     S = -(-(P + budget) // self.block) * self.block
     B = self.slots
     if self.mesh is not None:
-      shards = int(np.prod([self.mesh.shape[a] for a in ("data", "fsdp")]))
+      shards = batch_shards(self.mesh)
       B = -(-B // shards) * shards
     W = self.wave or max(1, -(-2 * B // K))
     W = min(W, N)
@@ -315,10 +339,10 @@ class Engine:
     st = EngineState(
         cache=cache, rid_B=jnp.zeros((B,), jnp.int32), t_B=jnp.zeros((B,), jnp.int32),
         last_B=jnp.zeros((B,), jnp.int32), busy_B=jnp.zeros((B,), bool), next=jnp.int32(0),
-        tokens_RS=jnp.full((R_cap, budget), pad_id, jnp.int32),
-        logprobs_RS=jnp.zeros((R_cap, budget), jnp.float32),
-        lengths_R=jnp.zeros((R_cap,), jnp.int32), steps=jnp.int32(0),
-        attended=jnp.int32(0), busy=jnp.int32(0))
+        tokens_QS=jnp.full((R_cap, budget), pad_id, jnp.int32),
+        logprobs_QS=jnp.zeros((R_cap, budget), jnp.float32),
+        lengths_Q=jnp.zeros((R_cap,), jnp.int32), steps=jnp.int32(0),
+        attended_blocks=jnp.int32(0), busy=jnp.int32(0))
     with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
       for w in range(n_waves):
         lo = w * W * K
@@ -330,52 +354,39 @@ class Engine:
                         np.int32(pad_id), np.bool_(w == n_waves - 1), rollouts=K,
                         budget=budget, block=self.block, strategy=self.strategy,
                         mesh=self.mesh)
-    toks, lps, lengths, steps, attended, busy = map(to_host, (
-        st.tokens_RS, st.logprobs_RS, st.lengths_R, st.steps, st.attended, st.busy))
-    return RolloutOutput(tokens_BS=np.asarray(toks)[:R, :new],
-                         logprobs_BS=np.asarray(lps)[:R, :new], lengths_B=np.asarray(lengths)[:R],
-                         prefill_rows=n_waves * W, prompt_len=P, slots=B, steps=int(steps),
-                         attended=int(attended), busy=int(busy))
+    toks, lps, lengths, steps, blocks, busy = map(to_host, (
+        st.tokens_QS, st.logprobs_QS, st.lengths_Q, st.steps, st.attended_blocks, st.busy))
+    out = RolloutOutput(tokens_BS=np.asarray(toks)[:R, :new],
+                        logprobs_BS=np.asarray(lps)[:R, :new], lengths_B=np.asarray(lengths)[:R],
+                        prefill_rows=n_waves * W, prompt_len=P, slots=B, steps=int(steps),
+                        attended=int(blocks) * self.block, busy=int(busy))
+    return dataclasses.replace(out, computed_flops=out.flops(self.model.cfg))
 
 
-@dataclasses.dataclass
-class StaticRollouts:
-  """`Rollouts` over the static-batch sampler (sampler.generate), `rows` rows per call: the
-  baseline the engine replaces, kept for comparisons."""
-
-  model: Decoder
-  rows: int = 64
-  strategy: Strategy = Sample()
-  mesh: Mesh | None = None
-  prompt_buckets: Sequence[int] = SampleConfig.prompt_buckets
-  budget_buckets: Sequence[int] = SampleConfig.budget_buckets
-
-  def sample(self, prompts, *, rollouts, knobs=Knobs(), rng=0, stop_ids=None, pad_id=0,
-             row_offset=0) -> RolloutOutput:
-    from paced_jax.flops import output_flops
-    from paced_jax.sampler import generate
-
-    N, K = len(prompts), rollouts
-    per = max(1, self.rows // K)
-    row = functools.partial(per_row, n_prompts=N, rollouts=K, n_rows=N * K)
-    kn = Knobs(row(knobs.temperature, np.float32, name="temperature"),
-               row(knobs.top_k, np.int32, name="top_k"), row(knobs.top_p, np.float32, name="top_p"),
-               row(knobs.max_new_tokens, np.int32, name="max_new_tokens"))
-    parts, flops, steps, busy = [], 0.0, 0, 0
-    for s in range(0, N, per):
-      n = min(per, N - s)
-      out = generate(self.model, prompts[s:s + n], rng=rng,
-                     knobs=jax.tree.map(lambda a: a[s * K:(s + n) * K], kn), eos_id=stop_ids,
-                     pad_id=pad_id, mesh=self.mesh, rollouts=K, strategy=self.strategy,
-                     prompt_buckets=self.prompt_buckets, budget_buckets=self.budget_buckets,
-                     pad_rows_to=per * K, row_offset=row_offset + s * K)
-      parts.append(tuple(map(to_host, (out.tokens_BS, out.logprobs_BS, out.lengths_B))))
-      flops += output_flops(self.model.cfg, out)
-      steps += int(out.steps) - 1  # decode iterations (token 0 comes from the prefill)
-      busy += int(np.sum(parts[-1][2] - 1))
-    new = max(p[0].shape[1] for p in parts)
-    pad = lambda a, v: np.pad(a, ((0, 0), (0, new - a.shape[1])), constant_values=v)
-    return RolloutOutput(tokens_BS=np.concatenate([pad(p[0], pad_id) for p in parts]),
-                         logprobs_BS=np.concatenate([pad(p[1], 0) for p in parts]),
-                         lengths_B=np.concatenate([p[2] for p in parts]), slots=per * K,
-                         steps=steps, busy=busy, computed_flops=flops)
+def make_engine(cfg: Config, model: Decoder, mesh: Mesh | None, *, slots: int | None = None
+                ) -> Rollouts:
+  """The run's rollout engine for `model` (`sample.engine`): "continuous" is `Engine` with
+  sample.batch_size slots, the config's buckets and a sampler that never draws padding ids
+  (loss.vocab_limit); "package.module:factory" is an external implementation, built as
+  `factory(model=model, cfg=cfg, mesh=mesh)` and used wherever the run samples."""
+  spec = cfg.sample.engine
+  if spec == "continuous":
+    return Engine(model, slots=slots or cfg.sample.batch_size, mesh=mesh,
+                  strategy=Sample(cfg.loss.vocab_limit),
+                  prompt_buckets=cfg.sample.prompt_buckets,
+                  budget_buckets=cfg.sample.budget_buckets)
+  module, _, name = spec.partition(":")
+  try:
+    factory = getattr(importlib.import_module(module), name)
+  except Exception as e:  # any import failure of the user's module is one line
+    raise ConfigError(f"sample.engine={spec!r} cannot be loaded ({type(e).__name__}: {e}); "
+                      "give 'continuous' or an importable 'package.module:factory'") from None
+  if not callable(factory):
+    raise ConfigError(f"sample.engine={spec!r} is not callable; name a factory "
+                      "(model=, cfg=, mesh=) -> Rollouts")
+  engine = factory(model=model, cfg=cfg, mesh=mesh)
+  missing = [m for m in ("sample", "set_params") if not callable(getattr(engine, m, None))]
+  if missing:
+    raise ConfigError(f"sample.engine={spec!r} returned {type(engine).__name__}, which lacks "
+                      f"{' and '.join(missing)}: implement paced_jax.rollouts.Rollouts")
+  return engine

@@ -9,29 +9,14 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 
-from paced_jax import step as step_lib
+from paced_jax import divergences
 from paced_jax.build import Run
-from paced_jax.config import Config
 from paced_jax.distributed import is_main
-from paced_jax.evaluate import estimate_for_config
+from paced_jax.estimate import estimate_for_config
 from paced_jax.frontier import frontier_round, frontier_stats, frontier_weights, skip_settled
-from paced_jax.models.transformer import Decoder
 
 log = logging.getLogger("paced_jax.train")  # the loop's logger: one name in every log line
-
-
-def _student(run: Run, state) -> Decoder:
-  return nnx.merge(run.student_def, state.params)
-
-
-def needs_reference(cfg: Config, step: int) -> bool:
-  """Whether the rows of `step` are teacher-forced on references (False when the student's own
-  rollouts replace them: on_policy, and the reverse-KL stage of two_stage)."""
-  if cfg.loss.mode == "on_policy":
-    return False
-  return not (cfg.loss.mode == "two_stage" and step_lib.stage_of(cfg, step) == "reverse_kl")
 
 
 def samplable(run: Run, need_reference: bool) -> np.ndarray:
@@ -59,7 +44,7 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
   if chosen:
     t0 = time.perf_counter()
     est = estimate_for_config(
-        _student(run, state), chosen, run.tokenizer, run.verifier, cfg, run.mesh,
+        run.student_engine(state), chosen, run.tokenizer, run.verifier, cfg, run.mesh,
         rollouts=cfg.paced.rollouts, rng=jax.random.fold_in(jax.random.key(cfg.seed), round_),
         progress=progress, screen=cfg.paced.screen_rollouts, keep_rollouts=run.fresh is not None)
     run.table.update([p.id for p in chosen], est.successes, est.trials, step, cfg.paced.merge)
@@ -70,7 +55,7 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
     where = {p.id: i for p, i in zip(chosen, idx)}
     run.fresh.set(round_, step, [where[r.problem_id] for r in kept], kept,
                   run.workdir / "rollouts" / f"round_{round_:05d}.npz" if is_main() else None)
-  metrics.update(apply_round(run, round_, needs_reference(cfg, step)))
+  metrics.update(apply_round(run, round_, divergences.needs_reference(cfg, step)))
   s, n = run.table.counts()
   stats = frontier_stats(s, n, run.pipeline.probs)
   metrics.update(stats.as_metrics())
@@ -96,7 +81,8 @@ def _to_estimate(run: Run, round_: int) -> tuple[np.ndarray, np.ndarray]:
   paced.refresh_subset of them, split by GRESO-style skipping of settled problems
   (paced.skip_base < 1; none skipped otherwise)."""
   cfg, pool = run.cfg, run.pipeline.pool
-  ok = samplable(run, True) | samplable(run, needs_reference(cfg, cfg.train.steps - 1))
+  ok = samplable(run, True) | samplable(run, divergences.needs_reference(cfg,
+                                                                          cfg.train.steps - 1))
   ok &= pool.prompt_lens <= max(cfg.sample.prompt_buckets)
   candidates = np.flatnonzero(ok)
   subset = cfg.paced.refresh_subset
@@ -136,11 +122,9 @@ def apply_round(run: Run, round_: int, need_reference: bool = True, table=None) 
           "frontier/estimated_outside": float(outside)}
 
 
-def _write_round(run: Run, step: int, metrics: dict) -> None:
+def write_round(run: Run, step: int, metrics: dict) -> None:
   """A refresh's metrics (with this round's verifier incidents) and one INFO line."""
-  from paced_jax.verify import take_counts
-
-  metrics.update(take_counts())
+  metrics.update(run.verify_counts.take())
   run.writer.write(step, metrics)
   log.info("round %d at step %d: %d problems estimated, mean p %.3f, p=0 %.1f%%, p=1 %.1f%%%s",
            metrics.get("frontier/round", 0), step, metrics.get("frontier/estimated", 0),

@@ -34,9 +34,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from paced_jax.config import ConfigError, SampleConfig
+from paced_jax.config import ConfigError, SampleConfig, pick_bucket
 from paced_jax.models.transformer import Decoder, KVCache
-from paced_jax.sharding import constrain, logical_sharding
+from paced_jax.sharding import batch_shards, constrain, logical_sharding
 
 _F32_MIN = float(np.finfo(np.float32).min)  # finite "minus infinity": no inf - inf NaNs
 
@@ -236,15 +236,6 @@ sample_jit = jax.jit(sample_core, static_argnames=("graphdef", "budget", "strate
 # ----------------------------------------------------------------------------- host wrapper
 
 
-def pick_bucket(n: int, buckets: Sequence[int], what: str, key: str) -> int:
-  """The smallest bucket >= n; `what`/`key` name the value and its config field in the error."""
-  for b in sorted(buckets):
-    if n <= b:
-      return b
-  raise ConfigError(f"{what} of {n} tokens exceeds the largest bucket {max(buckets)} of {key}; "
-                    f"add a larger bucket to {key} or reduce it")
-
-
 def per_row(x, dtype, n_prompts: int, rollouts: int, n_rows: int, name: str) -> np.ndarray:
   """A knob (scalar, one value per prompt, or one per row = rollout) as one value per row,
   padded to n_rows with the last value."""
@@ -308,7 +299,7 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, rng: int | jax
   n_real = len(prompts) * rollouts
   n_rows = max(n_real, pad_rows_to or 0)
   if mesh is not None:  # rows split evenly over the batch mesh axes
-    shards = int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
+    shards = batch_shards(mesh)
     n_rows = -(-n_rows // shards) * shards
   tokens, lengths = pad_prompts(prompts, width, pad_id)
   tokens = np.concatenate([np.repeat(tokens, rollouts, 0),

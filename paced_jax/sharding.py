@@ -10,7 +10,7 @@ up fully replicated.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import jax
 import numpy as np
@@ -178,11 +178,14 @@ def assert_sharded(state: Any, mesh: Mesh, min_elements: int = 1 << 16) -> None:
                          f"{dict(mesh.shape)}: " + "; ".join(bad[:5]))
 
 
-def shard_array(x: Any, mesh: Mesh, logical_axes: Sequence[str | None]) -> jax.Array:
-  """Places a host array on the mesh by logical axes (single-process; multi-host uses
-  `jax.make_array_from_process_local_data` in the data pipeline)."""
-  x = np.asarray(x) if not isinstance(x, jax.Array) else x
-  return jax.device_put(x, logical_sharding(mesh, logical_axes, x.shape))
+def batch_shards(mesh: Mesh | Mapping[str, int]) -> int:
+  """How many ways the rows of a batch are split: the product of the mesh axes of the `batch`
+  rule (data x fsdp), so row counts come in multiples of it. `mesh`: a Mesh or its axis sizes
+  (the planner's dicts)."""
+  rule = LOGICAL_RULES["batch"]
+  axes = (rule,) if isinstance(rule, str) else tuple(rule or ())
+  sizes = mesh.shape if isinstance(mesh, Mesh) else mesh
+  return math.prod(sizes[a] for a in axes)
 
 
 def _require_mesh(mesh: Any) -> None:

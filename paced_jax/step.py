@@ -26,10 +26,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from paced_jax import losses
+from paced_jax import divergences, losses
 from paced_jax.fused_loss import fused_divergence_loss
+from paced_jax.memory import auto_loss_chunk
 from paced_jax.config import Config, ConfigError, TrainConfig
-from paced_jax.sharding import LOGICAL_RULES, constrain, logical_sharding
+from paced_jax.sharding import LOGICAL_RULES, batch_shards, constrain, logical_sharding
 
 
 @flax.struct.dataclass
@@ -87,19 +88,16 @@ def init_train_state(student: nnx.Module, tx: optax.GradientTransformation,
 
 
 def divergence_at(cfg: Config, step):
-  """Index into losses.DIVERGENCES for this step (traced): two-stage switches mid-run."""
-  ids = {name: i for i, name in enumerate(losses.DIVERGENCES)}
-  if cfg.loss.mode == "two_stage":
-    switch = int(cfg.loss.two_stage_switch * cfg.train.steps)
-    return jnp.where(step < switch, ids["forward_kl"], ids["reverse_kl"]).astype(jnp.int32)
-  return jnp.int32(ids[stage_of(cfg, 0)])
-
-
-def stage_of(cfg: Config, step: int) -> str:
-  """Host-side twin of `divergence_at`, for the loop (which batches to build)."""
-  if cfg.loss.mode == "two_stage":
-    return "forward_kl" if step < int(cfg.loss.two_stage_switch * cfg.train.steps) else "reverse_kl"
-  return "ce" if cfg.loss.mode == "sft" else cfg.loss.resolved_divergence
+  """The divergence of `step`: its name when the run has one (host-known, so one branch is
+  compiled and teacher top-k applies), else (two_stage) the traced index into
+  divergences.NAMES, so that one compiled step switches mid-run. The loop's host-side twin is
+  divergences.stage_of."""
+  fixed = divergences.fixed_divergence(cfg)
+  if fixed is not None:
+    return fixed
+  switch = divergences.switch_step(cfg)
+  first, second = (divergences.index(divergences.stage_of(cfg, s)) for s in (0, switch))
+  return jnp.where(step < switch, first, second).astype(jnp.int32)
 
 
 def _real_vocab(w_DV, vocab_limit: int):
@@ -132,8 +130,6 @@ def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, te
         losses.gather_positions(teacher.hidden(t_tokens, t_pos, t_seg, rows), idx_t))
     w_t = jax.lax.stop_gradient(_real_vocab(teacher.unembedding(), cfg.loss.vocab_limit))
   lc = cfg.loss
-  if lc.teacher_top_k:  # config validation allows it only with off-policy forward KL
-    kind = "forward_kl"
   opts = dict(targets_BR=targets, temperature=lc.temperature, jsd_beta=lc.jsd_beta,
               akl_mu=lc.akl_mu, teacher_top_k=lc.teacher_top_k)
   counts = jnp.sum(valid.astype(jnp.float32), axis=-1)
@@ -148,8 +144,7 @@ def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, te
         row_sharding=(logical_sharding(mesh, ("batch",), h_s_BRD.shape[:1])
                       if mesh is not None else None), **opts)
   else:  # the unchunked reference: [B, R, V] logits, plain autodiff
-    sums, _ = losses.chunked_divergence(h_t_BRD, w_t, h_s_BRD, w_s, valid, kind, chunk=0,
-                                        **opts)
+    sums, _ = losses.linear_divergence(h_t_BRD, w_t, h_s_BRD, w_s, valid, kind, **opts)
     loss = jnp.sum(coef * sums)
   return loss, (sums, counts)
 
@@ -177,7 +172,8 @@ def train_step(state: TrainState, teacher_params, batch, *, cfg: Config, student
       "param_norm": optax.tree_utils.tree_norm(params),
       "lr": learning_rate(cfg.train, state.step),
       "tokens": jnp.sum(counts),
-      "divergence": kind,
+      # The index into divergences.NAMES (a number, as in two_stage's traced switch).
+      "divergence": jnp.int32(divergences.index(kind)) if isinstance(kind, str) else kind,
       "example_loss": sums / jnp.maximum(counts, 1.0),  # [B], for per-p-bucket losses
   }
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -190,11 +186,9 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def resolve_loss_chunk(cfg: Config, mesh: Mesh) -> Config:
   """The config with loss.chunk_size=-1 (auto) replaced by what fits this mesh's devices
-  (paced_jax.plan.auto_loss_chunk); any other value is returned unchanged."""
+  (memory.auto_loss_chunk, the planner's count); any other value is returned unchanged."""
   if cfg.loss.chunk_size >= 0:
     return cfg
-  from paced_jax.plan import auto_loss_chunk
-
   stats = mesh.devices.flat[0].memory_stats() or {}
   chunk = auto_loss_chunk(cfg, dict(mesh.shape), stats.get("bytes_limit"))
   return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, chunk_size=chunk))
@@ -203,8 +197,9 @@ def resolve_loss_chunk(cfg: Config, mesh: Mesh) -> Config:
 def compile_train_step(cfg: Config, mesh: Mesh, state: TrainState, student_def, teacher_params,
                        teacher_def, tx):
   """`jax.jit(train_step)` with explicit shardings and the state donated (updated in place)."""
-  cfg = resolve_loss_chunk(cfg, mesh)
-  rows = mesh.shape["data"] * mesh.shape["fsdp"]
+  if cfg.loss.chunk_size < 0:  # auto (a run's setup has resolved it already)
+    cfg = resolve_loss_chunk(cfg, mesh)
+  rows = batch_shards(mesh)
   if cfg.data.batch_size % rows:
     raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be a multiple of "
                       f"mesh data*fsdp={rows} (rows are split over those axes)")

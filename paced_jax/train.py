@@ -22,30 +22,31 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Iterable
 
 import jax
 import numpy as np
 
 from paced_jax import checkpoint as ckpt
 from paced_jax import flops as flops_lib
+from paced_jax import divergences
 from paced_jax import step as step_lib
 from paced_jax.build import Run, load_or_init, prepare_workdir, record_config, setup
 from paced_jax.config import Config, ConfigError, to_dict
 from paced_jax.distributed import is_main, to_host
-from paced_jax.evaluate import evaluate
+from paced_jax.evaluate import eval_off_reason, evaluate
+from paced_jax.data.schema import pool_changes
 from paced_jax.frontier import PassRateTable
 from paced_jax.metrics import progress_bar
 from paced_jax.rollout_data import on_policy_batch
-from paced_jax.rounds import (_student, _write_round, apply_round, needs_reference, refresh,
-                              samplable)
-from paced_jax.models.resolve import resolve_models
+from paced_jax.rounds import apply_round, refresh, samplable, write_round
 
 log = logging.getLogger("paced_jax.train")
 
 # The public names, with those of build.py (setting a run up) and rounds.py (the frontier rounds).
-__all__ = ["Interrupted", "Run", "TrainingDiverged", "apply_round", "load_or_init",
-           "needs_reference", "prepare_workdir", "record_config", "refresh", "run_eval",
-           "samplable", "setup", "train"]
+__all__ = ["Interrupted", "Run", "TrainingDiverged", "apply_round", "finished", "load_or_init",
+           "prepare_workdir", "record_config", "refresh", "run_eval", "samplable", "setup",
+           "train"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -68,7 +69,7 @@ class Interrupted(Exception):
 
 def _save(run: Run, mgr, state, step: int, round_: int, force: bool = False) -> None:
   meta = {"step": step, "round": round_, "data": run.pipeline.get_state(),
-          "need_reference": run.need_reference,
+          "need_reference": run.need_reference, "pool": run.pool_record,
           "model_config": to_dict(run.cfg.model), "compute": dict(run.compute)}
   if run.fresh is not None:
     meta["reuse"] = run.fresh.state()
@@ -81,12 +82,27 @@ def _restore(run: Run, mgr, state):
   each, kept). Checks the data stream against the config before anything is written."""
   out, bad = ckpt.restore_newest_intact(mgr, params=state.params, opt_state=state.opt_state)
   meta = out["meta"]
+  where = f"{mgr.directory}/{meta.get('step')}"
+  saved_pool, reordered = meta.get("pool"), False
+  if saved_pool is not None:  # checkpoints written before the pool record: by position
+    changes = pool_changes(saved_pool["problems"], run.pool_record["problems"])
+    if changes:
+      raise ConfigError(f"the pool changed since checkpoint {where}: {changes}; resume with the "
+                        "pool it was trained on, or use a new --workdir")
+    reordered = saved_pool["order"] != [p.id for p in run.problems]
+    if reordered:
+      log.warning("the pool's problems are in another order than at checkpoint %s; pass rates "
+                  "are restored by problem id and the data stream restarts its round (its "
+                  "draws from here on differ from the uninterrupted run's)", where)
   try:
     table = PassRateTable.from_state_dict(out["passrates"])
+    if saved_pool is not None:
+      table = table.reindexed([p.id for p in run.problems])
     apply_round(run, meta["round"], meta.get("need_reference", True), table=table)
-    run.pipeline.set_state(meta["data"])
+    if not reordered:  # its positions index the saved order
+      run.pipeline.set_state(meta["data"])
   except (ValueError, KeyError) as e:
-    raise ConfigError(f"checkpoint {mgr.directory}/{meta.get('step')} does not match this "
+    raise ConfigError(f"checkpoint {where} does not match this "
                       f"config ({str(e).splitlines()[0][:200]}); resume with the config it was "
                       f"written with ({run.workdir}/configs/) or use a new --workdir") from None
   for step, why in bad:
@@ -141,16 +157,69 @@ class _Signals:
 
 
 def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, explicit: Iterable[str] = ()) -> dict:
   """Runs (or resumes) training; returns the last logged metrics. `stop_after` ends the run
-  (with a checkpoint) after that many steps of this invocation, as a preemption would."""
-  with _Signals() as signals:
-    return _train(cfg, workdir, progress and is_main(), stop_after, signals)
+  (with a checkpoint) after that many steps of this invocation, as a preemption would.
+  `explicit`: model shape fields the user set (`models.resolve.shape_overrides`)."""
+  with _Signals() as signals, _workdir_lock(cfg, workdir):
+    return _train(cfg, workdir, progress and is_main(), stop_after, signals, explicit)
 
 
-def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals) -> dict:
-  cfg = resolve_models(cfg)  # config.json records the models actually trained
-  run, state = setup(cfg, workdir, progress=progress)
+def _workdir_lock(cfg: Config, workdir):
+  """One run per workdir (paced_jax/lock.py), taken before anything is written there and held
+  to the end. Only process 0 takes it: the other hosts' processes belong to the same run. A URL
+  or empty workdir gets no lock and prepare_workdir's own one-line error; a finished run's
+  rerun none either (it writes nothing, not even the lock's record)."""
+  import contextlib
+
+  from paced_jax.lock import WorkdirLock
+
+  if (not is_main() or "://" in str(workdir) or not str(workdir).strip()
+      or finished(cfg, workdir) is not None):
+    return contextlib.nullcontext()
+  return WorkdirLock(workdir)
+
+
+def finished(cfg: Config, workdir: str | Path) -> dict | None:
+  """{"step", "finished": True} when `workdir` holds a run that this config has nothing left to
+  do for: its newest checkpoint is at or past train.steps (or the `finished.json` the end of a
+  run writes says train.max_flops was reached there), and its final evaluation is written (or
+  the config evaluates nothing). Cheap (reads directory names and two small files), so a rerun
+  of a finished run touches nothing. None otherwise (a run to start, resume, or whose final
+  evaluation was interrupted and is redone)."""
+  wd = Path(workdir)
+  steps = ckpt.committed_steps(wd / "checkpoints")
+  if not steps:
+    return None
+  newest = steps[-1]
+  try:
+    mark = json.loads((wd / "finished.json").read_text())
+  except (OSError, ValueError):
+    mark = {}
+  by_budget = mark.get("step") == newest and 0 < cfg.train.max_flops <= mark.get("flops", 0)
+  if newest < cfg.train.steps and not by_budget:
+    return None
+  if not (wd / "eval_after.json").exists() and not eval_off_reason(cfg):
+    return None
+  return {"step": newest, "finished": True}
+
+
+def _mark_finished(run: Run, step: int) -> None:
+  if is_main():
+    tmp = run.workdir / "finished.json.tmp"
+    tmp.write_text(json.dumps({"step": step, "flops": run.flops()}))
+    os.replace(tmp, run.workdir / "finished.json")
+
+
+def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals,
+           explicit) -> dict:
+  done = finished(cfg, workdir) if str(workdir).strip() else None
+  if done is not None:
+    log.info("%s: finished at step %d (train.steps=%d); nothing to do (raise train.steps or "
+             "train.max_flops to train on)", workdir, done["step"], cfg.train.steps)
+    return done
+  run, state = setup(cfg, workdir, progress=progress, explicit=explicit)
+  cfg = run.recorded  # config.json records the models actually trained
   mgr = ckpt.manager(run.workdir / "checkpoints", cfg.train.max_to_keep)
   bar = None
   try:
@@ -158,8 +227,9 @@ def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals) 
     if ckpt.committed_steps(mgr.directory):
       state, start, round_ = _restore(run, mgr, state)
       signals.step = start
-    record_config(run.workdir, cfg, start)
-    run.writer.truncate(start)  # steps >= start are recomputed: each step is logged once
+    if start < cfg.train.steps:  # else only the final evaluation is left to redo
+      record_config(run.workdir, cfg, start)
+      run.writer.truncate(start)  # steps >= start are recomputed: each step is logged once
     if start:
       log.info("resumed from step %d (round %d)", start, round_)
     else:
@@ -167,7 +237,7 @@ def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals) 
         before = run_eval(run, state, 0, progress)
         if is_main():
           (run.workdir / "eval_before.json").write_text(json.dumps(before, indent=1))
-      _write_round(run, 0, refresh(run, state, 0, 0, progress=progress))
+      write_round(run, 0, refresh(run, state, 0, 0, progress=progress))
     R = max(cfg.paced.refresh_every, 1)
     bar = progress_bar(cfg.train.steps, start, enabled=progress)
     last, pending, t0 = {}, None, time.perf_counter()
@@ -178,21 +248,21 @@ def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals) 
         run_eval(run, state, step, False)
       if step // R > round_:  # a new round: fresh pass rates, new pi
         round_ = step // R
-        _write_round(run, step, refresh(run, state, round_, step, progress=False))
-      need = needs_reference(cfg, step)
+        write_round(run, step, refresh(run, state, round_, step, progress=False))
+      need = divergences.needs_reference(cfg, step)
       if need != run.need_reference:  # two_stage's switch inside a round: prompt-only rows
         run.writer.write(step, apply_round(run, round_, need))
       batch = next(run.pipeline)
-      on_policy = (cfg.loss.mode in ("on_policy", "self_distill")
-                   or (cfg.loss.mode == "two_stage" and
-                       step_lib.stage_of(cfg, step) == "reverse_kl"))
+      on_policy = divergences.on_policy(cfg, step)
       if on_policy:  # the student's own rollouts replace the reference responses
         batch = on_policy_batch(run, state, batch, step)
       index = batch["index"]
       state, metrics = run.step_fn(state, run.teacher_params, batch)
       if on_policy and run.fresh is not None:
         metrics = {**metrics, "rollouts/reused_rows": np.float32(run.reused_rows)}
-      run.compute["train_flops"] += _step_flops(run.cfg, batch["tokens"].shape)
+      run.compute["train_flops"] += _step_flops(
+          run.cfg, batch["tokens"].shape,
+          batch["teacher_tokens"].shape[1] if "teacher_tokens" in batch else None)
       if pending is not None:  # read back step-1 while step runs
         last = _finish_step(run, pending, bar, t0, start)
       pending = (step, metrics, index, dict(run.compute), run.pass_rates)
@@ -227,6 +297,8 @@ def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals) 
       if is_main():
         (run.workdir / "eval_after.json").write_text(json.dumps(after, indent=1))
       last.update(after)
+    if step == cfg.train.steps or run.budget_spent():
+      _mark_finished(run, step)
   finally:
     signals.in_loop = False
     ckpt.close(mgr)
@@ -243,17 +315,18 @@ def _compute_metrics(compute: dict) -> dict:
   return {**{f"compute/{k}": v for k, v in compute.items()}, "compute/flops": sum(compute.values())}
 
 
-def _step_flops(cfg: Config, shape) -> float:
+def _step_flops(cfg: Config, shape, teacher_len: int | None = None) -> float:
   """Model FLOPs of one train step on a [B, T] batch (the step scores at most
-  data.max_response_len positions per row)."""
+  data.max_response_len positions per row; the teacher reads `teacher_len` tokens per row
+  where it sees its own, privileged, rows)."""
   B, T = shape
-  teacher = {"sft": None, "self_distill": cfg.model}.get(cfg.loss.mode, cfg.teacher)
+  teacher = divergences.teacher_of(cfg)
   return flops_lib.step_flops(cfg.model, teacher, B, T, min(cfg.data.max_response_len, T),
-                              chunk=cfg.loss.chunk_size)
+                              chunk=cfg.loss.chunk_size, teacher_seq_len=teacher_len)
 
 
 def run_eval(run: Run, state, step: int, progress: bool) -> dict:
-  m = evaluate(_student(run, state), run.eval_sets, run.tokenizer, run.verifier, run.cfg,
+  m = evaluate(run.student_engine(state), run.eval_sets, run.tokenizer, run.verifier, run.cfg,
                run.mesh, progress=progress)
   run.writer.write(step, m)
   return m

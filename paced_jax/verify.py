@@ -5,13 +5,15 @@ Built-ins (pick one with `load_verifier`):
            answer marker such as `####` or `Answer:`) equals `problem.answer` after
            normalisation; numbers compare as exact rationals, so 3.0 == 3 and 1/2 == 0.5.
   "math"   `MathEquiv`: symbolic equivalence by the `math-verify` package, each call in a worker
-           process with a time limit; a hang or crash counts as incorrect and is counted in
-           `COUNTERS`.
+           process with a time limit; a hang or crash counts as incorrect and is counted in its
+           `VerifyCounts`.
   "pkg.mod:fn"  any importable callable with the same signature, run by `Guarded`: each call
-           in a daemon thread bounded by `paced.verify_timeout_s` (a hang counts as wrong and in
-           `COUNTERS["timeout"]`, and never blocks Ctrl-C or exit); an exception is one
-           `VerifierError` line naming the verifier, problem and exception, or with
-           `paced.verifier_errors=wrong` counts as wrong (`COUNTERS["error"]`).
+           in a daemon thread bounded by `paced.verify_timeout_s` (a hang counts as wrong and as a
+           "timeout", and never blocks Ctrl-C or exit); an exception is one `VerifierError`
+           line naming the verifier, problem and exception, or with
+           `paced.verifier_errors=wrong` counts as wrong (an "error"). It must return a bool
+           or a score in [0, 1] (only 1 passes); anything else is one line (`verdict`).
+A run owns its counters: `verifier_from_config(cfg, counts)` with the run's `VerifyCounts`.
 
 Pass rates come from these raw outcomes, never from a shaped reward.
 """
@@ -23,6 +25,7 @@ import concurrent.futures
 import functools
 import importlib
 import multiprocessing
+import numbers
 import re
 import threading
 from fractions import Fraction
@@ -40,29 +43,49 @@ class Verifier(Protocol):
     ...
 
 
-# Counts of verifier incidents since import (read by metrics logging): "math_timeout",
-# "math_error", "timeout", "error". Thread-safe increments through `_count`.
-COUNTERS: collections.Counter = collections.Counter()
-_COUNT_LOCK = threading.Lock()
-_TAKEN: collections.Counter = collections.Counter()
+class VerifyCounts:
+  """Verifier incidents ("timeout", "error", "math_timeout", "math_error"), counted by the
+  verifiers that a run builds with it (`verifier_from_config(cfg, counts)`) and read once per
+  refresh round; thread-safe (checks run in worker threads)."""
 
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._all: collections.Counter = collections.Counter()
+    self._taken: collections.Counter = collections.Counter()
 
-def _count(name: str) -> None:
-  with _COUNT_LOCK:
-    COUNTERS[name] += 1
+  def add(self, name: str) -> None:
+    with self._lock:
+      self._all[name] += 1
 
+  def __getitem__(self, name: str) -> int:
+    with self._lock:
+      return self._all[name]
 
-def take_counts() -> dict[str, float]:
-  """verify/timeouts and verify/errors since the previous call (one refresh round's)."""
-  with _COUNT_LOCK:
-    new = COUNTERS - _TAKEN
-    _TAKEN.update(new)
-  return {"verify/timeouts": float(new["timeout"] + new["math_timeout"]),
-          "verify/errors": float(new["error"] + new["math_error"])}
+  def take(self) -> dict[str, float]:
+    """verify/timeouts and verify/errors since the previous call (one refresh round's)."""
+    with self._lock:
+      new = self._all - self._taken
+      self._taken.update(new)
+    return {"verify/timeouts": float(new["timeout"] + new["math_timeout"]),
+            "verify/errors": float(new["error"] + new["math_error"])}
 
 
 class VerifierError(ConfigError):
   """A user verifier raised (paced.verifier_errors=error); one line."""
+
+
+def verdict(value, name: str, problem) -> bool:
+  """A verifier's return value as pass/fail: a bool, or a number in [0, 1] (a score; only 1
+  passes, so partial credit counts as wrong). Anything else (a string such as "no", None, a
+  score outside [0, 1]) is a VerifierError line: truthiness would silently count "no" as
+  correct and None as wrong."""
+  if isinstance(value, (bool, np.bool_)):
+    return bool(value)
+  if isinstance(value, numbers.Real) and 0 <= value <= 1:
+    return float(value) >= 1.0
+  raise VerifierError(f"paced.verifier={name!r} returned {value!r} ({type(value).__name__}) on "
+                      f"problem {getattr(problem, 'id', '?')!r}; a verifier returns a bool, or a "
+                      "score in [0, 1] of which only 1 passes")
 
 
 class Guarded:
@@ -74,9 +97,10 @@ class Guarded:
   that hangs on most inputs would otherwise pile up threads, and CPU if it spins)."""
 
   def __init__(self, fn: Callable, name: str, timeout_s: float = 5.0, errors: str = "error",
-               max_stuck: int = 16):
+               max_stuck: int = 16, counts: VerifyCounts | None = None):
     self.fn, self.name, self.timeout_s, self.errors = fn, name, float(timeout_s), errors
     self.max_stuck = max_stuck
+    self.counts = VerifyCounts() if counts is None else counts
     self._lock = threading.Lock()
     self._stuck = 0  # calls past their time limit that have not returned yet
 
@@ -93,7 +117,7 @@ class Guarded:
 
     def call():
       try:
-        box["ok"] = bool(self.fn(response_text, problem))
+        box["ok"] = verdict(self.fn(response_text, problem), self.name, problem)
       except BaseException as e:  # noqa: BLE001 -- reported in the caller's thread
         box["error"] = e
       finally:
@@ -108,14 +132,16 @@ class Guarded:
         if not done.is_set():  # still running: counted until it returns
           box["late"] = True
           self._stuck += 1
-      _count("timeout")
+      self.counts.add("timeout")
       return False
     if "error" not in box:
       return box["ok"]
-    if self.errors == "wrong":
-      _count("error")
-      return False
     e = box["error"]
+    if isinstance(e, VerifierError):  # a bad return value: never counted as an answer
+      raise e
+    if self.errors == "wrong":
+      self.counts.add("error")
+      return False
     msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
     raise VerifierError(f"paced.verifier={self.name!r} raised on problem "
                         f"{getattr(problem, 'id', '?')!r}: {type(e).__name__}: {msg}; fix the "
@@ -228,13 +254,14 @@ def _warm_up(_):
 class MathEquiv:
   """math-verify equivalence, each call in a spawned worker process bounded by `timeout_s`.
 
-  A call that overruns (a sympy blow-up) or crashes returns False and bumps
-  `COUNTERS["math_timeout"]` / `COUNTERS["math_error"]`; after a timeout the worker pool is
+  A call that overruns (a sympy blow-up) or crashes returns False and counts
+  "math_timeout" / "math_error" in `counts`; after a timeout the worker pool is
   replaced so the runaway process is killed rather than left burning a core.
   """
 
   def __init__(self, timeout_s: float = 5.0, workers: int = 2,
-               checker: Callable[[str, str, int], bool] = _math_verify_worker):
+               checker: Callable[[str, str, int], bool] = _math_verify_worker,
+               counts: VerifyCounts | None = None):
     try:
       import math_verify  # noqa: F401
     except ImportError:
@@ -243,6 +270,7 @@ class MathEquiv:
     # checker(response_text, gold_answer, inner_timeout_s) must be a module-level function (it
     # is pickled to the workers); the default wraps math_verify.parse/verify.
     self.timeout_s, self.workers, self.checker = float(timeout_s), workers, checker
+    self.counts = VerifyCounts() if counts is None else counts
     self._pool = None
     self._lock = threading.Lock()
 
@@ -269,11 +297,11 @@ class MathEquiv:
     try:
       return res.get(timeout=self.timeout_s)
     except multiprocessing.TimeoutError:
-      _count("math_timeout")
+      self.counts.add("math_timeout")
       self._reset(pool)
       return False
     except Exception:  # noqa: BLE001 -- malformed math is "incorrect", not a crash of the run
-      _count("math_error")
+      self.counts.add("math_error")
       return False
 
   def close(self) -> None:
@@ -293,33 +321,37 @@ class MathEquiv:
 
 
 def load_verifier(spec: str, marker: str = "####", timeout: float = 5.0,
-                  workers: int = 2, errors: str = "error") -> Verifier:
+                  workers: int = 2, errors: str = "error",
+                  counts: VerifyCounts | None = None) -> Verifier:
   """A verifier for "exact", "math" or "package.module:function" (`Guarded`: time limit
-  `timeout`, exceptions per `errors`); a bad spec -> ConfigError."""
+  `timeout`, exceptions per `errors`); incidents go to `counts`; a bad spec -> ConfigError."""
   if spec == "exact":
     return functools.partial(exact_match, marker=marker)
   if spec == "math":
-    return MathEquiv(timeout, workers)
+    return MathEquiv(timeout, workers, counts=counts)
   module_name, sep, attr = spec.partition(":")
   if not sep or not module_name or not attr:
     raise ConfigError(f"paced.verifier={spec!r} is not 'exact', 'math' or "
                       "'package.module:function'")
   try:
     module = importlib.import_module(module_name)
-  except ImportError as e:
-    raise ConfigError(f"paced.verifier={spec!r}: cannot import {module_name!r} ({e})") from None
+  except Exception as e:  # any failure of the user's module (ImportError, SyntaxError, ...)
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    raise ConfigError(f"paced.verifier={spec!r}: cannot import {module_name!r} "
+                      f"({type(e).__name__}: {first})") from None
   fn = getattr(module, attr, None)
   if not callable(fn):
     raise ConfigError(f"paced.verifier={spec!r}: {module_name} has no callable {attr!r}")
   if getattr(fn, "__module__", None) == __name__:  # this module's own: trusted, unguarded
     return fn
-  return Guarded(fn, spec, timeout, errors)
+  return Guarded(fn, spec, timeout, errors, counts=counts)
 
 
-def verifier_from_config(cfg) -> Verifier:
-  """The verifier a run's `PacedConfig` names (marker, timeout and workers included)."""
+def verifier_from_config(cfg, counts: VerifyCounts | None = None) -> Verifier:
+  """The verifier a run's `PacedConfig` names (marker, timeout and workers included); its
+  incidents are counted in `counts` (the run's)."""
   return load_verifier(cfg.verifier, cfg.answer_marker, cfg.verify_timeout_s,
-                       workers=cfg.verify_workers, errors=cfg.verifier_errors)
+                       workers=cfg.verify_workers, errors=cfg.verifier_errors, counts=counts)
 
 
 def verify_batch(texts: Sequence[str], problems: Sequence[Problem],

@@ -81,6 +81,10 @@ def _corrupt(step_dir: Path):
     (["train", TINY, "--set", "eval.samples=0"], "eval.samples=0 must be >= 1"),
     (["train", TINY, "--set", "paced.verifier_errors=maybe"], "paced.verifier_errors"),
     (["smoke", TINY, "--batch", "0"], "--batch >= 1"),
+    (["train", TINY, "--set", "data.chat_template_kwargs=effort=high"],
+     "data.chat_template_kwargs entry 'effort=high': 'high' is not a JSON value"),
+    (["smoke", TINY, "--set", "data.chat_template_kwargs=enable_thinking"],
+     "not of the form name=json_value"),
     (["plan", TINY, "--devices", "0", "--device-memory", "16GiB"], "--devices 0 must be >= 1"),
     (["train", "{badcfg}"], "get_config('') failed: RuntimeError: boom"),
     (["train", TINY, "--set", "data.source=jsonl", "--set", "data.path={latin1}"],
@@ -247,12 +251,11 @@ def test_a_hanging_user_verifier_times_out_as_wrong():
       time.sleep(30)
     return True
 
-  V.take_counts()
   guarded = V.Guarded(hang, "mod:hang", timeout_s=0.3)
   t0 = time.time()
   out = V.verify_batch(["a", "b", "c"], _problems(3), guarded)
   assert out.tolist() == [True, False, True] and time.time() - t0 < 5
-  assert V.take_counts()["verify/timeouts"] == 1
+  assert guarded.counts.take()["verify/timeouts"] == 1
 
 
 def test_hung_verifier_calls_are_bounded_then_one_line():
@@ -285,15 +288,36 @@ def test_a_raising_user_verifier_is_one_line_or_wrong():
   with pytest.raises(V.VerifierError, match=r"paced.verifier='mod:boom' raised on problem 'p2': "
                      r"ValueError: no field answer; .*paced.verifier_errors=wrong"):
     V.verify_batch(["a"] * 3, _problems(3), V.Guarded(boom, "mod:boom"))
-  V.take_counts()
-  out = V.verify_batch(["a"] * 3, _problems(3), V.Guarded(boom, "mod:boom", errors="wrong"))
-  assert out.tolist() == [True, True, False] and V.take_counts()["verify/errors"] == 1
+  counts = V.VerifyCounts()
+  out = V.verify_batch(["a"] * 3, _problems(3), V.Guarded(boom, "mod:boom", errors="wrong",
+                                                           counts=counts))
+  assert out.tolist() == [True, True, False] and counts.take()["verify/errors"] == 1
+  assert counts.take()["verify/errors"] == 0  # taken once
+
+
+@pytest.mark.parametrize("value", ["no", None, 2.0, -0.5, "1"])
+def test_a_verifier_value_that_is_no_verdict_is_one_line(value):
+  """Truthiness would count "no" as correct and None as wrong: only a bool or a score in
+  [0, 1] is a verdict."""
+  from paced_jax import verify as V
+
+  guarded = V.Guarded(lambda text, problem: value, "mod:odd", errors="wrong")
+  with pytest.raises(V.VerifierError, match=r"paced.verifier='mod:odd' returned .* on problem "
+                     r"'p0'; a verifier returns a bool, or a score in \[0, 1\]"):
+    V.verify_batch(["a"], _problems(1), guarded)
+
+
+def test_verifier_scores_pass_only_at_one():
+  from paced_jax import verify as V
+
+  for value, want in ((1, True), (1.0, True), (0.99, False), (0, False), (True, True)):
+    assert V.Guarded(lambda t, p, v=value: v, "mod:score")("a", _problems(1)[0]) is want
 
 
 def test_safetensors_damage_is_seen_from_header_and_size(tmp_path):
   from safetensors.numpy import save_file
 
-  from paced_jax.checkpoint import safetensors_damage
+  from paced_jax.models.io import safetensors_damage
 
   f = tmp_path / "model.safetensors"
   save_file({"a": np.ones((4, 3), np.float32), "b": np.zeros(5, np.int32)}, str(f))
@@ -307,3 +331,16 @@ def test_safetensors_damage_is_seen_from_header_and_size(tmp_path):
   assert "header of" in safetensors_damage(f)
   f.write_bytes(whole[:8] + b"{" * (len(whole) - 8))
   assert "unreadable header" in safetensors_damage(f)
+
+
+@pytest.mark.parametrize("source", ["def verify(:\n", "raise RuntimeError('no gpu')\n"])
+def test_a_verifier_module_that_fails_to_import_is_one_line(tmp_path, monkeypatch, source):
+  from paced_jax.config import ConfigError
+  from paced_jax.verify import load_verifier
+
+  name = f"broken_verifier_{abs(hash(source))}"
+  (tmp_path / f"{name}.py").write_text(source)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  with pytest.raises(ConfigError, match=rf"paced.verifier='{name}:verify': cannot import") as e:
+    load_verifier(f"{name}:verify")
+  assert "\n" not in str(e.value)

@@ -4,7 +4,8 @@
   also at long-context RoPE positions;
 - cached decoding equals the full forward pass in bf16;
 - the divergences upcast bf16 logits first: fp32 results that match a float64 reference even with
-  a logit of 100; the chunked divergence on bf16 hidden states gives fp32-accurate gradients;
+  a logit of 100; the fused chunked divergence on bf16 hidden states gives fp32-accurate
+  gradients;
 - a bf16 train step (fp32 master weights, bf16 teacher) lowers the loss on a fixed batch.
 
 Weights are drawn at trained-model scale (unit-variance embeddings, 1/sqrt(fan_in) kernels,
@@ -187,7 +188,9 @@ def test_divergences_upcast_bf16_logits():
   assert float(counts[3]) == 0 and float(sums[3]) == 0  # an empty row adds nothing
 
 
-def test_chunked_divergence_with_bf16_hidden_and_unembedding():
+def test_fused_chunked_divergence_with_bf16_hidden_and_unembedding():
+  from paced_jax.fused_loss import fused_divergence_loss
+
   B, R, D, V = 4, 20, 64, 384
   rng = _RNG(6)
   h_t = rng.standard_normal((B, R, D))
@@ -197,9 +200,9 @@ def test_chunked_divergence_with_bf16_hidden_and_unembedding():
   h_t, w_t = h_t.astype(BF16), w_t.astype(BF16)
   mask = (np.arange(R)[None] < np.array([[R], [11], [1], [R]])).astype(np.float32)
 
-  def loss(h_s, w_s):  # chunks of 8 over R=20: the scan + remat path with a padded tail
-    return losses.normalise(*losses.chunked_divergence(h_t, w_t, h_s, w_s, mask, "forward_kl",
-                                                       chunk=8))
+  def loss(h_s, w_s):  # chunks of 8 over R=20: the fused loop with a padded tail
+    coef = losses.normalise_coefs(jnp.asarray(mask).sum(-1))
+    return fused_divergence_loss(h_t, w_t, h_s, w_s, mask, coef, "forward_kl", chunk=8)[0]
 
   def ref_loss(h_s, w_s):
     up = lambda x: jnp.asarray(x, jnp.float32)

@@ -7,6 +7,7 @@ from paced_jax.config import ConfigError, DataConfig, apply_overrides, Config
 from paced_jax.data import encode_prompt, load_tokenizer
 from paced_jax.data.packing import build_pool
 from paced_jax.data.schema import Problem
+from paced_jax.preflight import check_run
 from tokenizer_dirs import byte_bpe_dir
 
 transformers = pytest.importorskip("transformers")
@@ -143,8 +144,11 @@ def test_template_kwargs_errors(qwen_dir, tmp_path):
                      (("effort=high",), r"not a JSON value \(a string needs quotes: "
                                         r"effort=\"high\"\)"),
                      (("messages=[]",), "set by paced_jax itself")]:
+    # Parsed where the tokenizer loads, and by the preflight before any model is built.
     with pytest.raises(ConfigError, match=match):
-      DataConfig(chat_template_kwargs=bad)
+      load_tokenizer("char", bad)
+    with pytest.raises(ConfigError, match=match):
+      check_run(Config(data=DataConfig(chat_template_kwargs=bad)))
   with pytest.raises(ConfigError, match="set one of them"):
     DataConfig(chat_template="{prompt}", chat_template_kwargs=("a=1",))
   with pytest.raises(ConfigError, match="has no chat template"):

@@ -62,23 +62,33 @@ def test_train_step_flops_hand_count():
   assert flops.step_flops(full, None, rows, T, R) == 4 * rows * T * layer + 3 * rows * R * UNEMBED
 
 
-def test_estimate_counts_padded_rows_and_loop_steps():
+def test_estimate_counts_what_its_engine_computed():
+  """An estimate's FLOPs are the sum of what its engine reported for every call (the engine's
+  own count is checked by hand in tests/test_rollouts.py), screening's second pass included."""
   from paced_jax.estimate import estimate_pass_rates
+  from paced_jax.rollouts import Engine
   from paced_jax.verify import load_verifier
 
   cfg = ModelConfig()
   model = Decoder(cfg, rngs=nnx.Rngs(1))
   problems = [Problem(f"p{i}", "x" * (1 + i), str(i)) for i in range(5)]
   tok = CharTokenizer()
-  est = estimate_pass_rates(model, problems, lambda p: [1] + tok.encode(p.prompt), tok.decode,
-                            load_verifier("exact"), rollouts=2,
-                            knobs=Knobs(max_new_tokens=6), rng=0, eos_id=None, pad_id=0,
-                            batch_size=4, prompt_buckets=(8,), budget_buckets=(8,),
-                            progress=False)
-  # 5 problems, 2 per batch of 4 rows: 3 batches of 4 row slots (the last one half padding),
-  # each running all 6 steps over S = 8 + 8 slots.
-  per_batch = 4 * 8 * (BODY + ATTN(16)) + 4 * UNEMBED + 5 * 4 * (BODY + ATTN(16) + UNEMBED)
-  assert est.flops == 3 * per_batch
+  outs = []
+
+  class Recording(Engine):
+    def sample(self, *a, **kw):
+      outs.append(super().sample(*a, **kw))
+      return outs[-1]
+
+  for screen in (0, 1):
+    outs.clear()
+    est = estimate_pass_rates(Recording(model, slots=4, prompt_buckets=(8,), budget_buckets=(8,)),
+                              problems, lambda p: [1] + tok.encode(p.prompt), tok.decode,
+                              lambda text, p: len(text) % 2 == 0, rollouts=2,
+                              knobs=Knobs(max_new_tokens=6), rng=0, eos_id=None, pad_id=0,
+                              batch_size=4, prompt_buckets=(8,), progress=False, screen=screen)
+    assert outs and est.flops > 0
+    assert est.flops == pytest.approx(sum(o.flops(cfg) for o in outs))
 
 
 def test_cut_reference_gets_no_eos():
@@ -157,3 +167,15 @@ def test_on_policy_rows_are_capped_to_the_largest_bucket(tmp_path):
           "sample.max_new_tokens=64", "sample.budget_buckets=64", "sample.temperature=1.0"]
   out = train(load_config(TINY, over), tmp_path / "run", progress=False)
   assert out["step"] == 2 and np.isfinite(out["loss"]) and out["tokens"] > 0
+
+
+def test_self_distillation_counts_the_teachers_longer_rows():
+  """The privileged teacher reads its own, longer rows: its forward is counted at their length
+  (it was counted at the student's, 16% low at T = 256 vs 512)."""
+  cfg = ModelConfig()
+  short = flops.step_flops(cfg, cfg, 4, 256, 128)
+  long = flops.step_flops(cfg, cfg, 4, 256, 128, teacher_seq_len=512)
+  body = flops.body_flops_per_token(cfg)
+  want = 4 * (512 * (body + flops.attention_flops_per_token(cfg, 512))
+              - 256 * (body + flops.attention_flops_per_token(cfg, 256)))
+  assert long - short == pytest.approx(want)

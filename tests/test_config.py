@@ -37,10 +37,60 @@ def test_overrides_parse_by_type():
     ("novalue", r"not of the form key.sub=value"),
     # two-stage's stages are fixed (forward KL, then reverse KL): another divergence was ignored
     ("loss.mode=two_stage,loss.divergence=akl", r"loss.divergence='akl' would be ignored"),
+    # sft is cross-entropy whatever loss.divergence says
+    ("loss.mode=sft,loss.divergence=forward_kl", r"loss.divergence='forward_kl' would be ignored"),
+    # cross-entropy on the student's own rollouts teaches nothing
+    ("loss.mode=on_policy,loss.divergence=ce", r"defined on reference responses only"),
 ])
 def test_override_errors(override, match):
   with pytest.raises(ConfigError, match=match):
     apply_overrides(Config(), override.split(","))
+
+
+def test_loss_literals_spell_out_the_divergence_table():
+  """The override parser reads LossConfig's Literals; the table decides. They must agree."""
+  import typing
+
+  from paced_jax import divergences
+  from paced_jax.config import LossConfig
+
+  hints = typing.get_type_hints(LossConfig)
+  assert typing.get_args(hints["divergence"]) == ("auto",) + divergences.NAMES
+  assert typing.get_args(hints["mode"]) == tuple(divergences.MODES)
+  from paced_jax import losses
+
+  assert set(losses._FNS) == set(divergences.NAMES)  # every name has its function
+  for m in divergences.MODES.values():
+    assert 1 <= len(m.stages) <= 2 and m.teacher in ("separate", "student", "none")
+    assert all(st.divergence in divergences.NAMES for st in m.stages)
+
+
+def test_mode_questions_come_from_the_table():
+  from paced_jax import divergences
+  from paced_jax.config import LossConfig, TrainConfig
+
+  def cfg(mode, **kw):
+    return Config(loss=LossConfig(mode=mode, **kw), train=TrainConfig(steps=10))
+
+  two = cfg("two_stage", two_stage_switch=0.3)  # steps 0-2 forward KL, 3-9 reverse KL
+  assert [divergences.stage_of(two, s) for s in (0, 2, 3, 9)] == [
+      "forward_kl", "forward_kl", "reverse_kl", "reverse_kl"]
+  assert [divergences.on_policy(two, s) for s in (2, 3)] == [False, True]
+  assert [divergences.needs_reference(two, s) for s in (2, 3)] == [True, False]
+  assert divergences.fixed_divergence(two) is None and divergences.switch_step(two) == 3
+  want = {  # mode: (on-policy rows, reference rows, separate teacher, teacher is the student)
+      "distill": (False, True, True, False), "on_policy": (True, False, True, False),
+      "self_distill": (True, True, False, True), "sft": (False, True, False, False)}
+  for mode, row in want.items():
+    c = cfg(mode)
+    assert (divergences.on_policy(c, 5), divergences.needs_reference(c, 5),
+            divergences.needs_teacher(mode), divergences.teacher_is_student(mode)) == row, mode
+    assert divergences.fixed_divergence(c) == divergences.stage_of(c, 0)
+  assert divergences.teacher_of(cfg("sft")) is None
+  assert divergences.teacher_of(cfg("self_distill")) == Config().model
+  assert divergences.prompts_only("on_policy") and not divergences.prompts_only("two_stage")
+  assert divergences.stage_of(cfg("sft"), 0) == "ce" and cfg("sft").loss.resolved_divergence == "ce"
+  assert divergences.stage_of(cfg("on_policy", divergence="jsd"), 0) == "jsd"
 
 
 def test_load_config_with_arg():

@@ -33,8 +33,8 @@ def _reference(x, kind, norm="token", **kw):
   coef = losses.normalise_coefs(x["mask"].sum(-1), x["weights"], norm)
 
   def f(h_s, w_s):
-    s, _ = losses.chunked_divergence(x["h_t"], x["w_t"], h_s, w_s, x["mask"], kind,
-                                     targets_BR=x["targets"], chunk=0, **kw)
+    s, _ = losses.linear_divergence(x["h_t"], x["w_t"], h_s, w_s, x["mask"], kind,
+                                    targets_BR=x["targets"], **kw)
     return jnp.sum(coef * s), s
 
   (val, sums), grads = jax.value_and_grad(f, (0, 1), has_aux=True)(x["h_s"], x["w_s"])
@@ -92,6 +92,14 @@ def test_top_k_teacher():
                                                                                 rel=1e-3)
 
 
+@pytest.mark.parametrize("kind", ["reverse_kl", "jsd", jnp.int32(0)])
+def test_top_k_teacher_refuses_other_divergences(kind):
+  # As losses.token_divergence: top-k is forward KL's, known by name (not silently forced).
+  x = _inputs(2)
+  with pytest.raises(ValueError, match="supports only forward_kl"):
+    _fused(x, kind, 4, teacher_top_k=5)
+
+
 def test_bf16_inputs():
   x = _inputs(3, jnp.bfloat16)
   val, sums, grads = _fused(x, "forward_kl", 4)
@@ -146,7 +154,7 @@ def test_sums_carry_no_gradient_and_coef_is_constant():
 def test_auto_chunk_is_what_fits_the_device():
   from paced_jax.config import Config, DataConfig, LossConfig
   from paced_jax.models import get_preset
-  from paced_jax.plan import LOSS_BUFFERS_FUSED, auto_loss_chunk
+  from paced_jax.memory import LOSS_BUFFERS_FUSED, auto_loss_chunk
   from paced_jax.step import resolve_loss_chunk
 
   cfg = Config(model=get_preset("tiny-qwen2", vocab_size=151_936),

@@ -223,15 +223,22 @@ def test_convert_cli_user_errors(tmp_path, capsys):
   assert cli.main(["convert", "--from-hf", str(src), "--out", str(busy)]) == 2
   assert "pass --force" in capsys.readouterr().err
   assert (busy / "keep.txt").read_text() == "mine"
+  # --force replaces only what an earlier convert wrote, never the user's own files.
+  assert cli.main(["convert", "--from-hf", str(src), "--out", str(busy), "--force"]) == 2
+  assert "keep.txt" in capsys.readouterr().err and (busy / "keep.txt").read_text() == "mine"
+  done = tmp_path / "done"
+  for extra in ([], ["--force"]):
+    assert cli.main(["convert", "--from-hf", str(src), "--out", str(done), *extra]) == 0
+  assert (done / "params").is_dir()
   # A broken source fails before --out is touched, even with --force.
+  before = sorted(p.relative_to(done) for p in done.rglob("*"))
   (tmp_path / "bad").mkdir()
   (tmp_path / "bad" / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
-  assert cli.main(["convert", "--from-hf", str(tmp_path / "bad"), "--out", str(busy),
+  capsys.readouterr()
+  assert cli.main(["convert", "--from-hf", str(tmp_path / "bad"), "--out", str(done),
                    "--force"]) == 2
   assert "unsupported architecture" in capsys.readouterr().err
-  assert (busy / "keep.txt").read_text() == "mine"
-  assert cli.main(["convert", "--from-hf", str(src), "--out", str(busy), "--force"]) == 0
-  assert not (busy / "keep.txt").exists() and (busy / "params").is_dir()
+  assert sorted(p.relative_to(done) for p in done.rglob("*")) == before
   assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

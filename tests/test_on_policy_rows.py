@@ -10,34 +10,34 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from paced_jax import rollout_data
+from paced_jax import rollout_data, rollouts
 from paced_jax import train as train_lib
 from paced_jax.config import Config, LossConfig, load_config
 from paced_jax.data.tokenizer import encode_prompt
 from paced_jax.distributed import to_host
-from paced_jax.step import stage_of
+from paced_jax.divergences import stage_of
 
 TINY = "configs/demo.py:tiny"
 
 
 @pytest.fixture
 def recorded(monkeypatch):
-  """Wraps the sampler: rows 0 and 3 stop early with EOS (as a sampler that drew EOS would
-  report them); records what on_policy_batch got and from which parameters."""
+  """Wraps the rollout engine: rows 0 and 3 stop early with EOS (as an engine that drew EOS
+  would report them); records what on_policy_batch got and from which parameters."""
   seen = {}
-  real = rollout_data.generate
+  real = rollouts.Engine.sample
 
-  def generate(model, prompts, **kw):
-    out = real(model, prompts, **kw)
-    toks, lens = np.array(to_host(out.tokens_BS)), np.array(to_host(out.lengths_B))
-    eos = int(np.atleast_1d(kw["eos_id"])[0])
+  def sample(self, prompts, **kw):
+    out = real(self, prompts, **kw)
+    toks, lens = np.array(out.tokens_BS), np.array(out.lengths_B)
+    eos = int(np.atleast_1d(kw["stop_ids"])[0])
     for b, n in ((0, 3), (3, 1)):
       toks[b, n - 1], toks[b, n:], lens[b] = eos, kw["pad_id"], n
     seen.update(eos=eos, tokens=toks, lengths=lens, prompts=[list(p) for p in prompts],
-                params=jax.tree.leaves(nnx.state(model, nnx.Param)))
-    return out.replace(tokens_BS=jnp.asarray(toks), lengths_B=jnp.asarray(lens))
+                params=jax.tree.leaves(nnx.state(self.model, nnx.Param)))
+    return dataclasses.replace(out, tokens_BS=toks, lengths_B=lens)
 
-  monkeypatch.setattr(rollout_data, "generate", generate)
+  monkeypatch.setattr(rollouts.Engine, "sample", sample)
   return seen
 
 

@@ -59,7 +59,7 @@ def test_screened_estimate_is_the_full_estimate_cut_at_k0(model):
             decode=lambda toks: " ".join(map(str, toks)),
             verifier=lambda text, p: int(text.split()[0]) % 4 == 0, rollouts=K, rng=5,
             eos_id=None, pad_id=0, batch_size=8, knobs=S.Knobs(temperature=1.0, max_new_tokens=6),
-            budget_buckets=(32,), progress=False, verify_workers=1, engine="continuous")
+            budget_buckets=(32,), progress=False, verify_workers=1)
   full = estimate_pass_rates(model, problems, **kw)
   part = estimate_pass_rates(model, problems, screen=K0, **kw)
   outcomes = np.array([r.correct for r in full.rollouts]).reshape(len(PR), K)
@@ -72,8 +72,7 @@ def test_screened_estimate_is_the_full_estimate_cut_at_k0(model):
       (full.rollouts[j].problem_id, full.rollouts[j].index, full.rollouts[j].tokens.tolist())
       for j in keep]
   assert part.generated_tokens < full.generated_tokens  # (FLOPs: a second prefill and drain)
-  for bad, match in [(dict(screen=K), "screen_rollouts"), (dict(engine="static", screen=2),
-                                                          "continuous rollout engine")]:
+  for bad, match in [(dict(screen=K), "screen_rollouts"), (dict(screen=-1), "screen_rollouts")]:
     with pytest.raises(ConfigError, match=match) as e:
       estimate_pass_rates(model, problems, **(kw | bad))
     assert "\n" not in str(e.value)

@@ -8,8 +8,8 @@ from jax.sharding import PartitionSpec as P
 
 from paced_jax.config import ConfigError, MeshConfig
 from paced_jax.models import Decoder, get_preset
-from paced_jax.sharding import (abstract_state, assert_sharded, logical_to_spec, make_mesh,
-                                shard_init, state_specs)
+from paced_jax.sharding import (abstract_state, assert_sharded, batch_shards, logical_to_spec,
+                                make_mesh, shard_init, state_specs)
 
 
 def _ctor(name, **kw):
@@ -62,6 +62,12 @@ def test_logical_to_spec_rules():
   assert logical_to_spec(("batch", "embed")) == P(("data", "fsdp"))
   with pytest.raises(KeyError, match="not in sharding.LOGICAL_RULES"):
     logical_to_spec(("nonsense",))
+
+
+def test_batch_shards_follow_the_batch_rule(mesh_2x4):
+  # Rows split over the mesh axes of the "batch" rule (data x fsdp); tensor holds whole rows.
+  assert batch_shards(mesh_2x4) == mesh_2x4.shape["data"] * mesh_2x4.shape["fsdp"]
+  assert batch_shards({"data": 2, "fsdp": 4, "tensor": 8}) == 8
 
 
 def test_shard_init_places_params_and_forward_matches(mesh_2x4):

@@ -12,7 +12,8 @@ from flax import nnx
 from paced_jax.config import Config, LossConfig, MeshConfig, PacedConfig, TrainConfig, DataConfig
 from paced_jax.models import Decoder, get_preset
 from paced_jax.sharding import make_mesh, shard_init
-from paced_jax.step import compile_train_step, init_train_state, make_optimizer, stage_of
+from paced_jax.divergences import stage_of
+from paced_jax.step import compile_train_step, init_train_state, make_optimizer
 
 B, T = 8, 12
 

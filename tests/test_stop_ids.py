@@ -65,11 +65,11 @@ def test_rollout_stops_at_second_listed_id(tmp_path):
 
 
 def test_estimates_use_every_stop_id(tmp_path, monkeypatch):
-  from paced_jax import evaluate
+  from paced_jax import estimate
 
   tok = load_tokenizer(str(byte_bpe_dir(tmp_path / "a", SPECIAL, QWEN_CFG,
                                         generation_config={"eos_token_id": [2, 0]})))
   seen = {}
-  monkeypatch.setattr(evaluate, "estimate_pass_rates", lambda *a, **kw: seen.update(kw))
-  evaluate.estimate_for_config(None, [], tok, None, Config(), None, rollouts=1, rng=0)
+  monkeypatch.setattr(estimate, "estimate_pass_rates", lambda *a, **kw: seen.update(kw))
+  estimate.estimate_for_config(None, [], tok, None, Config(), None, rollouts=1, rng=0)
   assert seen["eos_id"] == (2, 0)

@@ -4,7 +4,7 @@
   tok = load_tokenizer(cfg.data.tokenizer)
   refs = build_references(pool, cfg.data)             # or teacher generate_fn + verify
   pipe = FrontierPipeline(pool, tok, cfg.data, seed=cfg.seed, references=refs, mesh=mesh)
-  pipe.set_round(0, probs_N)
+  pipe.set_round(0, probs)                            # one probability per pool problem
   batch = next(pipe)
 """
 
@@ -16,7 +16,7 @@ from paced_jax.data.schema import Problem
 # does not pull in grain, tfds or pyarrow.
 _WHERE = {
     "TokenizedPool": "packing", "build_pool": "packing", "pack_rows": "packing",
-    "pick_bucket": "packing", "FrontierPipeline": "pipeline", "to_global_batch": "pipeline",
+    "FrontierPipeline": "pipeline", "to_global_batch": "pipeline",
     "uniforms": "pipeline", "ReferenceCache": "references", "build_references": "references",
     "DataError": "sources", "ListSource": "sources", "TfdsSource": "sources",
     "jsonl_source": "sources", "load_pool": "sources", "parquet_source": "sources",
@@ -36,6 +36,6 @@ __all__ = [
     "CharTokenizer", "DataError", "FrontierPipeline", "HFTokenizer", "ListSource", "Problem",
     "ReferenceCache", "TfdsSource", "TokenizedPool", "Tokenizer", "apply_chat_template",
     "build_pool", "build_references", "encode_prompt", "jsonl_source", "load_pool",
-    "load_tokenizer", "pack_rows", "parquet_source", "pick_bucket", "to_global_batch",
+    "load_tokenizer", "pack_rows", "parquet_source", "to_global_batch",
     "uniforms", "write_jsonl",
 ]

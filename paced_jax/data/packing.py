@@ -33,13 +33,6 @@ from paced_jax.data.tokenizer import Tokenizer, encode_many, prompt_prefix, prom
 log = logging.getLogger("paced_jax.data")
 
 
-def pick_bucket(length: int, buckets: Sequence[int]) -> int:
-  for b in buckets:
-    if length <= b:
-      return b
-  raise ValueError(f"length {length} exceeds the largest bucket {buckets[-1]}")
-
-
 def pack_rows(prompts: Sequence[np.ndarray], responses: Sequence[np.ndarray | None], T: int,
               pad_id: int) -> dict[str, np.ndarray]:
   """Packs B (prompt, response) token arrays into [B, T] rows; see the module docstring.

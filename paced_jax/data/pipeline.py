@@ -31,8 +31,8 @@ import grain
 import jax
 import numpy as np
 
-from paced_jax.config import ConfigError, DataConfig
-from paced_jax.data.packing import TokenizedPool, build_pool, pick_bucket
+from paced_jax.config import ConfigError, DataConfig, pick_bucket
+from paced_jax.data.packing import TokenizedPool, build_pool
 from paced_jax.sharding import logical_sharding
 
 log = logging.getLogger("paced_jax.data")
@@ -131,7 +131,7 @@ class FrontierPipeline:
 
     pipe = FrontierPipeline(load_pool(cfg.data), load_tokenizer(cfg.data.tokenizer), cfg.data,
                             seed=cfg.seed, mesh=mesh)
-    pipe.set_round(0, probs_N)           # or set_round(0, None, weights=w_N): uniform + weights
+    pipe.set_round(0, probs)             # [N]; or set_round(0, None, weights=w): uniform + w
     batch = next(pipe)                   # dict of [B, T] / [B] arrays (see packing.py)
 
   A batch holds tokens, targets, loss_mask, positions, segment_ids, prompt_lens, lengths
@@ -155,7 +155,6 @@ class FrontierPipeline:
                         f"{self.process_count} processes; use a multiple of {self.process_count}")
     if not 0 <= self.process_index < self.process_count:
       raise ValueError(f"process_index={self.process_index} not in [0, {self.process_count})")
-    self.local_batch = data_cfg.batch_size // self.process_count
     self.round: int | None = None
     self.probs: np.ndarray | None = None  # effective sampling probabilities of this round
     self._it: Iterator | None = None

@@ -27,7 +27,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from paced_jax.config import ConfigError
-from paced_jax.data.chat_template import ChatTemplate
+from paced_jax.data.chat_template import ChatTemplate, parse_kwargs
 from paced_jax.data.sources import DataError
 
 
@@ -194,8 +194,9 @@ def load_tokenizer(spec: str, chat_template_kwargs: Sequence[str] = ()) -> Token
   """"char" -> CharTokenizer; a tokenizer.json file or model directory -> HFTokenizer.
 
   `chat_template_kwargs` ("key=json_value", data.chat_template_kwargs) go to the directory's
-  own chat template; giving them without such a template is an error.
+  own chat template; a malformed entry, or giving them without such a template, is an error.
   """
+  parse_kwargs(chat_template_kwargs)  # any tokenizer: a bad entry is named before the files
   if spec == "char":
     tok = CharTokenizer()
   elif not spec or not os.path.exists(spec):

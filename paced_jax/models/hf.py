@@ -231,12 +231,6 @@ def tensor_table(cfg: ModelConfig) -> list[_Entry]:
 # ----------------------------------------------------------------------------- loading
 
 
-def is_hf_dir(path: str | Path) -> bool:
-  p = Path(path)
-  return (p / "config.json").is_file() and (
-      (p / "model.safetensors").is_file() or (p / "model.safetensors.index.json").is_file())
-
-
 def _weight_files(root: Path) -> dict[str, Path]:
   """tensor name -> the safetensors file holding it (from the index, or the single file)."""
   index = root / "model.safetensors.index.json"

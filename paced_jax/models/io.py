@@ -10,6 +10,8 @@ A training step directory (`<workdir>/checkpoints/<step>/`) holds a `params` ite
 layout, so `load_model` reads it too; its ModelConfig then comes from the nearest
 `model_config.json` or run `config.json` (its "model" section) above it. `load_model` also
 accepts a Hugging Face directory (config.json + safetensors) and then calls `load_hf_model`.
+`model_dir_kind` is the one place that tells these layouts apart; `check_model_path` and
+`load_model_checked` turn a missing, incomplete or damaged one into one ConfigError line.
 """
 
 from __future__ import annotations
@@ -24,13 +26,29 @@ from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
 from paced_jax.config import ConfigError, ModelConfig, RopeScaling
-from paced_jax.models.hf import (ModelFileError, dtype_name, is_hf_dir, load_hf_model,
-                                 read_hf_config)
+from paced_jax.models.hf import ModelFileError, dtype_name, load_hf_model, read_hf_config
 from paced_jax.models.transformer import Decoder
 from paced_jax.sharding import abstract_state
 
 MODEL_CONFIG = "model_config.json"
 PARAMS = "params"
+STEP_ITEMS = ("params", "opt_state", "passrates", "meta")  # of a trainer's checkpoint step
+
+
+def model_dir_kind(path: str | Path) -> str | None:
+  """What a directory holds, from file names alone: "train_step" (params/ with meta/, or named
+  WORKDIR/checkpoints/STEP), "orbax" (a model checkpoint: params/), "hf" (config.json +
+  model.safetensors or its index, no params/), or None (no directory, or no model in it)."""
+  p = Path(str(path))
+  if not p.is_dir():
+    return None
+  if (p / PARAMS).is_dir():
+    named_step = p.name.isdigit() and p.parent.name == "checkpoints"
+    return "train_step" if named_step or (p / "meta").is_dir() else "orbax"
+  if (p / "config.json").is_file() and ((p / "model.safetensors").is_file()
+                                        or (p / "model.safetensors.index.json").is_file()):
+    return "hf"
+  return None
 
 
 def model_config_to_json(cfg: ModelConfig) -> str:
@@ -110,9 +128,10 @@ def read_model_config(path: str | Path) -> ModelConfig:
   root = Path(path).absolute()
   if not root.is_dir():
     raise ModelFileError(f"model path {root} is not a directory")
-  if is_hf_dir(root) and not (root / PARAMS).is_dir():
+  kind = model_dir_kind(root)
+  if kind == "hf":
     return read_hf_config(root)
-  if not (root / PARAMS).is_dir():
+  if kind is None:
     raise ModelFileError(f"{root} is neither a model checkpoint (no {PARAMS}/ directory) nor a "
                          "Hugging Face directory (config.json + *.safetensors)")
   return find_model_config(root)
@@ -130,9 +149,10 @@ def load_model(path: str | Path, mesh: Mesh | None = None, dtype: Any = None,
   root = Path(path).absolute()
   if not root.is_dir():
     raise ModelFileError(f"model path {root} is not a directory")
-  if is_hf_dir(root) and not (root / PARAMS).is_dir():
+  kind = model_dir_kind(root)
+  if kind == "hf":
     return load_hf_model(root, dtype=dtype, mesh=mesh, param_dtype=param_dtype)
-  if not (root / PARAMS).is_dir():
+  if kind is None:
     raise ModelFileError(f"{root} is neither a model checkpoint (no {PARAMS}/ directory) nor a "
                          "Hugging Face directory (config.json + *.safetensors)")
   cfg = find_model_config(root)
@@ -204,6 +224,97 @@ def _check_tree(stored, target: dict, where: Path) -> None:
     if have[k] is not None and tuple(have[k]) != tuple(shape):
       raise ModelFileError(f"parameter {k} in {where} has shape {list(have[k])}, the model "
                            f"config implies {list(shape)}")
+
+
+# ----------------------------------------------------------------------------- cheap checks
+
+
+def incomplete(step_dir: str | Path) -> str | None:
+  """Why a step directory is not a whole training checkpoint (missing items or commit
+  marker), or None."""
+  d = Path(str(step_dir))
+  missing = [n for n in STEP_ITEMS if not (d / n).is_dir()]
+  if missing:
+    return f"no {', '.join(missing)}"
+  if not any(f.is_file() for f in (d / "meta").iterdir()):
+    return "an empty meta/"
+  if any("commit" in p.name for p in d.iterdir()) or (
+      d / "_CHECKPOINT_METADATA").exists():
+    return None
+  return "no commit marker (the save did not finish)"
+
+
+def error_reason(e: BaseException) -> str:
+  """The useful part of an Orbax / TensorStore / OS error, one short line."""
+  if isinstance(e, OSError) and e.strerror:
+    return e.strerror
+  text = str(e)
+  for known in ("No space left on device", "Read-only file system", "Permission denied",
+                "Transport endpoint is not connected", "Input/output error"):
+    if known in text:
+      return known
+  first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+  return first[:200]
+
+
+def check_model_path(path: str | Path, flag: str) -> None:
+  """Cheap checks of a --checkpoint / --baseline / init path before anything is built."""
+  p = Path(str(path))
+  where = f"{flag}{'' if flag.endswith('=') else ' '}{path}"
+  if not p.exists():
+    raise ConfigError(f"{where} does not exist; pass a model checkpoint, a training step "
+                      "directory (WORKDIR/checkpoints/STEP) or a Hugging Face directory")
+  kind = model_dir_kind(p)
+  why = incomplete(p) if kind == "train_step" else None
+  if why:
+    raise ConfigError(f"{where} is an incomplete training checkpoint ({why}); use another "
+                      "step of WORKDIR/checkpoints")
+  for file in sorted(p.glob("*.safetensors")) if p.is_dir() else []:
+    why = safetensors_damage(file)
+    if why:
+      raise ConfigError(f"{where} cannot be read: {file.name} is truncated or corrupt ({why}); "
+                        "copy or export it again")
+
+
+def safetensors_damage(file: Path) -> str | None:
+  """Why a safetensors file is not whole, from its header and size alone (no tensor is read):
+  the header (u64 length + JSON) must parse and the file must end where its last tensor ends."""
+  import struct
+
+  size = file.stat().st_size
+  with open(file, "rb") as f:
+    head = f.read(8)
+    if len(head) < 8:
+      return f"{size} bytes, shorter than a header"
+    (n,) = struct.unpack("<Q", head)
+    if 8 + n > size:
+      return f"header of {n} bytes in a file of {size}"
+    try:
+      header = json.loads(f.read(n))
+      end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                default=0)
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+      return f"unreadable header: {type(e).__name__}"
+  if 8 + n + end != size:
+    return f"{size} bytes where its tensors end at byte {8 + n + end}"
+  return None
+
+
+def load_model_checked(path: str | Path, flag: str, **kw):
+  """`load_model` whose unreadable-file failures are one ConfigError line."""
+  check_model_path(path, flag)
+  step_dir = model_dir_kind(path) == "train_step"
+  try:
+    return load_model(path, **kw)
+  except ConfigError as e:
+    if not step_dir:
+      raise
+    # A trainer's step holds its own model config: params that disagree with it are damaged.
+    raise ConfigError(f"{flag} {path} cannot be read: truncated or corrupt? ({e})") from None
+  except Exception as e:  # noqa: BLE001 -- TensorStore / safetensors raise many types
+    cause = e.__cause__ or e
+    raise ConfigError(f"{flag} {path} cannot be read: truncated or corrupt? "
+                      f"({type(cause).__name__}: {error_reason(cause)})") from None
 
 
 # ----------------------------------------------------------------------------- compatibility

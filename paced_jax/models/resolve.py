@@ -23,6 +23,7 @@ import dataclasses
 import logging
 from typing import Iterable
 
+from paced_jax import divergences
 from paced_jax.config import Config, ConfigError, ModelConfig
 
 log = logging.getLogger("paced_jax.train")
@@ -61,14 +62,13 @@ def describe_diff(stored: ModelConfig, mine: ModelConfig, fields, explicit=(), p
 def resolve_models(cfg: Config, explicit: Iterable[str] = ()) -> Config:
   """`cfg` with `model` / `teacher` taken from the init paths (see the module docstring);
   `explicit` is `shape_overrides(--set items)`. Idempotent; cheap (JSON reads only)."""
-  from paced_jax.checkpoint import check_model_path
-  from paced_jax.models.io import read_model_config
+  from paced_jax.models.io import check_model_path, read_model_config
 
   explicit = frozenset(explicit)
   changes = {}
   for section, flag, attr in _ROLES:
     path = getattr(cfg.train, attr)
-    if not path or (section == "teacher" and cfg.loss.mode in ("sft", "self_distill")):
+    if not path or (section == "teacher" and not divergences.needs_teacher(cfg.loss.mode)):
       continue
     check_model_path(path, f"{flag}=")
     stored = read_model_config(path)
@@ -97,7 +97,7 @@ def _vocab_limit(cfg: Config) -> Config:
   from paced_jax.models.io import check_compatible
 
   t, s = cfg.teacher, cfg.model
-  if t is None or cfg.loss.mode in ("sft", "self_distill") or t.vocab_size == s.vocab_size:
+  if t is None or not divergences.needs_teacher(cfg.loss.mode) or t.vocab_size == s.vocab_size:
     return cfg
 
   def tok_dir(path: str) -> str | None:
