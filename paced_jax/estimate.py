@@ -211,15 +211,15 @@ def _progress_bar(total: int, enabled: bool, desc: str):
 def plot_frontier(path: str | Path, pass_rates, weights, bins: int = 20,
                   title: str = "", trials=None) -> Path:
   """Writes a PNG with histograms of the pass rates (NaN: unestimated, skipped) and weights.
-  Pass rates get one bar per value s/K that `trials` allow (report.pass_rate_levels): `bins`
+  Pass rates get one bar per value s/K that `trials` allow (frontier.pass_rate_levels): `bins`
   fixed-width bins would leave empty bands between them. Without `trials`, one bar per
-  distinct value (at most report.MAX_LEVELS, else `bins` bins)."""
+  distinct value (at most frontier.MAX_LEVELS, else `bins` bins)."""
   import matplotlib
 
   matplotlib.use("Agg")  # no display on TPU VMs and CI
   import matplotlib.pyplot as plt
 
-  from paced_jax.report import MAX_LEVELS, level_counts, pass_rate_levels
+  from paced_jax.frontier import MAX_LEVELS, level_counts, pass_rate_levels
 
   p = np.asarray(pass_rates, np.float64)
   w = np.asarray(weights, np.float64)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -310,3 +311,33 @@ def frontier_stats(successes, trials, probs, bins: int = 10) -> FrontierStats:
                        ess_frac=ess / max(int(s.size), 1),
                        hist_counts=tuple(int(c) for c in counts),
                        hist_edges=tuple(float(e) for e in edges))
+
+
+# -- pass-rate histograms: one bin per value K rollouts allow (report.py, estimate.py) ---------
+
+MAX_LEVELS = 41  # more distinct pass rates than this (mixed trial counts): the common K's grid
+
+
+def pass_rate_levels(trials) -> np.ndarray:
+  """The pass rates s/n the trial counts allow, sorted: s/K for s = 0..K when every estimate
+  has K trials. Mixed counts (paced.merge=accumulate, a changed paced.rollouts) give the union
+  of each n's grid; past MAX_LEVELS values, the grid of the most common n (estimates then count
+  at the nearest level). Fixed-width bins would leave bands no estimate can fall in."""
+  n = np.asarray(trials, np.int64).ravel()
+  n = n[n > 0]
+  if not n.size:
+    return np.zeros(0)
+  levels = np.unique(np.concatenate([np.arange(k + 1) / k for k in np.unique(n)]))
+  if len(levels) > MAX_LEVELS:
+    k = Counter(n.tolist()).most_common(1)[0][0]
+    levels = np.arange(k + 1) / k
+  return levels
+
+
+def level_counts(successes, trials, levels) -> np.ndarray:
+  """[len(levels)] estimates (trials > 0) at each level (the nearest one, for a level set that
+  does not hold their s/n exactly)."""
+  s, n = np.asarray(successes, np.float64).ravel(), np.asarray(trials, np.float64).ravel()
+  p = s[n > 0] / n[n > 0]
+  idx = np.searchsorted((np.asarray(levels)[1:] + np.asarray(levels)[:-1]) / 2, p)
+  return np.bincount(idx, minlength=len(levels))

@@ -9,23 +9,21 @@ that cannot be written (read-only, disk full: the partial PNG is removed). The e
 `paced train` turns that line into a warning; the run it reports on has finished either way.
 
 The pass-rate histogram has one bin per pass rate K rollouts can give (s/K, s = 0..K; see
-`pass_rate_levels` for mixed trial counts) and shows, per round, only the estimates made in that
-round (a snapshot also carries the older estimates of problems it skipped), as fractions of the
-problems the round estimated.
+`frontier.pass_rate_levels` for mixed trial counts) and shows, per round, only the estimates
+made in that round (a snapshot also carries the older estimates of problems it skipped), as
+fractions of the problems the round estimated.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from paced_jax.config import ConfigError
-
-MAX_LEVELS = 41  # more distinct pass rates than this (mixed trial counts): the common K's grid
+from paced_jax.frontier import level_counts, pass_rate_levels
 
 
 def _series(rows, pattern: str) -> dict[str, tuple[list, list]]:
@@ -85,31 +83,6 @@ def _passrate_row(r: dict) -> str:
   if not (_is_int(s) and _is_int(n) and 0 <= s <= n):
     return "needs integer 0 <= successes <= trials"
   return "" if _is_int(t) else "'step' is not an integer"
-
-
-def pass_rate_levels(trials) -> np.ndarray:
-  """The pass rates s/n the trial counts allow, sorted: s/K for s = 0..K when every estimate
-  has K trials. Mixed counts (paced.merge=accumulate, a changed paced.rollouts) give the union
-  of each n's grid; past MAX_LEVELS values, the grid of the most common n (estimates then count
-  at the nearest level). Fixed-width bins would leave bands no estimate can fall in."""
-  n = np.asarray(trials, np.int64).ravel()
-  n = n[n > 0]
-  if not n.size:
-    return np.zeros(0)
-  levels = np.unique(np.concatenate([np.arange(k + 1) / k for k in np.unique(n)]))
-  if len(levels) > MAX_LEVELS:
-    k = Counter(n.tolist()).most_common(1)[0][0]
-    levels = np.arange(k + 1) / k
-  return levels
-
-
-def level_counts(successes, trials, levels) -> np.ndarray:
-  """[len(levels)] estimates (trials > 0) at each level (the nearest one, for a level set that
-  does not hold their s/n exactly)."""
-  s, n = np.asarray(successes, np.float64).ravel(), np.asarray(trials, np.float64).ravel()
-  p = s[n > 0] / n[n > 0]
-  idx = np.searchsorted((np.asarray(levels)[1:] + np.asarray(levels)[:-1]) / 2, p)
-  return np.bincount(idx, minlength=len(levels))
 
 
 def passrate_bins(snapshots: list[list[dict]], round_steps: list[int | None]

@@ -31,7 +31,8 @@ from paced_jax import checkpoint as ckpt
 from paced_jax import flops as flops_lib
 from paced_jax import divergences
 from paced_jax import step as step_lib
-from paced_jax.build import Run, load_or_init, prepare_workdir, record_config, setup
+from paced_jax.build import (FIXED_SECTIONS, Run, load_or_init, prepare_workdir, record_config,
+                             setup)
 from paced_jax.config import Config, ConfigError, to_dict
 from paced_jax.distributed import is_main, to_host
 from paced_jax.evaluate import eval_off_reason, evaluate
@@ -201,6 +202,20 @@ def finished(cfg: Config, workdir: str | Path) -> dict | None:
     return None
   if not (wd / "eval_after.json").exists() and not eval_off_reason(cfg):
     return None
+  # A config that may not resume this run is not "finished" here: setup refuses it in one
+  # line. (Sections whose model comes from an init path are compared after resolve_models.)
+  fixed = [s for s in FIXED_SECTIONS
+           if not (s == "model" and cfg.train.init_student)
+           and not (s == "teacher" and cfg.train.init_teacher)]
+  history = sorted((p for p in (wd / "configs").glob("*.json") if p.stem.isdigit()),
+                   key=lambda p: int(p.stem)) if (wd / "configs").is_dir() else []
+  for saved in [wd / "config.json"] + history[-1:]:
+    try:
+      if ckpt.config_mismatch(json.loads(saved.read_text()), to_dict(cfg), fixed):
+        return None
+      break
+    except (OSError, ValueError):
+      continue
   return {"step": newest, "finished": True}
 
 

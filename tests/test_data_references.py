@@ -99,6 +99,7 @@ def test_teacher_references_do_not_depend_on_the_chunking(tmp_path):
   from paced_jax.data.tokenizer import load_tokenizer
   from paced_jax.models import Decoder
   from paced_jax.rollout_data import teacher_references
+  from paced_jax.rollouts import make_engine
   from paced_jax.sharding import make_mesh
 
   out = []
@@ -109,8 +110,9 @@ def test_teacher_references_do_not_depend_on_the_chunking(tmp_path):
     source = load_pool(cfg.data, "train", seed=cfg.seed)
     teacher = Decoder(cfg.teacher, rngs=nnx.Rngs(0))
     tok = load_tokenizer(cfg.data.tokenizer)
-    refs = teacher_references(cfg, tmp_path / f"r{rows}", source, teacher, tok,
-                              lambda text, problem: True, make_mesh(cfg.mesh))
+    refs = teacher_references(cfg, tmp_path / f"r{rows}", source,
+                              make_engine(cfg, teacher, make_mesh(cfg.mesh)), tok,
+                              lambda text, problem: True)
     out.append([[r if isinstance(r, str) else r["text"] for r in rs] for rs in refs])
   assert out[0] == out[1]
   assert len({rs[0] for rs in out[0]}) > 1  # problems differ from each other
