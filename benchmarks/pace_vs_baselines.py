@@ -68,7 +68,9 @@ def common_overrides(args) -> list[str]:
           f"paced.refresh_subset={args.refresh_subset}", f"eval.max_problems={args.eval_problems}"]
 
 
-def run_arm(args, arm: str, seed: int, extra: list[str], log) -> dict:
+def run_arm(args, arm: str, seed: int, extra: list[str], log, check=None) -> dict:
+  """One arm's run (resumed or read back when it exists). `check(cfg)` sees the resolved
+  config before training and may stop the sweep."""
   from paced_jax.config import load_config
   from paced_jax.metrics import read_metrics
   from paced_jax.train import train
@@ -78,6 +80,8 @@ def run_arm(args, arm: str, seed: int, extra: list[str], log) -> dict:
   if not done.exists():
     over = common_overrides(args) + list(ARMS[arm]) + extra + [f"seed={seed}"]
     cfg = load_config(args.config, over)
+    if check is not None:
+      check(cfg)
     t0 = time.perf_counter()
     train(cfg, wd, progress=False)
     log(f"  {arm:<10} seed {seed}: {time.perf_counter() - t0:6.0f} s")

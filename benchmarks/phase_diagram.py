@@ -72,9 +72,43 @@ REGIMES = {"fkl": ("loss.mode=distill", "loss.divergence=auto"),
            "on_policy": ("loss.mode=on_policy", "loss.divergence=auto"),
            "two_stage": ("loss.mode=two_stage", "loss.divergence=auto")}
 DEFAULT_ARMS = ("uniform", "paced", "posterior", "dapo", "akl")
-# Two-stage's divergences are fixed (forward KL, then reverse KL): the akl arm is not defined
-# there (the config refuses loss.divergence=akl with loss.mode=two_stage).
-TWO_STAGE_EXCLUDED = ("akl",)
+
+
+def undefined(regime: str, arm: str) -> str | None:
+  """Why an arm is not defined in a regime (None: it is), from the two declarations: an arm
+  that sets its own loss.mode runs only in the regime of that mode (a two_stage arm inside the
+  fkl regime would train forward KL only: its switch lies past the budget), and a divergence
+  the regime's mode does not take (two_stage's stages are fixed) is refused by the config."""
+  from paced_jax import divergences
+
+  def setting(overrides, key):
+    return next((o.partition("=")[2] for o in overrides if o.startswith(key + "=")), None)
+
+  mode = setting(REGIMES[regime], "loss.mode")
+  own = setting(base.ARMS[arm], "loss.mode")
+  if own is not None and own != mode:
+    return f"arm {arm} trains loss.mode={own}, regime {regime} loss.mode={mode}"
+  div = setting(base.ARMS[arm], "loss.divergence")
+  if div is not None and not divergences.mode(own or mode).takes_divergence:
+    return f"loss.mode={own or mode} has fixed divergences; arm {arm} sets {div}"
+  return None
+
+
+def check_arm(cfg, regime: str, arm: str) -> None:
+  """Fails the sweep when a run's resolved config differs from what its arm and regime
+  declare (two arms once ran the wrong loss silently)."""
+  from paced_jax import divergences
+
+  want = dict(o.partition("=")[::2] for o in (*REGIMES[regime], *base.ARMS[arm]))
+  got = {"loss.mode": cfg.loss.mode, "paced.weighting": cfg.paced.weighting,
+         "paced.use": cfg.paced.use}
+  for key, value in want.items():
+    if key in got and got[key] != value:
+      raise SystemExit(f"arm {arm} in regime {regime}: {key}={got[key]}, declared {value}")
+  div = want.get("loss.divergence", "auto")
+  if div != "auto" and divergences.stage_of(cfg, 0) != div:
+    raise SystemExit(f"arm {arm} in regime {regime}: trains {divergences.stage_of(cfg, 0)}, "
+                     f"declared loss.divergence={div}")
 
 
 # ----------------------------------------------------------------------------- levels, pools
@@ -183,7 +217,7 @@ def run_one(args, pool, regime, k, arm, seed, weights, budget, log) -> dict:
     fkl = run_one(args, pool, "fkl", k, arm, args.budget_seed, weights,
                   None if arm == "uniform" else fkl_budget(args, pool, k, weights, log), log)
     extra.append(f"loss.two_stage_switch={min(0.99, fkl['steps'] / 2 / total)!r}")
-  r = base.run_arm(ns, arm, seed, extra, log)
+  r = base.run_arm(ns, arm, seed, extra, log, check=lambda cfg: check_arm(cfg, regime, arm))
   r.update(pool=pool, regime=regime, k=k, weights=list(weights))
   return r
 
@@ -462,7 +496,7 @@ def main(argv=None) -> int:
   todo = [(pool, regime, k, arm, seed) for pool in args.pools for regime in args.regimes
           for k in args.k for arm in args.arms for seed in args.seeds
           if not (k != args.k[0] and regime == "fkl" and arm == "uniform")
-          and not (regime == "two_stage" and arm in TWO_STAGE_EXCLUDED)
+          and not undefined(regime, arm)
           and not args.report_only]
   for j, (pool, regime, k, arm, seed) in enumerate(todo, 1):
     t0 = time.perf_counter()
@@ -486,7 +520,7 @@ def main(argv=None) -> int:
       if regime_dir in REGIMES:
         regime, kk = regime_dir, ""
       k = int(kk) if kk else args.k[0]
-      if regime == "two_stage" and arm in TWO_STAGE_EXCLUDED:
+      if undefined(regime, arm):
         continue
       r = base.run_arm(argparse.Namespace(out=str(d.parents[2])), arm, seed, [], log)
       r.update(pool=name, regime=regime, k=k)

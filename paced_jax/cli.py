@@ -102,5 +102,24 @@ def main(argv: list[str] | None = None) -> int:
     return 130
 
 
+def run() -> None:
+  """The console script: `main`, then exit. After an error, threads that outlive their run
+  would hold the process for minutes (Orbax's checkpoint signalling threads wait ~300 s on
+  signals a failed save never sends, and interpreter exit joins every non-daemon thread): once
+  the one-line error is printed and the streams flushed, such a process exits at once."""
+  import os
+  import threading
+
+  rc = main()
+  stuck = [t for t in threading.enumerate()
+           if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+  if rc != 0 and stuck:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(rc)
+  sys.exit(rc)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  run()

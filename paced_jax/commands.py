@@ -159,7 +159,10 @@ def cmd_estimate(args) -> int:
     raise ConfigError(f"--out {args.out!r} cannot be created ({e.strerror})") from None
   mesh = make_mesh(cfg.mesh)
   tok = load_tokenizer(cfg.data.tokenizer, cfg.data.chat_template_kwargs)
-  model, _ = load_model_checked(path, flag, mesh=mesh)  # the checkpoint defines the shape
+  # The checkpoint defines the shape; the config the dtypes, as in `paced train` (bf16 weights
+  # computed in float32 score differently from bf16 compute).
+  model, _ = load_model_checked(path, flag, mesh=mesh, dtype=cfg.model.dtype,
+                                param_dtype=cfg.model.param_dtype)
   if tok.vocab_size > model.cfg.vocab_size:
     raise ConfigError(f"checkpoint {path!r} has vocab_size={model.cfg.vocab_size} but the "
                       f"tokenizer {cfg.data.tokenizer!r} has {tok.vocab_size} ids")
@@ -178,10 +181,27 @@ def cmd_estimate(args) -> int:
   w = frontier_weights(est.successes, est.trials, cfg.paced)
   plot_frontier(out / "passrates.png", table.pass_rates(), w, trials=table.counts()[1])
   stats = frontier_stats(est.successes, est.trials, sampling_probs(w, cfg.paced.eps))
+  print(pass_rate_table(problems, est.successes, est.trials, w))
   print(f"{len(problems)} problems x {cfg.paced.rollouts} rollouts: mean p {stats.mean_p:.3f}, "
         f"p=0 {stats.frac_p0:.1%}, p=1 {stats.frac_p1:.1%}, weight ESS {stats.ess:.0f}; "
         f"wrote {out}/passrates.jsonl and passrates.png")
   return 0
+
+
+def pass_rate_table(problems, successes, trials, weights) -> str:
+  """Per difficulty (and overall): problems, mean p, shares at p = 0 and p = 1, the share of
+  the frontier weight."""
+  import numpy as np
+
+  p = successes / np.maximum(trials, 1)
+  w = np.asarray(weights, np.float64)
+  levels = np.asarray([-1 if q.difficulty is None else q.difficulty for q in problems])
+  groups = [(f"level {v}", levels == v) for v in np.unique(levels[levels >= 0])]
+  lines = [f"{'problems':<12}{'n':>6}{'mean p':>9}{'p=0':>8}{'p=1':>8}{'weight':>9}"]
+  for name, sel in groups + [("all", np.ones(len(p), bool))]:
+    lines.append(f"{name:<12}{int(sel.sum()):>6}{p[sel].mean():>9.3f}{(p[sel] == 0).mean():>8.1%}"
+                 f"{(p[sel] == 1).mean():>8.1%}{w[sel].sum() / max(w.sum(), 1e-12):>9.1%}")
+  return "\n".join(lines)
 
 
 def cmd_eval(args) -> int:
@@ -217,7 +237,8 @@ def cmd_eval(args) -> int:
   sets = load_eval_sets(cfg, train=[pool[i] for i in range(len(pool))])
   results = {}
   for name, flag, path in models:
-    model, _ = load_model_checked(path, flag, mesh=mesh)
+    model, _ = load_model_checked(path, flag, mesh=mesh, dtype=cfg.model.dtype,
+                                  param_dtype=cfg.model.param_dtype)  # as `paced train` does
     results[name] = evaluate(model, sets, tok, verifier, cfg, mesh,
                              progress=not args.quiet and is_main())
   if not is_main():

@@ -16,6 +16,7 @@ SIGTERM (TPU preemption) or SIGINT in the step loop saves at the next step bound
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -163,7 +164,19 @@ def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
   (with a checkpoint) after that many steps of this invocation, as a preemption would.
   `explicit`: model shape fields the user set (`models.resolve.shape_overrides`)."""
   with _Signals() as signals, _workdir_lock(cfg, workdir):
-    return _train(cfg, workdir, progress and is_main(), stop_after, signals, explicit)
+    try:
+      return _train(cfg, workdir, progress and is_main(), stop_after, signals, explicit)
+    except OSError as e:  # a full or failing disk under any write of the run: one line
+      if e.errno not in _DISK_ERRNOS:
+        raise
+      raise ConfigError(
+          f"writing {e.filename or workdir} failed ({e.strerror}); free space on (or repair) "
+          f"that filesystem and run the same command to resume: the checkpoints already "
+          f"written under {workdir}/checkpoints are intact") from None
+
+
+# Write failures that are the disk's, not the program's: full, over quota, read-only, I/O.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
 
 
 def _workdir_lock(cfg: Config, workdir):

@@ -25,6 +25,7 @@ from paced_jax.config import ConfigError
 from paced_jax.metrics import read_metrics
 
 TINY = "configs/demo.py:tiny"
+ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
 # `paced ...` with every PNG write failing as on a full disk (in the process itself).
 ENOSPC = ("import errno, sys, matplotlib.figure\n"
@@ -330,3 +331,64 @@ def test_passrate_histogram_one_bin_per_value_and_each_rounds_own_estimates(tmp_
   plot_frontier(tmp_path / "p.png", p, np.ones(len(recs)), trials=[r["trials"] for r in recs])
   np.testing.assert_allclose(bars[first][0], levels)
   np.testing.assert_array_equal(bars[first][1], [2] * 5)
+
+
+def test_an_unwritable_checkpoint_directory_ends_within_seconds_of_its_line(tmp_path):
+  """`chattr +i RUN/checkpoints`, then resume to a later step: the one line comes, and the
+  process ends right after it (Orbax's signalling threads used to hold it for ~330 s)."""
+  import shutil
+  import time
+
+  if shutil.which("chattr") is None:
+    pytest.skip("chattr is not installed")
+  wd = tmp_path / "run"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  base = [sys.executable, "-m", "paced_jax.cli", "train", "configs/demo.py:tiny", "--workdir",
+          str(wd), "--quiet", "--set", "eval.max_problems=0"]
+  r = subprocess.run(base + ["--set", "train.steps=3"], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  if subprocess.run(["chattr", "+i", str(wd / "checkpoints")], capture_output=True).returncode:
+    pytest.skip("chattr +i is not permitted here")
+  try:
+    t0 = time.monotonic()
+    r = subprocess.run(base + ["--set", "train.steps=6"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=200)
+    elapsed = time.monotonic() - t0
+  finally:
+    subprocess.run(["chattr", "-i", str(wd / "checkpoints")])
+  assert r.returncode == 2, r.stderr[-2000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("paced: error: a checkpoint could not be written"), last
+  assert "Traceback" not in r.stderr
+  assert elapsed < 120  # a run that takes seconds; the hang was minutes
+  assert sorted(p.name for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == ["3"]
+
+
+def test_a_disk_that_fills_mid_run_is_one_line_and_the_run_resumes(tmp_path):
+  """A 350 kB tmpfs workdir fills during the run: one line naming the path and what to free,
+  exit 2, the checkpoints written so far intact; after moving the run where there is space, the
+  same command resumes and finishes."""
+  mnt = tmp_path / "small"
+  mnt.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=350k", "tmpfs", str(mnt)],
+                    capture_output=True).returncode:
+    pytest.skip("cannot mount a tmpfs here (needs root)")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  args = lambda wd: [sys.executable, "-m", "paced_jax.cli", "train", TINY, "--workdir",
+                     str(wd), "--quiet", "--set", "eval.max_problems=0"]
+  try:
+    r = subprocess.run(args(mnt / "run"), cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    # Where it fills decides which write reports it (a checkpoint save, or any other file).
+    assert last.startswith("paced: error: ") and "No space left on device" in last, last
+    assert "intact" in last, last
+    shutil.copytree(mnt / "run", tmp_path / "run")
+  finally:
+    subprocess.run(["umount", str(mnt)])
+  r = subprocess.run(args(tmp_path / "run"), cwd=ROOT, env=env, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "done: step 6" in r.stdout

@@ -42,6 +42,9 @@ def test_estimate_writes_table_and_plot(student_dir, tmp_path):
   assert len(rows) == 12 and all(r["trials"] == 2 for r in rows)
   assert (tmp_path / "est" / "passrates.png").stat().st_size > 1000
   assert "12 problems x 2 rollouts" in out.stdout
+  table = out.stdout.splitlines()
+  assert "mean p" in table[0] and any(l.startswith("level 1") for l in table)
+  assert any(l.startswith("all") and " 12 " in l for l in table)  # the table README promises
 
 
 @pytest.mark.parametrize("args,match", [

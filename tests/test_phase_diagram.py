@@ -90,3 +90,23 @@ def test_an_arms_loss_settings_win_over_the_regime(monkeypatch, tmp_path, regime
   pd.run_one(args, "m0", regime, 4, "akl", 0, (1, 1, 1, 1, 1), 1e12, print)
   cfg = seen["cfg"]
   assert cfg.loss.divergence == want and cfg.loss.mode == {"fkl": "distill"}.get(regime, regime)
+
+
+def test_arms_undefined_in_a_regime_are_left_out_and_runs_are_checked():
+  """A two_stage arm inside the fkl or on_policy regime would train forward KL only (its
+  switch past the budget); akl in two_stage is refused by the config: the script leaves both
+  out. And a run whose resolved config differs from its arm's declaration stops the sweep."""
+  from paced_jax.config import load_config
+
+  assert pd.undefined("fkl", "two_stage") and pd.undefined("on_policy", "two_stage")
+  assert pd.undefined("two_stage", "akl")
+  assert pd.undefined("two_stage", "two_stage") is None
+  assert all(pd.undefined(r, a) is None for r in pd.REGIMES for a in pd.DEFAULT_ARMS
+             if not (r == "two_stage" and a == "akl"))
+  good = load_config("configs/demo.py:tiny", ["loss.mode=distill", "loss.divergence=akl",
+                                              "paced.weighting=uniform"])
+  pd.check_arm(good, "fkl", "akl")
+  for wrong in (["loss.mode=distill", "paced.weighting=uniform"],  # akl lost: forward KL
+                ["loss.mode=distill", "loss.divergence=akl", "paced.weighting=paced"]):
+    with pytest.raises(SystemExit, match="arm akl in regime fkl"):
+      pd.check_arm(load_config("configs/demo.py:tiny", wrong), "fkl", "akl")
