@@ -183,6 +183,7 @@ def test_lock_is_released_by_kill_9_and_falls_back_to_the_pid_without_flock(tmp_
     pass
 
 
+@pytest.mark.slow  # over 30 s: subprocess runs
 def test_two_trains_on_one_workdir_the_second_is_refused(tmp_path):
   wd = tmp_path / "run"
   sets = ["--quiet", "--set", "eval.max_problems=0", "--set", "train.steps=2000"]
@@ -333,6 +334,7 @@ def test_passrate_histogram_one_bin_per_value_and_each_rounds_own_estimates(tmp_
   np.testing.assert_array_equal(bars[first][1], [2] * 5)
 
 
+@pytest.mark.slow  # over 30 s: subprocess runs
 def test_an_unwritable_checkpoint_directory_ends_within_seconds_of_its_line(tmp_path):
   """`chattr +i RUN/checkpoints`, then resume to a later step: the one line comes, and the
   process ends right after it (Orbax's signalling threads used to hold it for ~330 s)."""
@@ -365,6 +367,7 @@ def test_an_unwritable_checkpoint_directory_ends_within_seconds_of_its_line(tmp_
   assert sorted(p.name for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == ["3"]
 
 
+@pytest.mark.slow  # over 30 s: subprocess runs
 def test_a_disk_that_fills_mid_run_is_one_line_and_the_run_resumes(tmp_path):
   """A 350 kB tmpfs workdir fills during the run: one line naming the path and what to free,
   exit 2, the checkpoints written so far intact; after moving the run where there is space, the

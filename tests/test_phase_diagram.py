@@ -78,9 +78,10 @@ def test_an_arms_loss_settings_win_over_the_regime(monkeypatch, tmp_path, regime
 
   seen = {}
 
-  def fake_run_arm(ns, arm, seed, extra, log):
+  def fake_run_arm(ns, arm, seed, extra, log, check=None):
     over = pd.base.common_overrides(ns) + list(pd.base.ARMS[arm]) + extra
     seen["cfg"] = load_config("configs/demo.py:tiny", over)
+    check(seen["cfg"])  # the script's own check of the arm's declaration passes
     return {"steps": 2}
 
   monkeypatch.setattr(pd.base, "run_arm", fake_run_arm)

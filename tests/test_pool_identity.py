@@ -57,6 +57,7 @@ def test_pool_changes_names_what_changed():
   assert "1 problems edited" in msg and "'x'" in msg
 
 
+@pytest.mark.slow  # over 30 s: four subprocess runs
 def test_resume_on_a_reordered_or_edited_pool(tmp_path):
   pool, recs = tmp_path / "pool.jsonl", _records()
   _write(pool, recs)
