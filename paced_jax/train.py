@@ -242,9 +242,7 @@ def _mark_finished(run: Run, step: int) -> None:
 def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals,
            explicit) -> dict:
   done = finished(cfg, workdir) if str(workdir).strip() else None
-  if done is not None:
-    log.info("%s: finished at step %d (train.steps=%d); nothing to do (raise train.steps or "
-             "train.max_flops to train on)", workdir, done["step"], cfg.train.steps)
+  if done is not None:  # the console script says so (and prints the summary)
     return done
   run, state = setup(cfg, workdir, progress=progress, explicit=explicit)
   cfg = run.recorded  # config.json records the models actually trained
