@@ -152,7 +152,6 @@ def gradient_snr(args, log, *, loss: str = "references", extra=(), wd: Path | No
   level weights); args.set, when the caller has it, applies too."""
   import jax
   import jax.numpy as jnp
-  from flax import nnx
 
   from paced_jax import losses
   from paced_jax import step as step_lib
@@ -169,9 +168,8 @@ def gradient_snr(args, log, *, loss: str = "references", extra=(), wd: Path | No
   idx = np.sort(rng.choice(len(run.problems), min(args.snr_problems, len(run.problems)),
                            replace=False))
   problems = [run.problems[i] for i in idx]
-  student = nnx.merge(run.student_def, state.params)
-  est = estimate_for_config(student, problems, run.tokenizer, run.verifier, cfg, run.mesh,
-                            rollouts=args.snr_rollouts, rng=jax.random.key(123))
+  est = estimate_for_config(run.student_engine(state), problems, run.tokenizer, run.verifier,
+                            cfg, run.mesh, rollouts=args.snr_rollouts, rng=jax.random.key(123))
   p = est.successes / est.trials
   if loss == "references":
     pool = run.pipeline.pool

@@ -121,7 +121,6 @@ def measure_levels(args, log) -> dict:
     return json.loads(path.read_text())
   import jax
   import numpy as np
-  from flax import nnx
 
   from paced_jax.config import load_config
   from paced_jax.data.synthetic import synthetic_source
@@ -135,7 +134,7 @@ def measure_levels(args, log) -> dict:
   n_cells = len(src.family_names) * len(src.levels)
   idx = range(min(len(src), args.measure_problems * n_cells))
   problems = [src[i] for i in idx]
-  est = estimate_for_config(nnx.merge(run.student_def, state.params), problems, run.tokenizer,
+  est = estimate_for_config(run.student_engine(state), problems, run.tokenizer,
                             run.verifier, cfg, run.mesh, rollouts=args.measure_k,
                             rng=jax.random.key(7))
   run.pipeline.close()

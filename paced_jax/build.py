@@ -98,6 +98,17 @@ class Run:
     return self.engine
 
 
+def saved_config(wd: Path) -> Path:
+  """The record of a workdir's config: `config.json`, or when it was deleted the newest
+  invocation's `configs/<start>.json` (the returned path may not exist: a new run)."""
+  saved = wd / "config.json"
+  if saved.exists() or not (wd / "configs").is_dir():
+    return saved
+  history = sorted((p for p in (wd / "configs").glob("*.json") if p.stem.isdigit()),
+                   key=lambda p: int(p.stem))
+  return history[-1] if history else saved
+
+
 def prepare_workdir(workdir: str | Path, cfg: Config) -> Path:
   """Creates the run directory and refuses a checkpoint written by an incompatible config.
   Writes nothing else (`record_config` does, once everything is validated)."""
@@ -116,11 +127,7 @@ def prepare_workdir(workdir: str | Path, cfg: Config) -> Path:
   except OSError as e:
     raise ConfigError(f"workdir {str(wd)!r} is not writable ({e.strerror}); pass a directory "
                       "you can write to with --workdir") from None
-  saved = wd / "config.json"
-  if not saved.exists():  # config.json deleted: the newest invocation's record stands in
-    history = sorted((p for p in (wd / "configs").glob("*.json") if p.stem.isdigit()),
-                     key=lambda p: int(p.stem)) if (wd / "configs").is_dir() else []
-    saved = history[-1] if history else saved
+  saved = saved_config(wd)
   if saved.exists() and ckpt.committed_steps(wd / "checkpoints"):
     try:
       old = json.loads(saved.read_text())

@@ -33,7 +33,7 @@ from paced_jax import flops as flops_lib
 from paced_jax import divergences
 from paced_jax import step as step_lib
 from paced_jax.build import (FIXED_SECTIONS, Run, load_or_init, prepare_workdir, record_config,
-                             setup)
+                             saved_config, setup)
 from paced_jax.config import Config, ConfigError, to_dict
 from paced_jax.distributed import is_main, to_host
 from paced_jax.evaluate import eval_off_reason, evaluate
@@ -163,7 +163,10 @@ def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
   """Runs (or resumes) training; returns the last logged metrics. `stop_after` ends the run
   (with a checkpoint) after that many steps of this invocation, as a preemption would.
   `explicit`: model shape fields the user set (`models.resolve.shape_overrides`)."""
-  with _Signals() as signals, _workdir_lock(cfg, workdir):
+  done = finished(cfg, workdir) if str(workdir).strip() else None
+  if done is not None:  # the console script says so (and prints the summary); nothing written
+    return done
+  with _Signals() as signals, _workdir_lock(workdir):
     try:
       return _train(cfg, workdir, progress and is_main(), stop_after, signals, explicit)
     except OSError as e:  # a full or failing disk under any write of the run: one line
@@ -179,17 +182,15 @@ def train(cfg: Config, workdir: str | Path, *, progress: bool = True,
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
 
 
-def _workdir_lock(cfg: Config, workdir):
+def _workdir_lock(workdir):
   """One run per workdir (paced_jax/lock.py), taken before anything is written there and held
   to the end. Only process 0 takes it: the other hosts' processes belong to the same run. A URL
-  or empty workdir gets no lock and prepare_workdir's own one-line error; a finished run's
-  rerun none either (it writes nothing, not even the lock's record)."""
+  or empty workdir gets no lock and prepare_workdir's own one-line error."""
   import contextlib
 
   from paced_jax.lock import WorkdirLock
 
-  if (not is_main() or "://" in str(workdir) or not str(workdir).strip()
-      or finished(cfg, workdir) is not None):
+  if not is_main() or "://" in str(workdir) or not str(workdir).strip():
     return contextlib.nullcontext()
   return WorkdirLock(workdir)
 
@@ -220,15 +221,11 @@ def finished(cfg: Config, workdir: str | Path) -> dict | None:
   fixed = [s for s in FIXED_SECTIONS
            if not (s == "model" and cfg.train.init_student)
            and not (s == "teacher" and cfg.train.init_teacher)]
-  history = sorted((p for p in (wd / "configs").glob("*.json") if p.stem.isdigit()),
-                   key=lambda p: int(p.stem)) if (wd / "configs").is_dir() else []
-  for saved in [wd / "config.json"] + history[-1:]:
-    try:
-      if ckpt.config_mismatch(json.loads(saved.read_text()), to_dict(cfg), fixed):
-        return None
-      break
-    except (OSError, ValueError):
-      continue
+  try:
+    if ckpt.config_mismatch(json.loads(saved_config(wd).read_text()), to_dict(cfg), fixed):
+      return None
+  except (OSError, ValueError):  # no readable record: setup says what is wrong
+    return None
   return {"step": newest, "finished": True}
 
 
@@ -241,9 +238,6 @@ def _mark_finished(run: Run, step: int) -> None:
 
 def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals,
            explicit) -> dict:
-  done = finished(cfg, workdir) if str(workdir).strip() else None
-  if done is not None:  # the console script says so (and prints the summary)
-    return done
   run, state = setup(cfg, workdir, progress=progress, explicit=explicit)
   cfg = run.recorded  # config.json records the models actually trained
   mgr = ckpt.manager(run.workdir / "checkpoints", cfg.train.max_to_keep)
