@@ -22,7 +22,8 @@ from paced_jax.config import Config, ConfigError, to_dict
 from paced_jax.distributed import is_main
 from paced_jax.data.pipeline import FrontierPipeline
 from paced_jax.data.schema import Problem, problem_digests
-from paced_jax.data.sources import load_pool
+from paced_jax.data.generators import make_generator
+from paced_jax.data.sources import ListSource, load_pool
 from paced_jax.data.tokenizer import Tokenizer, load_tokenizer
 from paced_jax.evaluate import EvalSet, eval_off_reason, load_eval_sets
 from paced_jax.frontier import PassRateTable
@@ -34,6 +35,7 @@ from paced_jax.models.resolve import resolve_models
 from paced_jax.models.transformer import Decoder
 from paced_jax.sharding import make_mesh, shard_init
 from paced_jax.step import TrainState
+from paced_jax.synthesis import RoundMaker, ScoredVerifier, Synthesis, heldout_problems
 from paced_jax.verify import Verifier, VerifyCounts, verifier_from_config
 
 log = logging.getLogger("paced_jax.train")  # the loop's logger: one name in every log line
@@ -54,8 +56,8 @@ class Run:
   teacher_def: nnx.GraphDef | None  # None: loss.mode=sft (no teacher)
   teacher_params: nnx.State | None
   tx: optax.GradientTransformation
-  problems: list[Problem]
-  pipeline: FrontierPipeline
+  problems: list[Problem]  # the pool (generated runs: the round's problems)
+  pipeline: FrontierPipeline | None  # None only before a generated run's first round
   verifier: Verifier
   verify_counts: VerifyCounts  # the verifier's incidents, read once per round
   writer: MetricsWriter
@@ -66,6 +68,7 @@ class Run:
   # What checkpoints record of the pool: each problem's content digest, and the id order.
   pool_record: dict[str, dict[str, str] | list[str]]
   eval_sets: list[EvalSet] = dataclasses.field(default_factory=list)
+  synthesis: Synthesis | None = None  # generate.source: the generator, its cell table, ...
   # ---- updated while the run goes on
   table: PassRateTable | None = None  # the pass-rate table (set by setup; replaced on restore)
   # Model FLOPs spent so far (flops.py conventions); checkpointed, so `train.max_flops` holds
@@ -81,12 +84,26 @@ class Run:
   # of the last on-policy batch came from them.
   fresh: FreshRollouts | None = None
   reused_rows: int = 0
+  # The rollout FLOPs of the last refresh and of the last train step: what the loop expects
+  # the next of each to cost, so that under train.max_flops it starts no refresh the budget
+  # cannot pay for (checkpointed with the compute).
+  refresh_flops: float = 0.0
+  step_flops: float = 0.0
 
   def flops(self) -> float:
     return sum(self.compute.values())
 
   def budget_spent(self) -> bool:
     return 0 < self.cfg.train.max_flops <= self.flops()
+
+  def budget_pays_refresh(self) -> bool:
+    """Whether the budget left (train.max_flops) pays for a refresh as costly as the last one
+    and one more step. When it does not, the run trains its last steps on the round it has
+    (a refresh then would overshoot the budget by most of its cost, and the step after it
+    would spend the rest): so every arm of an equal-FLOP comparison stops within one step of
+    the budget."""
+    budget = self.cfg.train.max_flops
+    return budget <= 0 or self.flops() + self.refresh_flops + self.step_flops < budget
 
   def student(self, state: TrainState) -> Decoder:
     """The student with the train state's parameters."""
@@ -148,7 +165,7 @@ def prepare_workdir(workdir: str | Path, cfg: Config) -> Path:
 
 # What a resumed run may not change (the models, the teacher, the data and tokenizer, the
 # loss, the seed); everything else may change and is named in one warning line on resume.
-FIXED_SECTIONS = ("model", "teacher", "data", "loss", "seed")
+FIXED_SECTIONS = ("model", "teacher", "data", "loss", "seed", "generate")
 
 
 def record_config(wd: Path, cfg: Config, start: int) -> None:
@@ -230,16 +247,26 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True,
   if tok.vocab_size > cfg.model.vocab_size:
     raise ConfigError(f"tokenizer {cfg.data.tokenizer!r} has {tok.vocab_size} ids but "
                       f"model.vocab_size={cfg.model.vocab_size}; raise model.vocab_size")
-  source = load_pool(cfg.data, "train", seed=cfg.seed)
-  problems = [source[i] for i in range(len(source))]
-  for line in degenerate(cfg, len(problems)):
+  generator = make_generator(cfg.generate) if cfg.generate.source else None
+  if generator is not None:
+    _check_generated(cfg, generator)
+    source, problems = None, []
+  else:
+    source = load_pool(cfg.data, "train", seed=cfg.seed)
+    problems = [source[i] for i in range(len(source))]
+  for line in degenerate(cfg, len(problems) if source is not None else cfg.generate.per_round):
     log.warning("%s", line)
   off = eval_off_reason(cfg)
   if off:
     log.info("evaluation off: %s", off)
-  eval_sets = [] if off else load_eval_sets(cfg, train=problems)
+  eval_sets = [] if off else load_eval_sets(cfg, train=problems or None)
   counts = VerifyCounts()
   verifier = verifier_from_config(cfg.paced, counts)
+  synthesis = None
+  if generator is not None:
+    verifier = ScoredVerifier(generator, verifier)
+    heldout = [p for es in eval_sets for p in es.problems]
+    synthesis = Synthesis(generator, RoundMaker(generator, cfg.seed, heldout))
   student = load_or_init(cfg.train.init_student, cfg.model, mesh, cfg.seed, "student")
   teacher_def = teacher_params = None
   if divergences.teacher_is_student(cfg.loss.mode):  # a frozen copy of the initial student
@@ -257,9 +284,9 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True,
         verifier, progress=progress)
   # A mode whose rows never carry a reference (on_policy: the student samples every response)
   # can draw problems without one too.
-  pipeline = FrontierPipeline(source, tok, cfg.data, seed=cfg.seed, mesh=mesh,
-                              references=references,
-                              prompts_only=divergences.prompts_only(cfg.loss.mode))
+  pipeline = None if source is None else FrontierPipeline(
+      source, tok, cfg.data, seed=cfg.seed, mesh=mesh, references=references,
+      prompts_only=divergences.prompts_only(cfg.loss.mode))
   table = PassRateTable([p.id for p in problems])
   tx = step_lib.make_optimizer(cfg.train)
   state = step_lib.init_train_state(student, tx, mesh)
@@ -273,5 +300,35 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True,
             engine=make_engine(cfg, student, mesh), step_fn=step_fn,
             pool_record={"problems": problem_digests(problems),
                          "order": [p.id for p in problems]},
-            fresh=FreshRollouts(cfg.paced.reuse_rollouts) if cfg.paced.reuse_rollouts else None)
+            fresh=FreshRollouts(cfg.paced.reuse_rollouts) if cfg.paced.reuse_rollouts else None,
+            synthesis=synthesis)
   return run, state
+
+
+def set_pool(run: Run, problems: list[Problem]) -> None:
+  """Makes `problems` the pool of a generated run (a round's): a new pipeline over them (its
+  round is set by `rounds.apply_round`), a new pass-rate table, the checkpoint's pool record."""
+  cfg = run.cfg
+  if run.pipeline is not None:
+    run.pipeline.close()
+  run.problems = list(problems)
+  run.pipeline = FrontierPipeline(ListSource(run.problems, name="generated round"), run.tokenizer,
+                                  cfg.data, seed=cfg.seed, mesh=run.mesh,
+                                  prompts_only=divergences.prompts_only(cfg.loss.mode))
+  run.table = PassRateTable([p.id for p in run.problems])
+  run.pool_record = {"problems": problem_digests(run.problems),
+                     "order": [p.id for p in run.problems]}
+
+
+def _check_generated(cfg: Config, generator) -> None:
+  """What a generated run cannot do, one line each, before any model is built."""
+  if cfg.data.reference == "teacher":
+    raise ConfigError("data.reference=teacher with generate.source: teacher references are "
+                      "sampled once for a fixed pool, and a generated run makes new problems "
+                      "every round; use the generator's solutions (generate.source=synthetic) "
+                      "or an on-policy loss.mode (on_policy, self_distill)")
+  if not generator.has_solutions() and not divergences.prompts_only(cfg.loss.mode):
+    raise ConfigError(f"generate.source={cfg.generate.source} problems have no worked "
+                      f"solutions, and loss.mode={cfg.loss.mode} trains on reference "
+                      "responses; use loss.mode=on_policy or self_distill (the student samples "
+                      "its own), or generate.source=synthetic")

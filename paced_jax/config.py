@@ -381,6 +381,44 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+  """Frontier synthesis (`synthesis.py`): instead of a fixed pool, every refresh round trains
+  on fresh problems of a generator's cells (task x level), made in proportion to each cell's
+  frontier weight. Off (the run trains on data.*'s pool) while `source` is empty."""
+
+  source: Literal["", "synthetic", "gym"] = ""
+  tasks: tuple[str, ...] = ()  # synthetic families or reasoning-gym task names (empty: all
+  # synthetic families; gym needs names, e.g. chain_sum,leg_counting,basic_arithmetic)
+  levels: tuple[int, ...] = ()  # empty: every level the generator has (synthetic: 1..8)
+  per_round: int = 256  # training problems made per round, over the cells
+  probes_per_cell: int = 4  # fresh problems per cell estimated (paced.rollouts each) per round
+  # Each round the cell counts are decay * old + new (0: only this round's probes count).
+  decay: float = 0.5
+  min_task_share: float = 0.05  # floor: each task gets at least this share of a round
+  # Within a round: "uniform" over its problems, or "estimated": each problem weighted by its
+  # own estimated pass rate (K rollouts each, as pools are) on top of the cell allocation.
+  within_round: Literal["uniform", "estimated"] = "uniform"
+  heldout_per_cell: int = 20  # eval problems per cell ("test"), and per probe cell
+
+  def __post_init__(self):
+    if self.source not in ("", "synthetic", "gym"):
+      raise ConfigError(f"generate.source={self.source!r} must be synthetic or gym (empty: off)")
+    if self.within_round not in ("uniform", "estimated"):
+      raise ConfigError(f"generate.within_round={self.within_round!r} must be uniform or "
+                        "estimated")
+    if len(set(self.tasks)) != len(self.tasks):
+      raise ConfigError(f"generate.tasks={self.tasks} lists a task twice; list each once")
+    if len(set(self.levels)) != len(self.levels):
+      raise ConfigError(f"generate.levels={self.levels} lists a level twice")
+    _check("generate", self, [
+        ("per_round", self.per_round >= 1, ">= 1"),
+        ("probes_per_cell", self.probes_per_cell >= 1, ">= 1"),
+        ("decay", 0 <= self.decay < 1, "in [0, 1) (0: only the latest round counts)"),
+        ("min_task_share", 0 <= self.min_task_share <= 1, "in [0, 1]"),
+        ("heldout_per_cell", self.heldout_per_cell >= 0, ">= 0 (0: no generated eval)")])
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   """A whole run."""
 
@@ -393,6 +431,7 @@ class Config:
   loss: LossConfig = LossConfig()
   train: TrainConfig = TrainConfig()
   eval: EvalConfig = EvalConfig()
+  generate: GenerateConfig = GenerateConfig()
   seed: int = 0
   name: str = "run"
 

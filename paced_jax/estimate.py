@@ -204,8 +204,10 @@ def estimate_for_config(engine: Rollouts | Decoder, problems, tokenizer, verifie
 def _progress_bar(total: int, enabled: bool, desc: str):
   from tqdm.auto import tqdm
 
+  # leave=None: a bar of its own stays on screen; one under the train bar (a refresh or an
+  # evaluation inside the loop) shows its progress there and is cleared when it ends.
   return tqdm(total=total, unit="problem", desc=desc, disable=not enabled,
-              dynamic_ncols=True)
+              dynamic_ncols=True, leave=None)
 
 
 def plot_frontier(path: str | Path, pass_rates, weights, bins: int = 20,

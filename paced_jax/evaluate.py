@@ -33,6 +33,8 @@ def eval_off_reason(cfg: Config) -> str | None:
   """Why a run has no evaluation (one line), or None when it has a held-out set."""
   if cfg.eval.max_problems <= 0:
     return "eval.max_problems=0"
+  if cfg.generate.source:
+    return None if cfg.generate.heldout_per_cell else "generate.heldout_per_cell=0"
   if not has_split(cfg.data, "test") and not has_split(cfg.data, "probe"):
     what = ("data.tfds_eval_split / data.tfds_probe_split" if cfg.data.source == "tfds" else
             "data.eval_path / data.probe_path")
@@ -48,9 +50,15 @@ def load_eval_sets(cfg: Config, splits=("test", "probe"), train=None) -> list[Ev
   (`EvalSet.contaminated`) and a warning line says so."""
   out = []
   for split in splits:
-    if not has_split(cfg.data, split):
+    if cfg.generate.source:  # generated runs: held-out problems of every cell
+      from paced_jax.data.generators import make_generator
+      from paced_jax.synthesis import heldout_problems
+
+      source = heldout_problems(make_generator(cfg.generate), cfg, split)
+    elif not has_split(cfg.data, split):
       continue
-    source = load_pool(cfg.data, split, seed=cfg.seed)
+    else:
+      source = load_pool(cfg.data, split, seed=cfg.seed)
     n = len(source)
     idx = np.linspace(0, n - 1, min(n, cfg.eval.max_problems)).round().astype(int)
     out.append(EvalSet(split, [source[int(i)] for i in np.unique(idx)]))
@@ -77,11 +85,17 @@ def accuracy(engine, problems, tokenizer, verifier, cfg: Config, mesh, *, rng: i
   per = est.successes / np.maximum(est.trials, 1)
   out = {"overall": float(per.mean())}
   groups = collections.defaultdict(list)
+  cells = collections.defaultdict(list)  # generated problems: per task and per cell too
   for p, a in zip(problems, per):
     if p.difficulty is not None:
       groups[int(p.difficulty)].append(a)
+    if "cell" in p.metadata:
+      cells[p.metadata["task"]].append(a)
+      cells[p.metadata["cell"]].append(a)
   for level in sorted(groups):
     out[f"level_{level}"] = float(np.mean(groups[level]))
+  for name in sorted(cells):
+    out[name] = float(np.mean(cells[name]))
   return out
 
 

@@ -218,8 +218,9 @@ def posterior_weight(successes, trials, alpha: float, beta: float, a0: float = 1
 
 
 def frontier_weights(successes, trials, cfg: PacedConfig = PacedConfig()) -> np.ndarray:
-  """Unnormalised weight per problem under `cfg.weighting` (see the module docstring)."""
-  s, n = np.asarray(successes, np.int64), np.asarray(trials, np.int64)
+  """Unnormalised weight per problem under `cfg.weighting` (see the module docstring). Counts
+  may be fractional (decayed cell counts, `synthesis.CellTable`)."""
+  s, n = np.asarray(successes, np.float64), np.asarray(trials, np.float64)
   seen = n > 0
   p = s / np.maximum(n, 1)
   scheme = cfg.weighting

@@ -11,10 +11,11 @@ import jax
 import numpy as np
 
 from paced_jax import divergences
-from paced_jax.build import Run
+from paced_jax.build import Run, set_pool
 from paced_jax.distributed import is_main
 from paced_jax.estimate import estimate_for_config
 from paced_jax.frontier import frontier_round, frontier_stats, frontier_weights, skip_settled
+from paced_jax.synthesis import cell_round, diversity
 
 log = logging.getLogger("paced_jax.train")  # the loop's logger: one name in every log line
 
@@ -31,7 +32,10 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
   cfg = run.cfg
   metrics: dict[str, float] = {}
   idx = np.zeros(0, np.int64)
-  if cfg.paced.weighting != "uniform":
+  rollout_flops = run.compute["rollout_flops"]
+  if run.synthesis is not None:  # a generated run: this round's problems, made in the band
+    metrics.update(_generated_round(run, state, round_, step, progress))
+  if _estimates_pool(cfg):
     idx, skipped = _to_estimate(run, round_)
     metrics["frontier/estimated"] = len(idx)
     if cfg.paced.skip_base < 1:
@@ -69,9 +73,45 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
     metrics[f"frontier_mass/level_{level}"] = float(run.pipeline.probs[sel].sum())
     if np.isfinite(p_hat[sel]).any():
       metrics[f"frontier_p/level_{level}"] = float(np.nanmean(p_hat[sel]))
+  run.refresh_flops = run.compute["rollout_flops"] - rollout_flops
   if is_main():
     (run.workdir / "passrates").mkdir(exist_ok=True)
     run.table.to_jsonl(run.workdir / "passrates" / f"round_{round_:05d}.jsonl")
+    if run.synthesis is not None:
+      (run.workdir / "passrates" / f"round_{round_:05d}.cells.json").write_text(
+          json.dumps(run.synthesis.table.state()))
+  return metrics
+
+
+def _estimates_pool(cfg) -> bool:
+  """Whether a refresh estimates the pool's problems: not under uniform weighting (the weights
+  cannot depend on it), nor in a generated run whose rounds are uniform within (the cells'
+  estimates did the choosing)."""
+  return cfg.paced.weighting != "uniform" and (
+      not cfg.generate.source or cfg.generate.within_round == "estimated")
+
+
+def _generated_round(run: Run, state, round_: int, step: int, progress: bool) -> dict:
+  """The cell estimates, this round's fresh problems as the pool, and what the last round
+  trained on: the shares of tasks and levels among its drawn rows, their entropy, and the
+  distinct-problem rate (distinct problems / rows; the draws are recomputed from the
+  pipeline's counter-based stream, so a resumed run reports the same)."""
+  syn, metrics = run.synthesis, {}
+  if run.pipeline is not None and run.pipeline.round is not None:
+    rows = run.pipeline.drawn(step - syn.started)
+    if len(rows):
+      trained = [run.problems[i] for i in rows]
+      metrics["generate_trained/distinct_rate"] = len(np.unique(rows)) / len(rows)
+      metrics.update({k.replace("generate/", "generate_trained/"): v for k, v in diversity(
+          [p.metadata["cell"] for p in trained], [p.metadata["task"] for p in trained],
+          [p.metadata["level"] for p in trained]).items()})
+  engine = run.student_engine(state) if run.cfg.paced.weighting != "uniform" else None
+  cr = cell_round(engine, syn.maker, syn.table, run.tokenizer, run.verifier, run.cfg, run.mesh,
+                  round_, progress=progress)
+  run.compute["rollout_flops"] += cr.flops
+  set_pool(run, cr.problems)
+  syn.started = step
+  metrics.update(cr.metrics)
   return metrics
 
 

@@ -33,7 +33,7 @@ from paced_jax import flops as flops_lib
 from paced_jax import divergences
 from paced_jax import step as step_lib
 from paced_jax.build import (FIXED_SECTIONS, Run, load_or_init, prepare_workdir, record_config,
-                             saved_config, setup)
+                             saved_config, set_pool, setup)
 from paced_jax.config import Config, ConfigError, to_dict
 from paced_jax.distributed import is_main, to_host
 from paced_jax.evaluate import eval_off_reason, evaluate
@@ -72,9 +72,12 @@ class Interrupted(Exception):
 def _save(run: Run, mgr, state, step: int, round_: int, force: bool = False) -> None:
   meta = {"step": step, "round": round_, "data": run.pipeline.get_state(),
           "need_reference": run.need_reference, "pool": run.pool_record,
-          "model_config": to_dict(run.cfg.model), "compute": dict(run.compute)}
+          "model_config": to_dict(run.cfg.model), "compute": dict(run.compute),
+          "expected_flops": {"refresh": run.refresh_flops, "step": run.step_flops}}
   if run.fresh is not None:
     meta["reuse"] = run.fresh.state()
+  if run.synthesis is not None:
+    meta["generate"] = run.synthesis.state(run.problems)
   ckpt.save(mgr, step, params=state.params, opt_state=state.opt_state,
             passrates=run.table.state_dict(), meta=meta, force=force)
 
@@ -85,6 +88,11 @@ def _restore(run: Run, mgr, state):
   out, bad = ckpt.restore_newest_intact(mgr, params=state.params, opt_state=state.opt_state)
   meta = out["meta"]
   where = f"{mgr.directory}/{meta.get('step')}"
+  if run.synthesis is not None:  # the round's problems, the cell table and the maker
+    if "generate" not in meta:
+      raise ConfigError(f"checkpoint {where} was written by a run without generate.source; "
+                        "resume with the config it was written with or use a new --workdir")
+    set_pool(run, run.synthesis.restore(meta["generate"]))
   saved_pool, reordered = meta.get("pool"), False
   if saved_pool is not None:  # checkpoints written before the pool record: by position
     changes = pool_changes(saved_pool["problems"], run.pool_record["problems"])
@@ -113,6 +121,8 @@ def _restore(run: Run, mgr, state):
   if bad:
     mgr.reload()
   run.compute.update(meta.get("compute", {}))
+  expected = meta.get("expected_flops", {})  # absent in older checkpoints: refresh as before
+  run.refresh_flops, run.step_flops = expected.get("refresh", 0.0), expected.get("step", 0.0)
   if run.fresh is not None and "reuse" in meta:
     run.fresh.restore(meta["reuse"], run.workdir / "rollouts")
   state = step_lib.TrainState(step=jax.device_put(np.int32(meta["step"]), state.step.sharding),
@@ -261,14 +271,20 @@ def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals,
     R = max(cfg.paced.refresh_every, 1)
     bar = progress_bar(cfg.train.steps, start, enabled=progress)
     last, pending, t0 = {}, None, time.perf_counter()
-    step = start
+    step, refresh_skipped = start, False
     signals.in_loop = True
     while step < cfg.train.steps and not run.budget_spent():
       if run.eval_sets and step > 0 and step % cfg.train.eval_every == 0:
-        run_eval(run, state, step, False)
-      if step // R > round_:  # a new round: fresh pass rates, new pi
+        run_eval(run, state, step, progress)
+      if step // R > round_ and run.budget_pays_refresh():  # a new round: fresh pass rates
         round_ = step // R
-        write_round(run, step, refresh(run, state, round_, step, progress=False))
+        write_round(run, step, refresh(run, state, round_, step, progress=progress))
+      elif step // R > round_ and not refresh_skipped:
+        refresh_skipped = True
+        log.info("round %d at step %d not started: train.max_flops=%.3g leaves %.3g FLOPs, "
+                 "less than a refresh (%.3g) and a step; the last steps train on round %d",
+                 step // R, step, cfg.train.max_flops, cfg.train.max_flops - run.flops(),
+                 run.refresh_flops, round_)
       need = divergences.needs_reference(cfg, step)
       if need != run.need_reference:  # two_stage's switch inside a round: prompt-only rows
         run.writer.write(step, apply_round(run, round_, need))
@@ -280,9 +296,10 @@ def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals,
       state, metrics = run.step_fn(state, run.teacher_params, batch)
       if on_policy and run.fresh is not None:
         metrics = {**metrics, "rollouts/reused_rows": np.float32(run.reused_rows)}
-      run.compute["train_flops"] += _step_flops(
+      run.step_flops = _step_flops(
           run.cfg, batch["tokens"].shape,
           batch["teacher_tokens"].shape[1] if "teacher_tokens" in batch else None)
+      run.compute["train_flops"] += run.step_flops
       if pending is not None:  # read back step-1 while step runs
         last = _finish_step(run, pending, bar, t0, start)
       pending = (step, metrics, index, dict(run.compute), run.pass_rates)
@@ -324,7 +341,8 @@ def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals,
     ckpt.close(mgr)
     if bar is not None:
       bar.close()
-    run.pipeline.close()
+    if run.pipeline is not None:
+      run.pipeline.close()
     run.writer.close()
   last["step"] = step
   last.update(_compute_metrics(run.compute))

@@ -177,6 +177,26 @@ def test_compute_accounting_and_flops_budget(tmp_path):
   assert paced["compute/rollout_flops"] > 0
 
 
+def test_a_refresh_the_budget_cannot_pay_for_is_not_started(tmp_path, caplog):
+  # PACED arms refresh every step here. Under a budget the run stops within one step of it
+  # (as uniform does), not a refresh past it: a refresh the budget left cannot pay for (with
+  # a step) is not started, said once, and the last steps train on the round the run has.
+  over = ["eval.max_problems=0", "train.schedule=constant", "paced.refresh_every=1",
+          "train.steps=12", "paced.rollouts=4", "paced.refresh_subset=32"]
+  # Two steps and two refreshes (rounds 0 and 1), exactly as the budgeted run starts.
+  two = train(load_config(TINY, over + ["train.steps=2"]), tmp_path / "two", progress=False)
+  refreshes, steps = two["compute/rollout_flops"], two["compute/train_flops"]
+  step_cost = steps / 2
+  budget = refreshes + steps + 0.25 * refreshes  # round 2 would cost ~0.5 * refreshes
+  with caplog.at_level("INFO", logger="paced_jax.train"):
+    out = train(load_config(TINY, over + [f"train.max_flops={budget}"]), tmp_path / "b",
+                progress=False)
+  assert out["compute/rollout_flops"] == pytest.approx(refreshes, rel=1e-9)  # no round 2
+  assert budget <= out["compute/flops"] <= budget + 1.01 * step_cost
+  said = [r.getMessage() for r in caplog.records if "not started" in r.getMessage()]
+  assert len(said) == 1 and "round 2 at step 2" in said[0], said
+
+
 def test_constant_schedule_holds_the_peak():
   from paced_jax.step import learning_rate
 

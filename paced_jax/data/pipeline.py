@@ -222,6 +222,14 @@ class FrontierPipeline:
 
   next = __next__
 
+  def drawn(self, steps: int) -> np.ndarray:
+    """Pool indices of the rows of this round's first `steps` global batches (every process's
+    share): the draws are counter-based, so this recomputes them without iterating."""
+    if self._it is None:
+      raise RuntimeError("call set_round(round, probs) before drawn()")
+    n = max(int(steps), 0) * self.cfg.batch_size
+    return self._spec.draw(np.arange(n, dtype=np.uint64))[0]
+
   def get_state(self) -> dict[str, Any]:
     """JSON-able position in the stream: round, probabilities digest, Grain iterator state."""
     if self._it is None:
