@@ -148,8 +148,7 @@ def make_report(workdir: str | Path) -> list[Path]:
   mass = _series(rows, r"frontier_mass/level_\d+")
   if mass:
     levels = sorted(mass, key=_level)
-    steps = mass[levels[0]][0]
-    grid = np.array([mass[k][1] for k in levels])  # [levels, rounds]
+    steps, grid = _grid(mass, levels)  # [levels, rounds]; a level absent in a round: blank
     fig, ax = plt.subplots(figsize=(7, 3.5))
     im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis",
                    extent=(-0.5, grid.shape[1] - 0.5, 0.5, len(levels) + 0.5))
@@ -159,6 +158,21 @@ def make_report(workdir: str | Path) -> list[Path]:
     ax.set_yticks(range(1, len(levels) + 1), [str(_level(k)) for k in levels])
     fig.colorbar(im, ax=ax, label="probability mass")
     written.append(_save(fig, out_dir / "frontier_heatmap.png"))
+
+  cells = _series(rows, r"generate_mass/.+")
+  if cells:  # a generated run: the share of each round's problems made in each cell
+    names = sorted(cells, key=lambda k: (k.split("/")[1], int(k.rsplit("/L", 1)[-1])
+                                         if k.rsplit("/L", 1)[-1].isdigit() else -1))
+    steps, grid = _grid(cells, names)
+    fig, ax = plt.subplots(figsize=(7, max(3.0, 0.22 * len(names) + 1.2)))
+    im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", vmin=0,
+                   extent=(-0.5, grid.shape[1] - 0.5, -0.5, len(names) - 0.5))
+    ax.set(xlabel="refresh round", ylabel="cell (task/level)",
+           title="the frontier moving: share of each round's generated problems per cell")
+    ax.set_xticks(range(grid.shape[1]), [f"{i}\n@{s}" for i, s in enumerate(steps)], fontsize=6)
+    ax.set_yticks(range(len(names)), [k.split("/", 1)[1] for k in names], fontsize=6)
+    fig.colorbar(im, ax=ax, label="share of the round")
+    written.append(_save(fig, out_dir / "generate_heatmap.png"))
 
   at = {}  # round -> the step it was estimated at, from its metrics line
   for r in rows:
@@ -188,6 +202,18 @@ def make_report(workdir: str | Path) -> list[Path]:
     ax.set(xlabel="step", ylabel="loss", title="training loss")
     written.append(_save(fig, out_dir / "loss.png"))
   return written
+
+
+def _grid(series: dict, keys: list[str]) -> tuple[list, np.ndarray]:
+  """(steps, [keys, steps] values) over the union of the series' steps; NaN where a key has
+  no value at a step (a level or cell that a round did not report)."""
+  steps = sorted({x for k in keys for x in series[k][0]})
+  col = {x: j for j, x in enumerate(steps)}
+  grid = np.full((len(keys), len(steps)), np.nan)
+  for i, k in enumerate(keys):
+    for x, y in zip(*series[k]):
+      grid[i, col[x]] = y
+  return steps, grid
 
 
 def _save(fig, path: Path) -> Path:

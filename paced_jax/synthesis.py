@@ -78,30 +78,42 @@ class CellTable:
     return t
 
 
-def allocate(weights, tasks: Sequence[str], total: int, min_task_share: float
-             ) -> tuple[np.ndarray, bool]:
+def allocate(weights, tasks: Sequence[str], total: int, min_task_share: float,
+             tie_seed=None) -> tuple[np.ndarray, bool]:
   """(problems per cell [C] summing to `total`, whether the round fell back to uniform).
-  A floor of round(min_task_share * total) problems per task (at most an equal share of the
-  round) is spread over that task's cells by weight (evenly if they are all 0); the rest goes
-  to all cells by weight. Counts are apportioned by largest remainder, ties by cell order."""
+  First each task gets a floor of round(min_task_share * total) problems (at most an equal
+  share of the round), apportioned over its cells by weight (evenly if they are all 0); then
+  the rest goes to all cells by weight. Each stage apportions whole problems by largest
+  remainder; equal remainders are ordered by a permutation drawn from `tie_seed` (the run's
+  seed and round: a round too small for every cell does not always favour the same ones;
+  None: cell order)."""
   w = np.asarray(weights, np.float64)
   fallback = not w.sum() > 0
   if fallback:
     w = np.ones_like(w)
+  order = (np.arange(len(w)) if tie_seed is None
+           else np.random.default_rng(tie_seed).permutation(len(w)))
   names = list(dict.fromkeys(tasks))
   task_of = np.asarray([names.index(t) for t in tasks])
   floor = min(int(round(min_task_share * total)), total // len(names))
-  share = np.zeros_like(w)  # real-valued problems per cell
+  counts = np.zeros(len(w), np.int64)
   for k in range(len(names)):
-    sel = task_of == k
-    ws = w[sel] if w[sel].sum() > 0 else np.ones(int(sel.sum()))
-    share[sel] += floor * ws / ws.sum()
-  rest = total - floor * len(names)
-  share += rest * w / w.sum()
-  counts = np.floor(share).astype(np.int64)
-  order = np.argsort(-(share - counts), kind="stable")
-  counts[order[:total - int(counts.sum())]] += 1
+    sel = np.flatnonzero(task_of == k)
+    ws = w[sel] if w[sel].sum() > 0 else np.ones(len(sel))
+    counts[sel] += _apportion(ws, floor, order[sel])
+  counts += _apportion(w, total - int(counts.sum()), order)
   return counts, fallback
+
+
+def _apportion(w: np.ndarray, total: int, rank: np.ndarray) -> np.ndarray:
+  """`total` whole units in proportion to `w` (largest remainder; ties by `rank`)."""
+  share = total * w / w.sum()
+  counts = np.floor(share + 1e-9).astype(np.int64)
+  rem = np.round(share - counts, 9)
+  left = total - int(counts.sum())
+  if left > 0:
+    counts[np.lexsort((rank, -rem))[:left]] += 1
+  return counts
 
 
 def diversity(cells: Sequence[str], tasks: Sequence[str], levels: Sequence[int]) -> dict:
@@ -181,8 +193,10 @@ class ScoredVerifier:
 def heldout_problems(generator: Generator, cfg: Config, split: str) -> list[Problem]:
   """The generated eval set: `generate.heldout_per_cell` problems per cell of split "test",
   or per cell of the two lowest levels of each task for "probe" (the cells a student masters
-  first: forgetting is measured there)."""
+  first: forgetting is measured there). The synthetic suite uses its own held-out splits."""
   n = cfg.generate.heldout_per_cell
+  if generator.name == "synthetic":
+    return _synthetic_heldout(generator, cfg, split)
   cells = generator.cells()
   if split == "probe":
     lowest = {}
@@ -219,6 +233,28 @@ class Synthesis:
     return [Problem(**d) for d in state["problems"]]
 
 
+def _synthetic_heldout(generator, cfg: Config, split: str) -> list[Problem]:
+  """The synthetic suite's own held-out split (`synthetic.synthetic_source`) for the
+  generator's families and levels, `generate.heldout_per_cell` problems per cell: the same
+  problems a fixed synthetic pool of those families evaluates on, so generated and pool runs
+  compare on one test set. Tagged with their cell like generated problems."""
+  from paced_jax.data.synthetic import synthetic_source
+
+  data = dataclasses.replace(cfg.data, source="synthetic", synthetic_families=generator.tasks,
+                             synthetic_levels=max(generator.levels), synthetic_level_weights=(),
+                             synthetic_heldout_per_cell=cfg.generate.heldout_per_cell)
+  src = synthetic_source(data, split, seed=cfg.seed)
+  out = []
+  for i in range(len(src)):
+    p = src[i]
+    if p.difficulty in generator.levels:
+      task = p.metadata["family"]
+      out.append(dataclasses.replace(p, metadata={**p.metadata, "task": task,
+                                                  "level": p.difficulty,
+                                                  "cell": f"{task}/L{p.difficulty}"}))
+  return out
+
+
 @dataclasses.dataclass
 class CellRound:
   problems: list[Problem]  # the round's training problems
@@ -247,7 +283,8 @@ def cell_round(engine, maker: RoundMaker, table: CellTable, tokenizer, verifier,
     flops = est.flops
   table.update(s_new, n_new, gc.decay)
   w = frontier_weights(table.successes, table.trials, cfg.paced)
-  counts, fallback = allocate(w, [c.task for c in cells], gc.per_round, gc.min_task_share)
+  counts, fallback = allocate(w, [c.task for c in cells], gc.per_round, gc.min_task_share,
+                              tie_seed=[cfg.seed, round_, 13])
   if fallback:
     log.warning("round %d: every cell has frontier weight 0 (pooled pass rates in {0, 1}); "
                 "this round makes problems uniformly over the %d cells", round_, len(cells))

@@ -76,12 +76,19 @@ def test_allocation_floor_then_weights_by_hand():
   tasks = ["a", "a", "b", "b"]
   # 20 problems, floor 0.1 * 20 = 2 per task; task b's weights are all 0: its floor is even.
   counts, fallback = allocate([3.0, 1.0, 0.0, 0.0], tasks, 20, 0.1)
-  # rest = 16 by weight: 12, 4; floor of a by weight: 1.5, 0.5 -> 13.5, 4.5; b: 1, 1
-  # largest remainder: 13.5 and 4.5 tie at .5: the earlier cell gets the extra one
+  # floor of a by weight: 1.5, 0.5 -> 1, 0 and the remainders tie: the earlier cell -> 2, 0;
+  # b: 1, 1; the rest 16 by weight: 12, 4, 0, 0
   assert counts.tolist() == [14, 4, 1, 1] and not fallback
   assert counts.sum() == 20
   counts, fallback = allocate([0.0, 0.0, 0.0, 0.0], tasks, 10, 0.0)
   assert fallback and counts.tolist() == [3, 3, 2, 2]  # uniform over cells
+  # A round smaller than the cell count: every task still gets its floor in whole problems,
+  # and which cells get the odd problems depends on the tie seed, not on the cell order.
+  tasks48 = [t for t in "abcdef" for _ in range(8)]
+  per_seed = [allocate(np.zeros(48), tasks48, 32, 0.05, tie_seed=[0, r])[0] for r in range(3)]
+  for c in per_seed:
+    assert c.sum() == 32 and (c.reshape(6, 8).sum(1) >= 2).all()
+  assert not np.array_equal(per_seed[0], per_seed[1])
   # the floor never exceeds an equal share per task
   counts, _ = allocate([1.0, 0.0, 0.0, 0.0], tasks, 10, 1.0)
   assert counts.tolist() == [5, 0, 3, 2]
