@@ -12,12 +12,23 @@ step behind and never touches earlier steps; `max_to_keep` prunes only after a s
 (this module rotates, not Orbax). A write failure is one `CheckpointError` line; an unreadable
 newest step is set aside (kept, in `<workdir>/checkpoints_unreadable/`) and the run resumes
 from the newest intact one.
+
+A save that fails part-way (a disk that fills inside it) leaves Orbax's background machinery to
+print on its own: TensorStore completes the abandoned writes on an event loop Orbax already
+closed (`RuntimeError: Event loop is closed`, through `sys.unraisablehook`), and the sibling
+write tasks that nobody awaited log `Task exception was never retrieved` when collected. While
+a writing manager is open such output is held; once a save is known to have failed (its one
+CheckpointError line is on its way) it is dropped, and a manager that closes cleanly prints what
+was held. Nothing else is filtered (see `_OrbaxNoise`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +90,8 @@ def manager(directory: str | Path, max_to_keep: int = 3, async_save: bool = True
   mgr = ocp.CheckpointManager(directory, options=options,
                               item_names=("params", "opt_state", "passrates", "meta"))
   mgr.paced_keep = max_to_keep
+  if not read_only:
+    _NOISE.opened(mgr)
   return mgr
 
 
@@ -89,6 +102,7 @@ def wait(mgr: ocp.CheckpointManager) -> None:
     mgr.wait_until_finished()
     mgr.check_for_errors()
   except Exception as e:  # noqa: BLE001 -- Orbax raises many types from its threads
+    _NOISE.failed()
     latest = committed_steps(mgr.directory)
     raise CheckpointError(
         f"a checkpoint could not be written to {mgr.directory} ({error_reason(e)}); earlier "
@@ -97,11 +111,156 @@ def wait(mgr: ocp.CheckpointManager) -> None:
 
 
 def close(mgr: ocp.CheckpointManager) -> None:
-  """Closes without raising (used while another error is already on its way out)."""
+  """Closes without raising (used while another error is already on its way out). After a
+  failed save Orbax's `close` re-raises that failure before closing anything (its checkpointer,
+  metadata stores and deleter keep their threads): those are closed one by one here."""
   try:
     mgr.close()
   except Exception:  # noqa: BLE001
-    pass
+    _NOISE.failed()
+    for part in ("_checkpointer", "_non_blocking_metadata_store", "_blocking_metadata_store",
+                 "_checkpoint_deleter"):
+      try:
+        getattr(mgr, part).close()
+      except Exception:  # noqa: BLE001 -- private parts of another Orbax version, or failing
+        pass
+  finally:
+    _NOISE.closed(mgr)
+
+
+def write_failed() -> bool:
+  """Whether a checkpoint write of this process failed (its CheckpointError was raised)."""
+  return _NOISE.failed_once
+
+
+class _OrbaxNoise:
+  """Holds, then drops or prints, what Orbax's machinery prints by itself after a partial save
+  failure, recognised narrowly:
+    - `RuntimeError: Event loop is closed` reported unraisable with no object, raised at
+      `call_soon_threadsafe` called from native code (no Python caller: TensorStore finishing a
+      write whose loop Orbax closed);
+    - `asyncio` log records whose exception was raised in Orbax code ("Task exception was
+      never retrieved" of the write tasks a failed `gather` abandoned);
+    - uncaught exceptions of threads whose traceback is Orbax/TensorStore/stdlib only.
+  Anything with a frame of paced_jax, or any other exception, passes through untouched. While a
+  writing manager is open these are held; `failed()` (a save failed: the run ends with its one
+  line) drops them and what comes later; the last writing manager closing cleanly prints what
+  was held and stops holding."""
+
+  def __init__(self):
+    self.lock = threading.Lock()
+    self.open = 0
+    self.failing = False
+    self.failed_once = False
+    self.held: list = []
+
+  # -- state
+  def opened(self, mgr) -> None:
+    self.install()
+    with self.lock:
+      if self.open == 0:  # a new run: an earlier run's failure no longer applies
+        self.failing, self.held = False, []
+      self.open += 1
+    mgr.paced_noise = True
+
+  def failed(self) -> None:
+    with self.lock:
+      self.failing = self.failed_once = True
+      self.held = []
+
+  def closed(self, mgr) -> None:
+    if not getattr(mgr, "paced_noise", False):
+      return
+    mgr.paced_noise = False
+    with self.lock:
+      self.open = max(self.open - 1, 0)
+      replay = self.held if self.open == 0 and not self.failing else []
+      if replay:
+        self.held = []
+    for show in replay:
+      show()
+
+  def _take(self, show) -> bool:
+    """True: held or dropped (not printed now)."""
+    with self.lock:
+      if self.failing:
+        return True
+      if self.open:
+        self.held.append(show)
+        return True
+    return False
+
+  # -- recognisers
+  @staticmethod
+  def _frames(tb) -> list[str]:
+    out = []
+    while tb is not None:
+      out.append(tb.tb_frame.f_code.co_filename)
+      tb = tb.tb_next
+    return out
+
+  @classmethod
+  def _orbax_only(cls, tb) -> bool:
+    files = cls._frames(tb)
+    return (any("/orbax/" in f or "/tensorstore/" in f for f in files)
+            and not any(f"{os.sep}paced_jax{os.sep}" in f for f in files))
+
+  @classmethod
+  def _closed_loop_callback(cls, u) -> bool:
+    if u.exc_type is not RuntimeError or str(u.exc_value) != "Event loop is closed":
+      return False
+    if u.object is not None or u.exc_traceback is None:
+      return False
+    first = u.exc_traceback.tb_frame.f_code
+    return first.co_name == "call_soon_threadsafe" and "asyncio" in first.co_filename
+
+  # -- hooks
+  def install(self) -> None:
+    if getattr(sys.unraisablehook, "paced_noise", False) is False:
+      prev = sys.unraisablehook
+
+      def unraisable(u, prev=prev):
+        if not (self._closed_loop_callback(u) and self._take(lambda: prev(u))):
+          prev(u)
+      unraisable.paced_noise = True
+      sys.unraisablehook = unraisable
+    if getattr(threading.excepthook, "paced_noise", False) is False:
+      prev_thread = threading.excepthook
+
+      def excepthook(a, prev=prev_thread):
+        if not (self._orbax_only(a.exc_traceback) and self._take(lambda: prev(a))):
+          prev(a)
+      excepthook.paced_noise = True
+      threading.excepthook = excepthook
+    aio = logging.getLogger("asyncio")
+    if not any(getattr(f, "paced_noise", False) for f in aio.filters):
+      aio.addFilter(_AsyncioFilter(self, aio))
+
+
+class _AsyncioFilter(logging.Filter):
+  paced_noise = True
+
+  def __init__(self, noise: _OrbaxNoise, logger: logging.Logger):
+    super().__init__()
+    self.noise, self.logger, self.replaying = noise, logger, False
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if self.replaying:
+      return True
+    exc = record.exc_info[2] if record.exc_info else None
+    if exc is None or not _OrbaxNoise._orbax_only(exc):
+      return True
+    return not self.noise._take(lambda: self._replay(record))
+
+  def _replay(self, record) -> None:
+    self.replaying = True
+    try:
+      self.logger.handle(record)
+    finally:
+      self.replaying = False
+
+
+_NOISE = _OrbaxNoise()
 
 
 def committed_steps(directory: str | Path) -> list[int]:
@@ -143,6 +302,7 @@ def save(mgr: ocp.CheckpointManager, step: int, *, params, opt_state, passrates:
         params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
         passrates=ocp.args.StandardSave(passrates), meta=ocp.args.JsonSave(meta)))
   except Exception as e:  # noqa: BLE001 -- a synchronous part of the write failed
+    _NOISE.failed()
     raise CheckpointError(
         f"checkpoint step {step} could not be written to {mgr.directory} ({error_reason(e)}); "
         "earlier checkpoints are intact: fix the directory and run the same command to "

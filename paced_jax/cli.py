@@ -106,14 +106,18 @@ def run() -> None:
   """The console script: `main`, then exit. After an error, threads that outlive their run
   would hold the process for minutes (Orbax's checkpoint signalling threads wait ~300 s on
   signals a failed save never sends, and interpreter exit joins every non-daemon thread): once
-  the one-line error is printed and the streams flushed, such a process exits at once."""
+  the one-line error is printed and the streams flushed, such a process exits at once. So does
+  one whose checkpoint write failed: Orbax's and TensorStore's daemon threads are still finishing
+  the abandoned save, and the interpreter's teardown under them makes them print tracebacks
+  ("sys.meta_path is None", "Exception in thread ...") after the one line."""
   import os
   import threading
 
   rc = main()
   stuck = [t for t in threading.enumerate()
            if t is not threading.main_thread() and not t.daemon and t.is_alive()]
-  if rc != 0 and stuck:
+  ckpt = sys.modules.get("paced_jax.checkpoint")
+  if rc != 0 and (stuck or (ckpt is not None and ckpt.write_failed())):
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from typing import Sequence
 
 import jax
@@ -268,8 +269,10 @@ def cell_round(engine, maker: RoundMaker, table: CellTable, tokenizer, verifier,
   cells are uniform and nothing is estimated (the weights could not depend on it)."""
   gc = cfg.generate
   cells = maker.cells
+  t0 = time.perf_counter()
   probes = ([p for c in cells for p in maker.fresh(c, gc.probes_per_cell)]
             if cfg.paced.weighting != "uniform" else [])
+  make_s = time.perf_counter() - t0
   by_cell = np.asarray([[c.name for c in cells].index(p.metadata["cell"]) for p in probes])
   s_new, n_new = np.zeros(len(cells)), np.zeros(len(cells))
   flops = 0.0
@@ -289,7 +292,9 @@ def cell_round(engine, maker: RoundMaker, table: CellTable, tokenizer, verifier,
     log.warning("round %d: every cell has frontier weight 0 (pooled pass rates in {0, 1}); "
                 "this round makes problems uniformly over the %d cells", round_, len(cells))
   requested = int(counts.sum())
+  t0 = time.perf_counter()
   problems = [p for c, k in zip(cells, counts) for p in maker.fresh(c, int(k))]
+  make_s += time.perf_counter() - t0
   if not problems:
     raise ConfigError(f"round {round_}: the generator made no new problem (every cell has run "
                       "out of problems not made before); use more cells or levels")
@@ -297,7 +302,8 @@ def cell_round(engine, maker: RoundMaker, table: CellTable, tokenizer, verifier,
   metrics: dict[str, float] = {"generate/fallback_uniform": float(fallback),
                                "generate/made": float(len(problems)),
                                "generate/fresh_rate": len(problems) / max(requested, 1),
-                               "generate/repeats_skipped": float(maker.repeats)}
+                               "generate/repeats_skipped": float(maker.repeats),
+                               "generate/make_seconds": make_s}
   maker.repeats = 0
   for c, k, pc, wc in zip(cells, counts, p_cell, w):
     metrics[f"generate_mass/{c.name}"] = float(k) / max(requested, 1)

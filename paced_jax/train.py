@@ -251,7 +251,7 @@ def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals,
   run, state = setup(cfg, workdir, progress=progress, explicit=explicit)
   cfg = run.recorded  # config.json records the models actually trained
   mgr = ckpt.manager(run.workdir / "checkpoints", cfg.train.max_to_keep)
-  bar = None
+  bar, failing = None, False
   try:
     start, round_ = 0, 0
     if ckpt.committed_steps(mgr.directory):
@@ -336,6 +336,9 @@ def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals,
       last.update(after)
     if step == cfg.train.steps or run.budget_spent():
       _mark_finished(run, step)
+  except BaseException:
+    failing = True
+    raise
   finally:
     signals.in_loop = False
     ckpt.close(mgr)
@@ -343,7 +346,11 @@ def _train(cfg: Config, workdir, progress: bool, stop_after, signals: _Signals,
       bar.close()
     if run.pipeline is not None:
       run.pipeline.close()
-    run.writer.close()
+    try:
+      run.writer.close()
+    except OSError:  # a full disk: the error on its way out (a checkpoint's) is the one to say
+      if not failing:
+        raise
   last["step"] = step
   last.update(_compute_metrics(run.compute))
   return last

@@ -200,3 +200,45 @@ def test_generated_bad_input_is_one_line_before_any_model(tmp_path, over, says):
   assert len(errors) == 1 and says in errors[0], out.stderr
   assert "Traceback" not in out.stderr
   assert not (tmp_path / "wd" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_generated_run_killed_at_three_points_then_rerun_equals_an_uninterrupted_run(tmp_path):
+  import os
+  import signal
+
+  from test_fault_injection import VERIFIER, _committed, _params
+
+  (tmp_path / "killer.py").write_text(VERIFIER)
+  env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+  args = ["train", TINY, "--quiet"]
+  for o in GEN + ["paced.verifier=killer:verify", "eval.max_problems=0"]:
+    args += ["--set", o]
+
+  def run(wd, **extra):
+    out = subprocess.run([sys.executable, "-m", "paced_jax.cli", *args, "--workdir", str(wd)],
+                         env={**env, **extra}, cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    return out.returncode, out.stderr
+
+  straight, wd = tmp_path / "straight", tmp_path / "killed"
+  rc, err = run(straight)
+  assert rc == 0, err[-2000:]
+  # 8 cells x 2 probes x 2 rollouts = 32 verifier calls per refresh (rounds at steps 0 and 3)
+  for kill in ({"PACED_TEST_KILL_CALL": "9"},  # inside the first cell estimate
+               {"PACED_FAULT": "save:3"},  # during the save of step 3
+               {"PACED_TEST_KILL_CALL": "5"}):  # inside the refresh at step 3
+    rc, err = run(wd, **kill)
+    assert rc == -signal.SIGKILL, (kill, rc, err[-2000:])
+  rc, err = run(wd)
+  assert rc == 0, err[-2000:]
+  assert _committed(wd)[-1] == 6
+  for a, b in zip(_params(straight, 6), _params(wd, 6)):
+    np.testing.assert_array_equal(a, b)
+  from paced_jax.metrics import read_metrics
+
+  timing = ("steps_per_s", "frontier/estimate_seconds", "generate/make_seconds")
+  clean = lambda d: [{k: v for k, v in m.items() if k not in timing} for m in read_metrics(d)]
+  assert clean(straight) == clean(wd)
+  made = lambda d: sorted(p.read_text() for p in (d / "passrates").glob("*.cells.json"))
+  assert made(straight) == made(wd)
