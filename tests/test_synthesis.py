@@ -242,3 +242,42 @@ def test_generated_run_killed_at_three_points_then_rerun_equals_an_uninterrupted
   assert clean(straight) == clean(wd)
   made = lambda d: sorted(p.read_text() for p in (d / "passrates").glob("*.cells.json"))
   assert made(straight) == made(wd)
+
+
+def test_a_reasoning_gym_run_trains_on_policy_and_scores_with_the_task(tmp_path, monkeypatch):
+  pytest.importorskip("reasoning_gym")
+  from paced_jax import synthesis
+  from paced_jax.train import train
+
+  scored = []
+  real = synthesis.ScoredVerifier.__call__
+
+  def spy(self, text, problem):
+    scored.append((problem.metadata["task"], self.gen.score(problem, text)))
+    return real(self, text, problem)
+
+  monkeypatch.setattr(synthesis.ScoredVerifier, "__call__", spy)
+  over = ["generate.source=gym", "generate.tasks=chain_sum,basic_arithmetic",
+          "generate.levels=1,2", "loss.mode=on_policy", "generate.per_round=8",
+          "generate.probes_per_cell=1", "generate.heldout_per_cell=1", "train.steps=2",
+          "data.max_prompt_len=256", "sample.prompt_buckets=256"]
+  out = train(load_config(TINY, over), tmp_path / "run", progress=False)
+  assert out["step"] == 2 and "eval/test/chain_sum/L2" in out
+  assert {t for t, _ in scored} == {"chain_sum", "basic_arithmetic"}
+  assert all(s is not None and 0.0 <= s <= 1.0 for _, s in scored)  # the task's own scorer
+  cells = json.loads((tmp_path / "run" / "passrates" / "round_00000.cells.json").read_text())
+  assert cells["names"] == ["chain_sum/L1", "chain_sum/L2", "basic_arithmetic/L1",
+                            "basic_arithmetic/L2"]
+
+
+def test_generated_gym_bad_input_is_one_line(tmp_path):
+  pytest.importorskip("reasoning_gym")
+  for over, says in ((["generate.tasks=chain_sum,nope"], "'nope', not a reasoning-gym task"),
+                     (["generate.tasks=chain_sum"], "have no worked solutions")):
+    args = ["train", TINY, "--workdir", str(tmp_path / "wd"), "--set", "generate.source=gym"]
+    for o in over:
+      args += ["--set", o]
+    out = _paced(args, ROOT)
+    errors = [x for x in out.stderr.splitlines() if x.startswith("paced: error:")]
+    assert out.returncode == 2 and len(errors) == 1 and says in errors[0], out.stderr
+    assert "Traceback" not in out.stderr
