@@ -166,9 +166,18 @@ def cmd_estimate(args) -> int:
   if tok.vocab_size > model.cfg.vocab_size:
     raise ConfigError(f"checkpoint {path!r} has vocab_size={model.cfg.vocab_size} but the "
                       f"tokenizer {cfg.data.tokenizer!r} has {tok.vocab_size} ids")
-  source = load_pool(cfg.data, args.split, seed=cfg.seed)
-  problems = [source[i] for i in range(len(source))]
   verifier = verifier_from_config(cfg.paced)
+  if cfg.generate.source:  # a generated run: the first round's probes of every cell
+    from paced_jax.data.generators import make_generator
+    from paced_jax.synthesis import ScoredVerifier
+
+    gen = make_generator(cfg.generate)
+    problems = [p for c in gen.cells() for p in gen.make(c, cfg.seed, 0,
+                                                          cfg.generate.probes_per_cell)]
+    verifier = ScoredVerifier(gen, verifier)
+  else:
+    source = load_pool(cfg.data, args.split, seed=cfg.seed)
+    problems = [source[i] for i in range(len(source))]
   est = estimate_for_config(make_engine(cfg, model, mesh), problems, tok, verifier, cfg, mesh,
                             rollouts=cfg.paced.rollouts, rng=jax.random.key(cfg.seed),
                             progress=not args.quiet and is_main(),
@@ -179,6 +188,8 @@ def cmd_estimate(args) -> int:
   table.update([p.id for p in problems], est.successes, est.trials, step=0)
   table.to_jsonl(out / "passrates.jsonl")
   w = frontier_weights(est.successes, est.trials, cfg.paced)
+  if cfg.generate.source:  # the weight that decides a round is the cell's, on pooled counts
+    w = _cell_weights(problems, est.successes, est.trials, cfg.paced)
   plot_frontier(out / "passrates.png", table.pass_rates(), w, trials=table.counts()[1])
   stats = frontier_stats(est.successes, est.trials, sampling_probs(w, cfg.paced.eps))
   print(pass_rate_table(problems, est.successes, est.trials, w))
@@ -186,6 +197,21 @@ def cmd_estimate(args) -> int:
         f"p=0 {stats.frac_p0:.1%}, p=1 {stats.frac_p1:.1%}, weight ESS {stats.ess:.0f}; "
         f"wrote {out}/passrates.jsonl and passrates.png")
   return 0
+
+
+def _cell_weights(problems, successes, trials, paced_cfg):
+  """Each problem's share of its cell's frontier weight (weights on the cell's pooled counts,
+  split evenly over the cell's problems): the column sums then read as the round's cell mass."""
+  import numpy as np
+
+  from paced_jax.frontier import frontier_weights
+
+  cells = [p.metadata["cell"] for p in problems]
+  names = list(dict.fromkeys(cells))
+  at = np.asarray([names.index(c) for c in cells])
+  s, n = np.bincount(at, successes, len(names)), np.bincount(at, trials, len(names))
+  w = frontier_weights(s, n, paced_cfg)
+  return w[at] / np.bincount(at, minlength=len(names))[at]
 
 
 def pass_rate_table(problems, successes, trials, weights) -> str:
@@ -197,6 +223,10 @@ def pass_rate_table(problems, successes, trials, weights) -> str:
   w = np.asarray(weights, np.float64)
   levels = np.asarray([-1 if q.difficulty is None else q.difficulty for q in problems])
   groups = [(f"level {v}", levels == v) for v in np.unique(levels[levels >= 0])]
+  cells = [q.metadata.get("cell") for q in problems]
+  if all(cells):  # generated problems: one line per cell (task/level) too
+    cells = np.asarray(cells, object)
+    groups += [(str(c), cells == c) for c in dict.fromkeys(cells)]
   lines = [f"{'problems':<12}{'n':>6}{'mean p':>9}{'p=0':>8}{'p=1':>8}{'weight':>9}"]
   for name, sel in groups + [("all", np.ones(len(p), bool))]:
     lines.append(f"{name:<12}{int(sel.sum()):>6}{p[sel].mean():>9.3f}{(p[sel] == 0).mean():>8.1%}"

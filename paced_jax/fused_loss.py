@@ -147,3 +147,96 @@ def fused_divergence_loss(h_t_BRD, w_t_DV, h_s_BRD, w_s_DV, mask_BR, coef_B, kin
             int(teacher_top_k), name, row_sharding)
   return _fused(static, h_s_BRD, w_s_DV, h_t_BRD, w_t_DV, mask_BR,
                 jax.lax.stop_gradient(coef_B.astype(jnp.float32)), targets_BR, kind)
+
+
+# --- Offline top-k teacher: the same fused pass against stored teacher log-probabilities ------
+# (teacher_logits.py writes them; losses.offline_forward_kl defines the divergence). No teacher
+# matmul at all: per chunk only the student's [B, C, V] logits (and a [B, C, V] membership mask
+# of the stored ids, for the student's tail mass).
+
+
+def _offline_forward(static, h_s, w_s, ids, logp_t, log_tail, mask, coef):
+  chunk, temperature, rows = static
+  rowwise = (lambda x: jax.lax.with_sharding_constraint(x, rows)) if rows is not None else (
+      lambda x: x)
+  B, R, _ = h_s.shape
+  K = ids.shape[-1]
+  n = -(-R // chunk)
+  pad = n * chunk - R
+  padR = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)) if pad else x
+  h_s, mask, ids, logp_t, log_tail = (padR(x) for x in (h_s, mask, ids, logp_t, log_tail))
+  cut = lambda x, i: jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis=1)
+  # A masked position's stored arrays are never read: it scores ids 0..k-1 with no tail, so
+  # padding (whatever its values) cannot put NaN or out-of-range ids into the chunk.
+  pad_ids = jnp.arange(K, dtype=jnp.int32) % w_s.shape[1]
+
+  def body(i, carry):
+    sums, dw, dh_all = carry
+    h_s_c, m = rowwise(cut(h_s, i)), rowwise(cut(mask, i))
+    keep = (m > 0)[..., None]
+    ids_c = jnp.where(keep, rowwise(cut(ids, i)).astype(jnp.int32), pad_ids)
+    logp_c = jnp.where(keep, rowwise(cut(logp_t, i)).astype(jnp.float32), -jnp.log(K))
+    tail_c = jnp.where(m > 0, rowwise(cut(log_tail, i)).astype(jnp.float32), -jnp.inf)
+    h_s_c = jnp.where(keep, h_s_c, jnp.zeros((), h_s_c.dtype))
+    z_s = jnp.einsum("BCD,DV->BCV", h_s_c, w_s, preferred_element_type=jnp.float32)
+    m32 = m.astype(jnp.float32)
+    d_BC, vjp = jax.vjp(
+        lambda z: losses.offline_forward_kl(ids_c, logp_c, tail_c, z, temperature), z_s)
+    dz = vjp(coef[:, None] * m32)[0]
+    d_BC = jnp.where(m32 > 0, d_BC, 0.0) * m32
+    dz = jnp.where(keep, dz, 0.0).astype(w_s.dtype)
+    dh = rowwise(jnp.einsum("BCV,DV->BCD", dz, w_s, preferred_element_type=jnp.float32))
+    dw = dw + jnp.einsum("BCD,BCV->DV", h_s_c, dz, preferred_element_type=jnp.float32)
+    dh_all = jax.lax.dynamic_update_slice_in_dim(dh_all, dh.astype(h_s.dtype), i * chunk, axis=1)
+    return sums + jnp.sum(d_BC, -1), dw, dh_all
+
+  init = (rowwise(jnp.zeros((B,), jnp.float32)), jnp.zeros(w_s.shape, jnp.float32),
+          rowwise(jnp.zeros_like(h_s)))
+  sums, dw, dh = jax.lax.fori_loop(0, n, body, init)
+  loss = jnp.sum(coef * sums)
+  return (loss, sums), (dh[:, :R], dw.astype(w_s.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused_offline(static, h_s, w_s, ids, logp_t, log_tail, mask, coef):
+  return _offline_forward(static, h_s, w_s, ids, logp_t, log_tail, mask, coef)[0]
+
+
+def _fused_offline_fwd(static, h_s, w_s, ids, logp_t, log_tail, mask, coef):
+  return _offline_forward(static, h_s, w_s, ids, logp_t, log_tail, mask, coef)
+
+
+def _fused_offline_bwd(static, res, ct):
+  dh, dw = res
+  ct_loss, _ = ct  # sums_B are for metrics: no gradient flows through them
+  return (ct_loss.astype(dh.dtype) * dh, ct_loss.astype(dw.dtype) * dw,
+          None, None, None, None, None)
+
+
+_fused_offline.defvjp(_fused_offline_fwd, _fused_offline_bwd)
+
+
+def fused_offline_forward_kl(h_s_BRD, w_s_DV, ids_BRK, logp_t_BRK, log_tail_BR, mask_BR, coef_B,
+                             *, chunk: int, temperature: float = 1.0, row_sharding=None):
+  """(loss, sums_B) with loss = sum_b coef_b sum_r mask_br d_br, d the offline top-k forward KL
+  (losses.offline_forward_kl) of the student's logits h_s @ w_s against the stored teacher
+  arrays: ids [B, R, k] (int), logp [B, R, k] (at `temperature`), log_tail [B, R].
+
+  Chunked like fused_divergence_loss (same gradient-in-the-forward structure, same `chunk` and
+  `row_sharding`); differentiable inputs h_s and w_s; the teacher arrays, mask and coef are
+  constants. Masked positions (mask 0) never read their stored arrays: pad them with anything
+  (e.g. zeros)."""
+  if chunk < 1:
+    raise ValueError(f"chunk={chunk} must be >= 1 (use losses.offline_forward_kl on h @ w for "
+                     "the unchunked reference)")
+  B, R, _ = h_s_BRD.shape
+  K = ids_BRK.shape[-1]
+  if ids_BRK.shape != (B, R, K) or logp_t_BRK.shape != (B, R, K) or (
+      log_tail_BR.shape != (B, R)):
+    raise ValueError(f"offline teacher arrays ids {ids_BRK.shape}, logp {logp_t_BRK.shape}, "
+                     f"log_tail {log_tail_BR.shape} do not match the rows [B, R] = {(B, R)}")
+  if K > w_s_DV.shape[1]:
+    raise ValueError(f"k={K} stored ids exceed the vocabulary of {w_s_DV.shape[1]}")
+  static = (min(chunk, R), float(temperature), row_sharding)
+  return _fused_offline(static, h_s_BRD, w_s_DV, ids_BRK, logp_t_BRK, log_tail_BR, mask_BR,
+                        jax.lax.stop_gradient(coef_B.astype(jnp.float32)))

@@ -197,3 +197,58 @@ def scored_positions(loss_mask_BT, num: int):
   mask = loss_mask_BT > 0
   idx = jnp.argsort(~mask, axis=1, stable=True)[:, :num].astype(jnp.int32)
   return idx, jnp.take_along_axis(mask, idx, axis=1)
+
+
+def offline_forward_kl(ids_BRK, logp_t_BRK, log_tail_BR, logq_s_BRV, temperature: float = 1.0):
+  """Per-token forward KL [B, R] (fp32, unmasked) against an OFFLINE top-k teacher: the
+  teacher's k stored token ids and log-probabilities, plus the mass of everything else.
+
+  The two distributions are compared over k + 1 buckets, the k ids S and one "tail" bucket:
+    P_i    = exp(logp_t_i), i in S   the teacher's log-probabilities at the loss temperature,
+                                     normalised over the FULL vocabulary (not renormalised on S)
+    P_tail = exp(log_tail)           = 1 - sum_S P_i, stored as a log (teacher_logits.py)
+    Q_i    = q(i), i in S            the student's full-vocabulary softmax at the temperature
+    Q_tail = sum_{j not in S} q(j)   = 1 - sum_S Q_i, computed as a logsumexp over the complement
+                                     (exact: no cancellation when the tail is tiny)
+    KL     = temperature^2 * [sum_S P_i (log P_i - log Q_i) + P_tail (log P_tail - log Q_tail)]
+  with 0 log 0 = 0 (a tail bucket with P_tail = 0, i.e. exp(log_tail) underflows to 0, adds
+  exactly 0 and sends no gradient). With k = V (every id) and log_tail = -inf this is
+  token_divergence(teacher_logits, student_logits, "forward_kl").
+
+  `ids_BRK` int: k DISTINCT ids in [0, V) per position (no padding value: padded positions are
+  masked by the caller; their ids must still be in range). `logp_t_BRK`, `log_tail_BR`: any float
+  dtype (computed in fp32). `logq_s_BRV`: the student's logits, or its log-probabilities at
+  temperature 1 -- either gives the same log_softmax(x / temperature), as they differ by a
+  per-position constant. The ids must cover fewer than V tokens whenever P_tail > 0 (else the
+  student's tail is empty and the KL infinite).
+  """
+  logq = _log_softmax32(logq_s_BRV, temperature)
+  ids = ids_BRK.astype(jnp.int32)
+  logp = logp_t_BRK.astype(jnp.float32)
+  log_tail = log_tail_BR.astype(jnp.float32)
+  head = _kl(logp, jnp.take_along_axis(logq, ids, axis=-1))
+  # The student's tail: logsumexp of log q over the ids NOT stored.
+  in_s = _scatter_true(ids, logq.shape)
+  p_tail = jnp.exp(log_tail)
+  has_tail = p_tail > 0
+  # Double where: rows without a tail take a dummy finite logsumexp (no NaN gradient from an
+  # empty complement).
+  comp = jnp.where(has_tail[..., None], jnp.where(in_s, -jnp.inf, logq), 0.0)
+  log_q_tail = jax.nn.logsumexp(comp, axis=-1)
+  safe_log_tail = jnp.where(has_tail, log_tail, 0.0)
+  tail = jnp.where(has_tail, p_tail * (safe_log_tail - log_q_tail), 0.0)
+  return temperature ** 2 * (head + tail)
+
+
+def _scatter_true(ids_BRK, shape_BRV):
+  """Boolean [..., V], True at the k ids of each position (ids in [0, V); others dropped)."""
+  lead = ids_BRK.shape[:-1]
+  n = len(lead)
+  # A scatter whose leading axes are BATCHING dimensions (not iota indices): the SPMD
+  # partitioner then keeps a row sharding of those axes (iota indices made it all-gather them).
+  dnums = jax.lax.ScatterDimensionNumbers(
+      update_window_dims=(), inserted_window_dims=(n,), scatter_dims_to_operand_dims=(n,),
+      operand_batching_dims=tuple(range(n)), scatter_indices_batching_dims=tuple(range(n)))
+  return jax.lax.scatter(jnp.zeros((*lead, shape_BRV[-1]), bool), ids_BRK[..., None],
+                         jnp.ones(ids_BRK.shape, bool), dnums,
+                         mode=jax.lax.GatherScatterMode.FILL_OR_DROP)

@@ -47,6 +47,18 @@ def test_estimate_writes_table_and_plot(student_dir, tmp_path):
   assert any(l.startswith("all") and " 12 " in l for l in table)  # the table README promises
 
 
+def test_estimate_of_a_generated_config_is_per_cell(student_dir, tmp_path):
+  out = _estimate("--checkpoint", str(student_dir / "student"), "--out", str(tmp_path / "est"),
+                  "--set", "generate.source=synthetic", "--set", "generate.tasks=add,sort",
+                  "--set", "generate.levels=1,7", "--set", "generate.probes_per_cell=3")
+  assert out.returncode == 0, out.stderr[-2000:]
+  rows = [json.loads(l) for l in (tmp_path / "est" / "passrates.jsonl").read_text().splitlines()]
+  assert len(rows) == 12 and rows[0]["id"].startswith("gen/add/L1/train/")
+  table = out.stdout.splitlines()
+  for cell in ("add/L1", "add/L7", "sort/L1", "sort/L7"):
+    assert any(l.startswith(cell) and " 3 " in l for l in table), out.stdout
+
+
 @pytest.mark.parametrize("args,match", [
     (["--checkpoint", "{small_vocab}"], "has vocab_size=64 but the tokenizer"),
     (["--checkpoint", "{student}", "--set", "paced.verifier=nosuch.module:fn"], "nosuch"),
