@@ -50,7 +50,7 @@ def config(name: str, args):
   from paced_jax.config import load_config
 
   return load_config(str(ROOT / "configs" / "demo.py"), [
-      "paced.rollouts=8", f"train.steps={args.steps}", "train.ckpt_every=25",
+      "generate.source=", "paced.rollouts=8", f"train.steps={args.steps}", "train.ckpt_every=25",
       f"train.max_to_keep={args.steps // 25 + 1}", f"train.eval_every={args.steps}",
       *VARIANTS[name]])
 

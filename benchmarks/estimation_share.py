@@ -44,7 +44,7 @@ def main():
   ap.add_argument("--train-metrics", default="runs/pace_vs_baselines/paced/seed_0/metrics.jsonl")
   ap.add_argument("--screens", type=int, nargs="*", default=[2, 4])
   args = ap.parse_args()
-  cfg = load_config("configs/demo.py")
+  cfg = load_config("configs/demo.py", ["generate.source="])  # the fixed pool it measures
   tok = load_tokenizer(cfg.data.tokenizer, cfg.data.chat_template_kwargs)
   model, _ = load_model(cfg.train.init_student)
   source = load_pool(cfg.data, "train", seed=cfg.seed)

@@ -63,7 +63,7 @@ P_BUCKETS = ((0.0, 0.0), (0.01, 0.3), (0.3, 0.7), (0.7, 0.99), (1.0, 1.0))  # cl
 
 
 def common_overrides(args) -> list[str]:
-  return ["train.schedule=constant", f"train.steps={args.budget_steps * 3}",
+  return ["generate.source=", "train.schedule=constant", f"train.steps={args.budget_steps * 3}",
           f"train.eval_every={args.eval_every}", "train.log_every=1", "train.ckpt_every=100000",
           f"paced.refresh_subset={args.refresh_subset}", f"eval.max_problems={args.eval_problems}"]
 
@@ -162,7 +162,8 @@ def gradient_snr(args, log, *, loss: str = "references", extra=(), wd: Path | No
   from paced_jax.train import setup
 
   over = common_overrides(args) + list(getattr(args, "set", [])) + list(extra)
-  cfg = load_config(args.config, over + list(SNR_LOSSES[loss]) + ["eval.max_problems=0"])
+  cfg = load_config(args.config, over + list(SNR_LOSSES[loss]) + ["eval.max_problems=0",
+                                                                   "generate.source="])
   run, state = setup(cfg, wd or Path(args.out) / "snr", progress=False)
   rng = np.random.default_rng(0)
   idx = np.sort(rng.choice(len(run.problems), min(args.snr_problems, len(run.problems)),

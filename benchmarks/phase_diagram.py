@@ -127,7 +127,7 @@ def measure_levels(args, log) -> dict:
   from paced_jax.estimate import estimate_for_config
   from paced_jax.train import setup
 
-  cfg = load_config(args.config, ["eval.max_problems=0", *args.set])
+  cfg = load_config(args.config, ["eval.max_problems=0", "generate.source=", *args.set])
   run, state = setup(cfg, Path(args.out) / "levels", progress=False)
   data = dataclasses.replace(cfg.data, synthetic_level_weights=())
   src = synthetic_source(data, "train", seed=cfg.seed)
@@ -483,7 +483,7 @@ def main(argv=None) -> int:
       + f"; mastered {classes['mastered']}, hopeless {classes['hopeless']}")
   from paced_jax.config import load_config
 
-  cfg = load_config(args.config, args.set)
+  cfg = load_config(args.config, ["generate.source=", *args.set])
   pools = {}
   for name in args.pools:
     w = pool_weights(name, levels, classes)

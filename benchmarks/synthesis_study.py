@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 LEVELS = 8
 ARMS = {
-    "pool_uniform": ("paced.weighting=uniform",),
-    "pool_paced": ("paced.weighting=paced",),
+    "pool_uniform": ("generate.source=", "paced.weighting=uniform"),
+    "pool_paced": ("generate.source=", "paced.weighting=paced"),
     "gen_uniform": ("generate.source=synthetic", "paced.weighting=uniform"),
     "gen_paced": ("generate.source=synthetic", "paced.weighting=paced"),
     "gen_posterior": ("generate.source=synthetic", "paced.weighting=paced_posterior"),

@@ -25,8 +25,8 @@ import dataclasses
 import importlib.util
 from pathlib import Path
 
-from paced_jax.config import (Config, DataConfig, EvalConfig, LossConfig, MeshConfig,
-                              PacedConfig, SampleConfig, TrainConfig)
+from paced_jax.config import (Config, DataConfig, EvalConfig, GenerateConfig, LossConfig,
+                              MeshConfig, PacedConfig, SampleConfig, TrainConfig)
 
 _HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("_demo_models", _HERE / "demo_models.py")
@@ -52,6 +52,10 @@ def get_config(arg: str = "") -> Config:
                         eval_every=50, init_student=str(ASSETS / "demo_student"),
                         init_teacher=str(ASSETS / "demo_teacher")),
       eval=EvalConfig(samples=4, temperature=1.0, max_problems=150),
+      # Frontier synthesis: every refresh makes 256 fresh problems across the 24 cells
+      # (family x level 1-8) in proportion to each cell's p(1-p) from 4 probes x 4 rollouts.
+      generate=GenerateConfig(source="synthetic", tasks=_models.FAMILIES,
+                              levels=tuple(range(1, 9)), per_round=256, probes_per_cell=4),
       seed=0, name="demo")
   if arg == "tiny":  # the same job on tiny random models, for tests
     small = dict(hidden=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64)
@@ -66,7 +70,8 @@ def get_config(arg: str = "") -> Config:
         train=dataclasses.replace(cfg.train, steps=6, warmup_steps=1, log_every=1,
                                   ckpt_every=3, eval_every=3, init_student="",
                                   init_teacher=""),
-        eval=dataclasses.replace(cfg.eval, max_problems=6, samples=1))
+        eval=dataclasses.replace(cfg.eval, max_problems=6, samples=1),
+        generate=GenerateConfig())  # the fixed 48-problem pool: the tests' runs
   elif arg:
     raise ValueError(f"unknown argument {arg!r} for configs/demo.py; use '' or 'tiny'")
   return cfg
