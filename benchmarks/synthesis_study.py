@@ -179,7 +179,18 @@ def main(argv=None) -> int:
   (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1))
   if args.write_results:
     out = ROOT / "benchmarks" / "results" / "synthesis_study.md"
-    out.write_text("# Generated frontier rounds against fixed pools\n\n" + text + "\n")
+    import platform
+
+    import jax
+
+    env = (f"{platform.machine()} CPU x{__import__('os').cpu_count()}, jax {jax.__version__}, "
+           f"{time.strftime('%Y-%m-%d')}")
+    shown = list(argv if argv else sys.argv[1:])
+    if "--out" in shown:  # where the runs lie is this machine's business
+      del shown[shown.index("--out"):shown.index("--out") + 2]
+    cmd = "python benchmarks/synthesis_study.py " + " ".join(shown)
+    out.write_text("# Generated frontier rounds against fixed pools\n\n"
+                   f"`{cmd}` ({env}; runs read back from --out when finished)\n\n{text}\n")
     print(f"wrote {out}")
   return 0
 
