@@ -1,5 +1,5 @@
 """The embedded default: PACED distillation of a small teacher into a smaller student on the
-built-in synthetic reasoning suite (families add, count, sort; difficulty 1-5; character
+built-in synthetic reasoning suite (families add, count, sort; difficulty 1-8, generated; character
 tokenizer).
 
 Run:   paced train configs/demo.py --workdir runs/demo          (minutes on a 2-core CPU)

@@ -20,6 +20,8 @@ from paced_jax.evaluate import EvalSet, accuracy, evaluate, summary_table
 from paced_jax.models import Decoder
 from paced_jax.sharding import make_mesh
 
+TINY = "configs/demo.py:tiny"
+
 K = 4
 
 
@@ -148,3 +150,30 @@ def test_paced_report_without_metrics_is_one_line(tmp_path, capsys):
   assert main(["report", str(tmp_path)]) == 2
   err = capsys.readouterr().err.strip()
   assert re.fullmatch(r"paced: error: .*has no metrics\.jsonl.*", err)
+
+
+def test_paced_eval_of_a_checkpoint_equals_the_runs_own_final_eval(tmp_path, capsys):
+  # The same weights, the same eval draws: `paced eval --checkpoint RUN/checkpoints/N` scores
+  # exactly what `paced train` recorded at step N (they once differed: 0.243 against 0.250).
+  from paced_jax.train import train
+
+  train(load_config(TINY), tmp_path / "run", progress=False)
+  after = json.loads((tmp_path / "run" / "eval_after.json").read_text())
+  capsys.readouterr()
+  assert main(["eval", TINY, "--checkpoint", str(tmp_path / "run" / "checkpoints" / "6"),
+               "--quiet"]) == 0
+  got = json.loads(capsys.readouterr().out)
+  assert {k: v for k, v in got.items() if k.startswith("eval/")} == {
+      k: v for k, v in after.items() if k.startswith("eval/")}
+
+
+def test_heat_maps_leave_a_level_or_cell_missing_from_a_round_blank(tmp_path, capsys):
+  rows = [{"step": 0, "frontier_mass/level_1": 0.5, "frontier_mass/level_2": 0.5,
+           "generate_mass/add/L1": 1.0, "loss": 1.0},
+          {"step": 3, "frontier_mass/level_1": 1.0, "generate_mass/add/L1": 0.25,
+           "generate_mass/add/L2": 0.75, "loss": 0.5}]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert main(["report", str(tmp_path)]) == 0
+  out = capsys.readouterr().out.split()
+  assert str(tmp_path / "report" / "frontier_heatmap.png") in out
+  assert str(tmp_path / "report" / "generate_heatmap.png") in out
