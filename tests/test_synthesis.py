@@ -178,6 +178,12 @@ def test_generated_run_resumes_exactly(tmp_path, monkeypatch):
   metas = [json.loads((tmp_path / d / "checkpoints" / "6" / "meta" / "metadata").read_text())
            for d in ("whole", "cut")]
   assert metas[0]["generate"] == metas[1]["generate"]  # the same problems, table and maker
+  # The generator is fixed for a run: another one is refused in one line, nothing written.
+  stamp = (tmp_path / "cut" / "config.json").read_text()
+  with pytest.raises(ConfigError, match=r"different config \(generate.tasks"):
+    train(load_config(TINY, over + ["generate.tasks=add", "train.steps=8"]), tmp_path / "cut",
+          progress=False)
+  assert (tmp_path / "cut" / "config.json").read_text() == stamp
 
 
 def _paced(args, cwd, timeout=240):
