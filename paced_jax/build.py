@@ -36,6 +36,7 @@ from paced_jax.models.transformer import Decoder
 from paced_jax.sharding import make_mesh, shard_init
 from paced_jax.step import TrainState
 from paced_jax.synthesis import RoundMaker, ScoredVerifier, Synthesis, heldout_problems
+from paced_jax.teacher_logits import open_for_run
 from paced_jax.verify import Verifier, VerifyCounts, verifier_from_config
 
 log = logging.getLogger("paced_jax.train")  # the loop's logger: one name in every log line
@@ -53,7 +54,7 @@ class Run:
   mesh: Mesh
   tokenizer: Tokenizer
   student_def: nnx.GraphDef
-  teacher_def: nnx.GraphDef | None  # None: loss.mode=sft (no teacher)
+  teacher_def: nnx.GraphDef | None  # None: loss.mode=sft (no teacher), or loss.teacher=offline
   teacher_params: nnx.State | None
   tx: optax.GradientTransformation
   problems: list[Problem]  # the pool (generated runs: the round's problems)
@@ -236,10 +237,14 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True,
     cfg = step_lib.resolve_loss_chunk(cfg, mesh)
     log.info("loss.chunk_size=-1 (auto): %d scored positions per chunk", cfg.loss.chunk_size)
   tok = load_tokenizer(cfg.data.tokenizer, cfg.data.chat_template_kwargs)
-  if divergences.needs_teacher(cfg.loss.mode) and cfg.teacher is None:
+  # loss.teacher=offline:DIR: no teacher model; its stored logits are checked against the run
+  # (manifest, shards) here, before any model is built, and against the pool by the pipeline.
+  offline = open_for_run(cfg) if divergences.offline(cfg) else None
+  live_teacher = divergences.needs_teacher(cfg.loss.mode) and offline is None
+  if live_teacher and cfg.teacher is None:
     raise ConfigError(f"loss.mode={cfg.loss.mode!r} needs a teacher: set the config's teacher "
                       "(and train.init_teacher), or use loss.mode=sft")
-  if (divergences.needs_teacher(cfg.loss.mode) and not cfg.loss.vocab_limit  # resolve_models
+  if (live_teacher and not cfg.loss.vocab_limit  # resolve_models
       and cfg.teacher.vocab_size != cfg.model.vocab_size):  # sets it for a padded pair
     raise ConfigError(f"teacher vocab_size={cfg.teacher.vocab_size} differs from student "
                       f"vocab_size={cfg.model.vocab_size}: distillation compares distributions "
@@ -272,7 +277,7 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True,
   if divergences.teacher_is_student(cfg.loss.mode):  # a frozen copy of the initial student
     teacher = load_or_init(cfg.train.init_student, cfg.model, mesh, cfg.seed, "student")
     teacher_def, teacher_params = nnx.split(teacher)
-  elif divergences.needs_teacher(cfg.loss.mode):
+  elif live_teacher:
     teacher = load_or_init(cfg.train.init_teacher, cfg.teacher, mesh, cfg.seed + 1, "teacher")
     teacher_def, teacher_params = nnx.split(teacher)
   references = None
@@ -286,7 +291,7 @@ def setup(cfg: Config, workdir: str | Path, *, progress: bool = True,
   # can draw problems without one too.
   pipeline = None if source is None else FrontierPipeline(
       source, tok, cfg.data, seed=cfg.seed, mesh=mesh, references=references,
-      prompts_only=divergences.prompts_only(cfg.loss.mode))
+      prompts_only=divergences.prompts_only(cfg.loss.mode), offline=offline)
   table = PassRateTable([p.id for p in problems])
   tx = step_lib.make_optimizer(cfg.train)
   state = step_lib.init_train_state(student, tx, mesh)

@@ -380,20 +380,32 @@ def set_aside(workdir: Path, checkpoints: Path, step: int) -> Path:
   return dest
 
 
+_ABSENT = object()
+
+
 def config_changes(saved: dict, current: dict, sections) -> list[str]:
   """Every differing field of `sections` between a workdir's saved config and this run's, as
-  "key: saved -> now" (tuples and lists compare as sequences)."""
+  "key: saved -> now" (tuples and lists compare as sequences). A field the saved config does
+  not have (written before the field existed) counts as its default value, so adding a config
+  field never makes an older run unresumable."""
+  from paced_jax.config import Config, to_dict
+
+  defaults = to_dict(Config())
   out: list[str] = []
 
-  def walk(a, b, prefix):
+  def walk(a, b, d, prefix):
+    if a is _ABSENT:
+      a = d if d is not _ABSENT else None
     if isinstance(a, dict) and isinstance(b, dict):
+      d = d if isinstance(d, dict) else {}
       for k in sorted(set(a) | set(b)):
-        walk(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        walk(a.get(k, _ABSENT), b.get(k), d.get(k, _ABSENT), f"{prefix}.{k}" if prefix else k)
     elif a != b and not (isinstance(a, (list, tuple)) and list(a) == list(b or [])):
       out.append(f"{prefix}: {a!r} -> {b!r}")
 
   for section in sections:
-    walk(saved.get(section), current.get(section), section)
+    walk(saved.get(section, _ABSENT), current.get(section), defaults.get(section, _ABSENT),
+         section)
   return out
 
 

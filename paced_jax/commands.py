@@ -1,4 +1,5 @@
-"""`paced train`, `paced sft`, `paced estimate`, `paced eval` and `paced smoke`."""
+"""`paced train`, `paced sft`, `paced estimate`, `paced eval`, `paced smoke` and
+`paced teacher-logits`."""
 
 from __future__ import annotations
 
@@ -47,6 +48,17 @@ def add_parser(sub) -> None:
   p.add_argument("--batch", type=int, default=4)
   p.add_argument("--seq", type=int, default=32)
   p.set_defaults(func=cmd_smoke)
+
+  p = sub.add_parser("teacher-logits", help="run the teacher once over every reference response "
+                     "and store its top-k log-probabilities; train on them with --set "
+                     "loss.teacher=offline:DIR (no teacher in training memory)")
+  add_config_args(p)
+  p.add_argument("--out", required=True, help="output directory (ArrayRecord shards and "
+                 "manifest.json); a rerun resumes, writing only what is missing")
+  p.add_argument("--k", type=int, default=None, help="token ids kept per scored position "
+                 "(default: loss.offline_k)")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(func=cmd_teacher_logits)
 
 
 def cmd_train(args) -> int:
@@ -181,7 +193,8 @@ def cmd_estimate(args) -> int:
   est = estimate_for_config(make_engine(cfg, model, mesh), problems, tok, verifier, cfg, mesh,
                             rollouts=cfg.paced.rollouts, rng=jax.random.key(cfg.seed),
                             progress=not args.quiet and is_main(),
-                            screen=cfg.paced.screen_rollouts)
+                            screen=cfg.paced.screen_rollouts,
+                            adaptive=cfg.paced.adaptive_rollouts)
   if not is_main():  # every process sampled its share; one writes
     return 0
   table = PassRateTable([p.id for p in problems])
@@ -357,4 +370,190 @@ def cmd_smoke(args) -> int:
           f"finite={ok}, cached-vs-full max |diff| {diff:.2e}, {time.perf_counter() - t0:.1f}s")
     if not ok:
       return 1
+  return 0
+
+
+def cmd_teacher_logits(args) -> int:
+  """The teacher's top-k log-probabilities (and the log of the rest's mass) at every scored
+  position of every reference response of the pool, as training packs them: the same pool,
+  chat template, truncation and length buckets (data/packing.py build_pool), the same scored
+  positions (losses.scored_positions over the first min(data.max_response_len, T)), the same
+  vocabulary cut (loss.vocab_limit) and temperature (loss.temperature). Rows go through the
+  teacher in global batches of data.batch_size on the config's mesh, sorted by length; every
+  process writes its rows' records (teacher_logits.TeacherLogitsWriter, keyed by
+  teacher_logits.record_key), process 0 the manifest. A rerun skips what is stored."""
+  import os
+  import time
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from tqdm.auto import tqdm
+
+  from paced_jax import divergences, losses
+  from paced_jax import flops as flops_lib
+  from paced_jax import teacher_logits as tl
+  from paced_jax.build import load_or_init
+  from paced_jax.config import ConfigError, load_config, pick_bucket, to_dict
+  from paced_jax.data.packing import build_pool
+  from paced_jax.data.pipeline import to_global_batch
+  from paced_jax.data.sources import load_pool
+  from paced_jax.data.tokenizer import load_tokenizer
+  from paced_jax.distributed import is_main, to_host
+  from paced_jax.models.resolve import resolve_models, shape_overrides
+  from paced_jax.preflight import check_run
+  from paced_jax.sharding import constrain, make_mesh
+  from paced_jax.step import resolve_loss_chunk
+
+  cfg = load_config(args.config, args.overrides)
+  # The training config may name these logits already (loss.teacher=offline:DIR): they are
+  # made with the teacher it configures.
+  cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, teacher=""))
+  k = cfg.loss.offline_k if args.k is None else args.k
+  if k < 1:
+    raise ConfigError(f"--k {k} must be >= 1 (token ids kept per scored position)")
+  if not divergences.needs_teacher(cfg.loss.mode) or cfg.teacher is None:
+    raise ConfigError(f"paced teacher-logits runs the config's teacher, and loss.mode="
+                      f"{cfg.loss.mode} with {'a' if cfg.teacher else 'no'} teacher section has "
+                      "none to run; set the config's teacher (and train.init_teacher) and "
+                      "loss.mode=distill")
+  if cfg.data.reference != "dataset" or cfg.generate.source:
+    raise ConfigError("paced teacher-logits stores the teacher's logits on a fixed pool's "
+                      "dataset references; set data.reference=dataset and generate.source=''")
+  check_run(cfg)
+  cfg = resolve_models(cfg, shape_overrides(args.overrides))
+  if not cfg.loss.vocab_limit and cfg.teacher.vocab_size != cfg.model.vocab_size:
+    raise ConfigError(f"teacher vocab_size={cfg.teacher.vocab_size} differs from student "
+                      f"vocab_size={cfg.model.vocab_size}: distillation compares distributions "
+                      "over one vocabulary")
+  V = cfg.loss.vocab_limit or cfg.teacher.vocab_size
+  if k > V:
+    raise ConfigError(f"--k {k} exceeds the teacher's vocabulary of {V} ids (loss.vocab_limit, "
+                      "else its vocab_size); use at most that")
+  try:
+    os.makedirs(args.out, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"--out {args.out!r} cannot be created ({e.strerror})") from None
+  P, me = jax.process_count(), jax.process_index()
+  B = cfg.data.batch_size
+  if B % P:
+    raise ConfigError(f"data.batch_size={B} does not divide over {P} processes; use a "
+                      f"multiple of {P}")
+  mesh = make_mesh(cfg.mesh)
+  cfg = resolve_loss_chunk(cfg, mesh)  # logits are taken in chunks of this many positions
+  tok = load_tokenizer(cfg.data.tokenizer, cfg.data.chat_template_kwargs)
+  if tok.vocab_size > cfg.teacher.vocab_size:
+    raise ConfigError(f"tokenizer {cfg.data.tokenizer!r} has {tok.vocab_size} ids but the "
+                      f"teacher's vocab_size is {cfg.teacher.vocab_size}")
+  source = load_pool(cfg.data, "train", seed=cfg.seed)
+  pool = build_pool(source, tok, cfg.data, None, prompts_only=False)  # as the pipeline does
+  keys = pool.reference_keys()
+  path = cfg.train.init_teacher
+  meta = {"k": k, **tl.token_meta(cfg),
+          "teacher": {"path": path, "hash": tl.files_hash(path) if path else None,
+                      "model": to_dict(cfg.teacher), "seed": None if path else cfg.seed + 1}}
+
+  def barrier(name):
+    if P > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices(name)
+
+  def writer_for(process):
+    return tl.TeacherLogitsWriter(args.out, meta, process=process)
+
+  writer = writer_for(0) if me == 0 else None  # process 0 writes meta.json (or checks it)
+  barrier("paced teacher-logits: meta")
+  writer = writer or writer_for(me)
+  refs = [(int(i), int(r)) for i in np.nonzero(pool.usable)[0]
+          for r in range(int(pool.ref_offsets[i]), int(pool.ref_offsets[i + 1]))]
+  todo = [(i, r) for i, r in refs if keys[r] not in writer.done]
+  lengths = pool.row_lengths(np.asarray([i for i, _ in todo], np.int64),
+                            np.asarray([r for _, r in todo], np.int64))
+  todo = [todo[j] for j in np.argsort(lengths, kind="stable")]  # similar lengths batch together
+
+  teacher = load_or_init(path, cfg.teacher, mesh, cfg.seed + 1, "teacher")  # as `paced train`
+  tdef, tparams = nnx.split(teacher)
+  del teacher
+  limit, chunk, temperature = cfg.loss.vocab_limit, cfg.loss.chunk_size, cfg.loss.temperature
+
+  @jax.jit
+  def forward(params, batch):
+    """(ids [B, R, k], logp [B, R, k], log_tail [B, R]) at the step's scored positions."""
+    model = nnx.merge(tdef, params)
+    R = min(cfg.data.max_response_len, batch["tokens"].shape[1])
+    h = model.hidden(batch["tokens"], batch["positions"], batch["segment_ids"],
+                     lambda x, axes: constrain(x, mesh, axes))
+    idx, valid = losses.scored_positions(batch["loss_mask"], R)
+    h = jnp.where(valid[..., None], losses.gather_positions(h, idx), jnp.zeros((), h.dtype))
+    w = model.unembedding()
+    w = w[:, :limit] if limit else w  # the step's vocabulary cut
+    C = chunk if 0 < chunk < R else R
+    n = -(-R // C)
+    h = jnp.pad(h, ((0, 0), (0, n * C - R), (0, 0)))
+    rows = h.shape[0]
+
+    def body(c, carry):  # one chunk's [B, C, V] logits at a time, as the fused loss
+      hc = jax.lax.dynamic_slice_in_dim(h, c * C, C, axis=1)
+      z = jnp.einsum("BCD,DV->BCV", hc, w, preferred_element_type=jnp.float32)
+      return tuple(jax.lax.dynamic_update_slice_in_dim(a, x, c * C, axis=1)
+                   for a, x in zip(carry, tl.topk_from_logits(z, k, temperature)))
+
+    init = (jnp.zeros((rows, n * C, k), jnp.int32), jnp.zeros((rows, n * C, k), jnp.float32),
+            jnp.zeros((rows, n * C), jnp.float32))
+    return tuple(a[:, :R] for a in jax.lax.fori_loop(0, n, body, init))
+
+  t_cfg, L = cfg.teacher, B // P
+  bar = tqdm(total=len(todo), desc="teacher logits", unit="row", dynamic_ncols=True,
+             disable=args.quiet or not is_main())
+  t0, tokens, positions = time.perf_counter(), 0, 0
+  try:
+    for start in range(0, len(todo), B):
+      chunk_rows = todo[start:start + B]
+      real = len(chunk_rows)
+      chunk_rows = chunk_rows + [chunk_rows[-1]] * (B - real)  # the last batch: padded rows
+      gidx = np.asarray([i for i, _ in chunk_rows], np.int64)
+      gref = np.asarray([r for _, r in chunk_rows], np.int64)
+      T = pick_bucket(int(pool.row_lengths(gidx, gref).max()), cfg.data.length_buckets)
+      R = min(cfg.data.max_response_len, T)
+      mine = slice(me * L, (me + 1) * L)
+      local = pool.pack(gidx[mine], gref[mine], T, tok.pad_id)
+      batch = to_global_batch({key: local[key] for key in ("tokens", "positions", "segment_ids",
+                                                           "loss_mask")}, mesh, P)
+      with jax.set_mesh(mesh):
+        out = forward(tparams, batch)
+      ids, logp, tail = (to_host(a) for a in out)  # every process: its rows are among them
+      C = chunk if 0 < chunk < R else R
+      # flops.py: the teacher forward of every row of the bucket, logits at whole chunks.
+      batch_flops = B * T * (flops_lib.body_flops_per_token(t_cfg)
+                             + flops_lib.attention_flops_per_token(t_cfg, T)) + (
+          B * -(-R // C) * C * flops_lib.unembed_flops(t_cfg))
+      for g in range(me * L, min((me + 1) * L, real)):
+        i, r = chunk_rows[g]
+        n = len(pool.response(r))
+        writer.add(keys[r], ids[g, :n], logp[g, :n], tail[g, :n],
+                   tokens=pool.row_tokens(i, r), flops=batch_flops / real)
+      tokens += int(pool.row_lengths(gidx[:real], gref[:real]).sum())
+      positions += int(sum(len(pool.response(r)) for _, r in chunk_rows[:real]))
+      bar.update(real)
+    writer.close(finalize=False)
+  except OSError as e:
+    raise ConfigError(f"writing {e.filename or args.out} failed ({e.strerror}); free space on "
+                      "(or repair) that filesystem and run the same command to resume: the "
+                      f"shards already committed in {args.out} are kept") from None
+  finally:
+    bar.close()
+  barrier("paced teacher-logits: shards")
+  if not is_main():
+    return 0
+  manifest = tl.write_manifest(args.out)
+  dt = time.perf_counter() - t0
+  print(f"teacher logits: {len(todo)} reference(s) written ({positions:,} scored positions, "
+        f"{tokens:,} tokens) in {dt:.1f}s, {tokens / max(dt, 1e-9):,.0f} tokens/s; "
+        f"{len(refs) - len(todo)} already stored. {args.out} holds {manifest['records']} "
+        f"(k={k}, {manifest['bytes'] / 2**20:.1f} MiB; teacher forward "
+        f"{manifest['compute']['offline_teacher_flops']:.3g} FLOPs): train on them with "
+        f"--set loss.teacher=offline:{args.out}" + ("" if k == cfg.loss.offline_k else
+                                                     f" --set loss.offline_k={k}"))
   return 0

@@ -226,7 +226,22 @@ class PacedConfig:
   rollouts: int = 8  # K rollouts per problem per estimate
   refresh_every: int = 50  # R steps between re-estimates
   refresh_subset: int = 0  # problems re-estimated per refresh; 0: the whole pool
-  merge: Literal["replace", "accumulate"] = "replace"
+  # How a problem's new counts combine with its old ones (frontier.PassRateTable.update):
+  # replace (the new estimate alone), accumulate (sums), decay: at an update at step t of counts
+  # last updated at t_last, s <- g^(t - t_last) s + s_new and n likewise, g = decay_per_step in
+  # (0, 1] (a trial j from step t_j counts g^(t - t_j); fractional counts; g = 1: accumulate).
+  merge: Literal["replace", "accumulate", "decay"] = "replace"
+  decay_per_step: float = 0.99  # g of merge=decay: half-life ln 2 / -ln g ~ 69 steps
+  # On-policy modes (on_policy, self_distill, two_stage's second stage): every rollout trained
+  # on and sampled at its step (not one reused, paced.reuse_rollouts) is verified on the host,
+  # off the step's critical path, and its outcome is added to its problem's counts at the next
+  # refresh, at the step it was sampled (needs merge=decay or accumulate). A refresh then
+  # estimates only problems with fewer than fresh_trials such outcomes sampled less than
+  # fresh_steps steps before it (0: paced.refresh_every); the others keep their counts.
+  # fresh_trials = 0: every problem is estimated as without training outcomes.
+  train_outcomes: bool = False
+  fresh_trials: int = 0
+  fresh_steps: int = 0
   # Cheaper estimates. screen_rollouts = k0 > 0: k0 rollouts for every problem, the other K - k0
   # only where the first k0 disagree (estimate.estimate_pass_rates, `screen`). skip_base < 1:
   # GRESO-style skipping, a problem whose last z estimates had zero variance (all right or all
@@ -235,10 +250,24 @@ class PacedConfig:
   screen_rollouts: int = 0
   skip_base: float = 1.0
   skip_floor: float = 0.1
+  # Adaptive K (estimate.estimate_pass_rates, `adaptive`): rollouts in stages of
+  # adaptive_rollouts = k0 (0: off); after each stage a problem stops once the posterior sd of
+  # its frontier weight w(p) = p^alpha (1-p)^beta, p ~ Beta(s + prior_a0, n - s + prior_b0), is
+  # below adaptive_sd; at most paced.rollouts. An estimate stopped before paced.rollouts is no
+  # zero-variance estimate for skip_base (nor is a screened-out one).
+  adaptive_rollouts: int = 0
+  adaptive_sd: float = 0.07
   # On-policy modes: a refresh's estimation rollouts serve as the student's training rows while
   # at most this many steps old (each used once, counted once in FLOPs); 0: off, every on-policy
   # row is sampled at its step. Rows up to R steps old are slightly off-policy.
   reuse_rollouts: int = 0
+  # With reuse: rollouts k = 0, 2, 4, ... of a problem give its pass rate (and alone decide
+  # screening / adaptive stops) and only k = 1, 3, ... are reused, so no reused row is chosen on
+  # its own outcome; the estimate has ceil(K/2) trials. False: all K give the pass rate and are
+  # reused, selected on their own outcomes: at true p = 0.1, K = 8 under paced weights reused
+  # rows are 20% correct (35% with screen_rollouts=3), 10% with the split
+  # (benchmarks/adaptive_k.py).
+  reuse_split: bool = True
   verifier: str = "exact"  # "exact", "math", or "package.module:function"
   answer_marker: str = "####"
   verify_timeout_s: float = 5.0  # per response, every verifier; a timeout counts as wrong
@@ -260,6 +289,22 @@ class PacedConfig:
               ("skip_base", 0 < self.skip_base <= 1, "in (0, 1] (1: never skip)"),
               ("skip_floor", 0 <= self.skip_floor <= 1, "in [0, 1]"),
               ("reuse_rollouts", self.reuse_rollouts >= 0, ">= 0 steps (0: off)"),
+              ("decay_per_step", 0 < self.decay_per_step <= 1, "in (0, 1]"),
+              ("merge", not (self.train_outcomes and self.merge == "replace"),
+               "decay or accumulate with paced.train_outcomes (training outcomes arrive one "
+               "rollout at a time; replace would keep only the last)"),
+              ("fresh_trials", self.fresh_trials >= 0, ">= 0 (0: estimate every problem)"),
+              ("fresh_steps", 0 <= self.fresh_steps <= self.refresh_every,
+               "in [0, paced.refresh_every] (0: paced.refresh_every)"),
+              ("adaptive_rollouts", 0 <= self.adaptive_rollouts < self.rollouts,
+               "in [0, paced.rollouts) (0: off)"),
+              ("adaptive_rollouts", not (self.adaptive_rollouts and self.screen_rollouts),
+               "0 with paced.screen_rollouts (two stopping rules; pick one)"),
+              ("adaptive_sd", self.adaptive_sd > 0, "> 0"),
+              ("screen_rollouts", not (self.reuse_rollouts and self.reuse_split
+                                       and 0 < self.screen_rollouts < 3),
+               ">= 3 with paced.reuse_split (screening reads the even rollouts among the first "
+               "k0; paced.reuse_split=false to screen on all)"),
               ("verify_timeout_s", self.verify_timeout_s > 0, "> 0"),
               ("verify_workers", self.verify_workers >= 1, ">= 1")]
     _check("paced", self, checks)
@@ -293,9 +338,19 @@ class LossConfig:
   # by pi, per-example loss weights): "token" mean over the batch's tokens, or "sequence" mean
   # of per-example token means. See losses.normalise.
   normalise: Literal["token", "sequence"] = "token"
+  # Where the teacher's distribution comes from: "" runs the teacher in every step (online);
+  # "offline:DIR" reads its top-k log-probabilities on the reference responses from DIR (written
+  # once by `paced teacher-logits`, paced_jax/teacher_logits.py): no teacher model is loaded.
+  teacher: str = ""
+  offline_k: int = 64  # ids kept per scored position by `paced teacher-logits` (its --k)
 
   def __post_init__(self):
     _check("loss", self, [
+        ("teacher", self.teacher == "" or (self.teacher.startswith("offline:")
+                                           and bool(self.teacher[len("offline:"):].strip())),
+         "'' (the teacher runs in the step) or 'offline:DIR' (logits written by paced "
+         "teacher-logits)"),
+        ("offline_k", self.offline_k >= 1, ">= 1 ids per scored position"),
         ("temperature", self.temperature > 0, "> 0"),
         ("jsd_beta", 0 <= self.jsd_beta <= 1, "in [0, 1] (0: forward KL, 1: reverse KL)"),
         ("akl_mu", 0 < self.akl_mu < 1, "in (0, 1)"),
@@ -321,6 +376,29 @@ class LossConfig:
           f"loss.teacher_top_k={self.teacher_top_k} works only for off-policy forward KL "
           f"(loss.mode=distill, loss.divergence=forward_kl); got loss.mode={self.mode!r}, "
           f"divergence {self.resolved_divergence!r}: set loss.teacher_top_k=0")
+    if self.offline_dir:
+      if m.teacher == "none":
+        raise ConfigError(f"loss.teacher={self.teacher!r} with loss.mode={self.mode}, which trains "
+                          f"{m.summary} without a teacher; set loss.teacher=''")
+      if any(st.on_policy for st in m.stages) or m.teacher != "separate":
+        raise ConfigError(
+            f"loss.mode={self.mode} needs a live teacher ({m.summary}), and "
+            f"loss.teacher={self.teacher!r} holds the teacher's logits on reference responses "
+            "only; use loss.mode=distill, or loss.teacher='' to run the teacher")
+      if self.resolved_divergence != "forward_kl":
+        raise ConfigError(
+            f"loss.divergence={self.divergence!r} with loss.teacher={self.teacher!r}: stored "
+            "top-k teacher logits give forward KL only; set loss.divergence=forward_kl (or auto)")
+      if self.teacher_top_k:
+        raise ConfigError(
+            f"loss.teacher_top_k={self.teacher_top_k} with loss.teacher={self.teacher!r}: the "
+            "stored logits are top-k already (loss.offline_k, with the tail's mass); set "
+            "loss.teacher_top_k=0")
+
+  @property
+  def offline_dir(self) -> str:
+    """DIR of loss.teacher="offline:DIR", or "" when the teacher runs in the step."""
+    return self.teacher[len("offline:"):].strip() if self.teacher.startswith("offline:") else ""
 
   @property
   def resolved_divergence(self) -> str:
@@ -448,6 +526,22 @@ class Config:
       raise ConfigError(f"paced.reuse_rollouts={self.paced.reuse_rollouts} has nothing to reuse: "
                         f"{why}; set it to 0, or use loss.mode=on_policy, two_stage or "
                         "self_distill with a frontier weighting")
+    if self.loss.offline_dir and self.data.reference == "teacher":
+      raise ConfigError(f"data.reference=teacher needs a live teacher (it samples the references), "
+                        f"and loss.teacher={self.loss.teacher!r} loads none; use "
+                        "data.reference=dataset, or loss.teacher='' to run the teacher")
+    if self.loss.offline_dir and self.generate.source:
+      raise ConfigError(f"generate.source={self.generate.source} makes new problems every round, "
+                        f"and loss.teacher={self.loss.teacher!r} holds logits of a fixed pool; "
+                        "use a data.* pool, or loss.teacher='' to run the teacher")
+    if self.paced.train_outcomes and not divergences.trains_on_rollouts(self.loss.mode):
+      raise ConfigError(f"paced.train_outcomes has nothing to verify: loss.mode="
+                        f"{self.loss.mode} trains on no rollouts of the student; use on_policy, "
+                        "self_distill or two_stage, or set paced.train_outcomes=false")
+    if self.paced.train_outcomes and self.generate.source:
+      raise ConfigError("paced.train_outcomes with generate.source: every round trains on new "
+                        "problems, so no trained outcome is ever read back; set "
+                        "paced.train_outcomes=false (the cells' probes estimate the round)")
     k = self.loss.teacher_top_k
     if k and limit and k > limit:
       raise ConfigError(f"loss.teacher_top_k={k} exceeds loss.vocab_limit={limit}")

@@ -9,7 +9,8 @@ A divergence fixed for the whole run travels by name (host-known: one branch is 
 that switches mid-run (two_stage) travels as a traced index into NAMES.
 
 Functions of `cfg` read only cfg.loss.mode, cfg.loss.divergence, cfg.loss.two_stage_switch,
-cfg.train.steps and the model sections (any object with those attributes will do).
+cfg.loss.teacher, cfg.train.steps and the model sections (any object with those attributes will
+do).
 """
 
 from __future__ import annotations
@@ -181,8 +182,17 @@ def teacher_is_student(mode_name: str) -> bool:
   return mode(mode_name).teacher == "student"
 
 
+def offline(cfg) -> bool:
+  """Whether the teacher's logits are read from disk (loss.teacher="offline:DIR"): no teacher
+  model is loaded or run in the step."""
+  return str(getattr(cfg.loss, "teacher", "")).startswith("offline:")
+
+
 def teacher_of(cfg):
   """The model config the step runs as teacher: the config's teacher (None if unset), the
-  student's own, or None when the mode has no teacher."""
+  student's own, or None when the mode has no teacher or the teacher is offline (its logits
+  stored: the step runs no teacher forward)."""
+  if offline(cfg):
+    return None
   who = mode(cfg.loss.mode).teacher
   return cfg.teacher if who == "separate" else cfg.model if who == "student" else None

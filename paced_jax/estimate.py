@@ -26,6 +26,7 @@ from paced_jax.config import Config, ConfigError, SampleConfig
 from paced_jax.data.schema import Problem
 from paced_jax.data.tokenizer import encode_prompt
 from paced_jax.distributed import to_host
+from paced_jax.frontier import posterior_weight_sd
 from paced_jax.models.transformer import Decoder
 from paced_jax.rollouts import Engine, Rollouts, RolloutOutput, make_engine
 from paced_jax.sampler import Knobs, Sample, Strategy
@@ -46,7 +47,7 @@ class Rollout:
 
 class Estimate(NamedTuple):
   successes: np.ndarray  # int64 [N]
-  trials: np.ndarray  # int64 [N], = K for every problem (k0 where screening stopped early)
+  trials: np.ndarray  # int64 [N], = K for every problem (fewer where screening/adaptive stopped)
   rollouts: list[Rollout]  # N * K, problem-major; empty when keep_rollouts=False
   prompt_tokens: int = 0  # summed over the N * K rows
   generated_tokens: int = 0
@@ -62,8 +63,10 @@ def estimate_pass_rates(engine: Rollouts | Decoder, problems: Sequence[Problem],
                         prompt_buckets: Sequence[int] = SampleConfig.prompt_buckets,
                         budget_buckets: Sequence[int] = SampleConfig.budget_buckets,
                         verify_workers: int = 4, keep_rollouts: bool = True,
-                        progress: bool = True, screen: int = 0, desc: str = "estimate"
-                        ) -> Estimate:
+                        progress: bool = True, screen: int = 0, adaptive: int = 0,
+                        adaptive_sd: float = 0.07,
+                        kernel: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+                        split: bool = False, desc: str = "estimate") -> Estimate:
   """K = `rollouts` samples per problem, each verified; successes and trials per problem.
 
   engine: any `rollouts.Rollouts` (the run's engine, an external server), or a `Decoder`, for
@@ -83,6 +86,23 @@ def estimate_pass_rates(engine: Rollouts | Decoder, problems: Sequence[Problem],
   posterior mean equals the mean true p under the prior). The plug-in s / n is not unbiased:
   E[s/n] - p = (K - k0) / K * (p^k0 (1 - p) - p (1 - p)^k0), zero at p in {0, 1/2, 1};
   tests/test_screening.py checks both by simulation.
+
+  adaptive = k0 (0: off; not with `screen`): rollouts in stages of k0 (the last one shorter if
+  k0 does not divide K); after each stage a problem stops once the posterior sd of its frontier
+  weight is below `adaptive_sd`: sd[w(p)] < adaptive_sd for w(p) = p^alpha (1-p)^beta and
+  p ~ Beta(s + a0, n - s + b0), (alpha, beta, a0, b0) = `kernel` (frontier.posterior_weight_sd).
+  It stops where more rollouts would hardly move the weight: in the middle, where w is flat
+  (1 of 2 right: sd 0.053 at the defaults), and unanimous problems once n is large enough to
+  pin w near 0 (6 of 6 wrong: sd 0.068 < 0.07; 2 of 2: 0.078 goes on). Same RNG streams as
+  full K, and the rule reads only observed outcomes, so the posterior stays calibrated as
+  under screening; benchmarks/adaptive_k.py measures the plug-in bias of E[w] and the rollouts
+  spent at fixed p (at p = 0.1, K = 8, k0 = 2: E[w] = 0.095 against w = 0.090, 4.9 rollouts;
+  screening k0 = 3: 0.041, 4.4 rollouts).
+
+  split (paced.reuse_split): successes and trials count only the rollouts with even k, and the
+  stopping rules read only those (screening: the even ones among the first k0, so k0 >= 3);
+  the odd ones are sampled and returned in `rollouts` all the same, to be reused as training
+  rows whose outcomes decided neither the weight nor how many of them there are.
   """
   problems = list(problems)
   if not problems:
@@ -95,6 +115,12 @@ def estimate_pass_rates(engine: Rollouts | Decoder, problems: Sequence[Problem],
   if not 0 <= screen < rollouts:
     raise ConfigError(f"paced.screen_rollouts={screen} must be in [0, paced.rollouts) "
                       "(0 is off)")
+  if not 0 <= adaptive < rollouts or (adaptive and screen):
+    raise ConfigError(f"paced.adaptive_rollouts={adaptive} must be in [0, paced.rollouts) "
+                      "(0 is off) and 0 with paced.screen_rollouts")
+  if split and 0 < screen < 3:
+    raise ConfigError(f"paced.screen_rollouts={screen} with paced.reuse_split reads the even "
+                      "rollouts among the first k0 only: k0 must be >= 3 (two of them)")
   prompts = [list(encode_prompt(p)) for p in problems]
   limit = max(prompt_buckets)
   for p, toks in zip(problems, prompts):
@@ -134,8 +160,9 @@ def estimate_pass_rates(engine: Rollouts | Decoder, problems: Sequence[Problem],
   def collect(job, fut, extra) -> None:
     idx, lo, hi = job
     correct = fut.result()
-    successes[idx] += correct.reshape(len(idx), hi - lo).sum(1)
-    trials[idx] += hi - lo
+    counted = np.ones(hi - lo, bool) if not split else np.arange(lo, hi) % 2 == 0
+    successes[idx] += (correct.reshape(len(idx), hi - lo) & counted).sum(1)
+    trials[idx] += int(counted.sum())
     if extra is not None:
       tokens, logprobs, lengths, texts = extra
       for r, ok in enumerate(correct):
@@ -166,11 +193,22 @@ def estimate_pass_rates(engine: Rollouts | Decoder, problems: Sequence[Problem],
       collect(*pending)
 
   everyone = np.arange(N)
-  if not screen:
+  if adaptive:  # stages of k0 until the weight's posterior is settled (see the docstring)
+    live = everyone
+    for lo in range(0, rollouts, adaptive):
+      hi = min(lo + adaptive, rollouts)
+      run(live, lo, hi)
+      if hi < rollouts:
+        go = posterior_weight_sd(successes[live], trials[live], *kernel) >= adaptive_sd
+        bar.update(int((~go).sum()))
+        live = live[go]
+        if not len(live):
+          break
+  elif not screen:
     run(everyone, 0, rollouts)
   else:  # k0 rollouts for all; the rest where the first k0 disagree (see the docstring)
     run(everyone, 0, screen)
-    undecided = everyone[(successes > 0) & (successes < screen)]
+    undecided = everyone[(successes > 0) & (successes < trials)]
     bar.update(N - len(undecided))
     if len(undecided):
       run(undecided, screen, rollouts)
@@ -183,12 +221,13 @@ def estimate_pass_rates(engine: Rollouts | Decoder, problems: Sequence[Problem],
 def estimate_for_config(engine: Rollouts | Decoder, problems, tokenizer, verifier, cfg: Config,
                         mesh, *, rollouts: int, rng, knobs: Knobs | None = None,
                         batch_size: int | None = None, progress: bool = False,
-                        screen: int = 0, keep_rollouts: bool = False,
-                        desc: str = "estimate") -> Estimate:
+                        screen: int = 0, adaptive: int = 0, keep_rollouts: bool = False,
+                        split: bool = False, desc: str = "estimate") -> Estimate:
   """`estimate_pass_rates` with the prompt encoding, stop/pad ids, buckets and workers a run's
   config implies (training refreshes, `paced estimate` and evaluation). `engine`: the run's
-  (`rollouts.make_engine`), or a Decoder to sample with a fresh one. `screen`:
-  paced.screen_rollouts for pass-rate estimates; evaluation (avg@k) never screens."""
+  (`rollouts.make_engine`), or a Decoder to sample with a fresh one. `screen`, `adaptive`:
+  paced.screen_rollouts, paced.adaptive_rollouts for pass-rate estimates (the adaptive rule's
+  threshold, kernel and prior from cfg.paced); evaluation (avg@k) never stops early."""
   if isinstance(engine, Decoder):
     engine = make_engine(cfg, engine, mesh, slots=batch_size)
   return estimate_pass_rates(
@@ -198,7 +237,10 @@ def estimate_for_config(engine: Rollouts | Decoder, problems, tokenizer, verifie
       eos_id=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
       batch_size=cfg.sample.batch_size if batch_size is None else batch_size,
       prompt_buckets=cfg.sample.prompt_buckets, keep_rollouts=keep_rollouts,
-      verify_workers=cfg.paced.verify_workers, progress=progress, screen=screen, desc=desc)
+      verify_workers=cfg.paced.verify_workers, progress=progress, screen=screen,
+      adaptive=adaptive, adaptive_sd=cfg.paced.adaptive_sd, split=split,
+      kernel=(cfg.paced.alpha, cfg.paced.beta, cfg.paced.prior_a0, cfg.paced.prior_b0),
+      desc=desc)
 
 
 def _progress_bar(total: int, enabled: bool, desc: str):

@@ -20,6 +20,14 @@ def shard_div(n: int, by: int) -> float:
   return n / by if n % by == 0 else n
 
 
+def offline_batch_bytes(cfg: Config, rows: float) -> float:
+  """Bytes of the offline teacher's batch arrays (loss.teacher=offline:DIR) of `rows` rows at
+  the largest length bucket: teacher_ids int32 and teacher_logp float16 [rows, R, k],
+  teacher_log_tail float32 [rows, R] (data/pipeline.py)."""
+  R = min(cfg.data.max_response_len, max(cfg.data.length_buckets))
+  return rows * R * (cfg.loss.offline_k * (4 + 2) + 4)
+
+
 def auto_loss_chunk(cfg: Config, mesh: dict[str, int], device_memory: int | None) -> int:
   """loss.chunk_size=-1 (auto): the largest power-of-two chunk of scored positions whose loss
   buffers (LOSS_BUFFERS_FUSED fp32 [b, chunk, V/tensor], the planner's count) fit in LOSS_SHARE

@@ -8,7 +8,9 @@ Estimate (per device, bytes), from the real model and the real sharding table: t
 parameters come from `jax.eval_shape` of the `Decoder`, each array divided by the product of the
 mesh axes `sharding.LOGICAL_RULES` shards it over (the same `logical_to_spec` the run uses).
 
-  resident      teacher params + student params + AdamW mu, nu (param dtype) and count
+  resident      teacher params + student params + AdamW mu, nu (param dtype) and count (no
+                teacher with loss.teacher=offline:DIR: no params, forward or logits; its stored
+                top-k arrays come with the batch, memory.offline_batch_bytes)
   train step    gradients (student params) + fsdp all-gather buffers (one layer, student and
                 teacher) + student activations + loss-chunk logits + teacher forward
   sampler       KV cache of sample.batch_size rows x (max prompt bucket + the budget bucket
@@ -56,7 +58,8 @@ from flax import nnx
 
 from paced_jax import divergences
 from paced_jax.config import Config, ConfigError, MeshConfig, ModelConfig, add_config_args
-from paced_jax.memory import LOSS_BUFFERS, LOSS_BUFFERS_FUSED, auto_loss_chunk, shard_div
+from paced_jax.memory import (LOSS_BUFFERS, LOSS_BUFFERS_FUSED, auto_loss_chunk,
+                              offline_batch_bytes, shard_div)
 from paced_jax.topology import GiB, Target, parse_target
 
 ACT_OVERHEAD = 1.0  # XLA:CPU buffers over the structural count (benchmarks/results/plan.md)
@@ -66,9 +69,11 @@ ACT_OVERHEAD = 1.0  # XLA:CPU buffers over the structural count (benchmarks/resu
 
 
 def teacher_config(cfg: Config) -> ModelConfig | None:
-  """The model the step runs as teacher (divergences.teacher_of): none for SFT, the student's
-  own for self-distill; an error when the mode needs a teacher the config lacks."""
-  if divergences.needs_teacher(cfg.loss.mode) and cfg.teacher is None:
+  """The model the step runs as teacher (divergences.teacher_of): none for SFT and for an
+  offline teacher (loss.teacher=offline:DIR), the student's own for self-distill; an error when
+  the mode needs a teacher the config lacks."""
+  if (divergences.needs_teacher(cfg.loss.mode) and not divergences.offline(cfg)
+      and cfg.teacher is None):
     raise ConfigError(f"loss.mode={cfg.loss.mode!r} needs a teacher: set the config's teacher, "
                       "or use loss.mode=sft")
   return divergences.teacher_of(cfg)
@@ -210,6 +215,9 @@ def estimate(cfg: Config, mesh: dict[str, int], memory: int) -> Estimate:
   n_logits = n_logits if tcfg is not None else n_logits // 2
   loss = int(n_logits * b * chunk * shard_div(m.vocab_size, tn) * 4)
   out.append(("train step", f"loss logits (chunk {chunk} x vocab, fp32)", loss))
+  if divergences.offline(cfg):  # its stored top-k arrays come with the batch
+    out.append(("train step", f"offline teacher arrays (k={cfg.loss.offline_k})",
+                int(offline_batch_bytes(cfg, b))))
   if fused:  # the fused loss carries dW of the unembedding in fp32
     loss += int(m.hidden * shard_div(m.vocab_size, tn) * 4)
     out.append(("train step", "fused loss dW accumulator (fp32)",
@@ -242,6 +250,11 @@ def _batch_struct(cfg: Config, sharding) -> dict[str, jax.ShapeDtypeStruct]:
   out["loss_mask"] = sd((B, T), jnp.float32)
   out.update({k: sd((B,), jnp.int32) for k in ("prompt_lens", "lengths", "index")})
   out["weights"] = sd((B,), jnp.float32)
+  if divergences.offline(cfg):  # loss.teacher=offline:DIR: the stored teacher arrays
+    R, k = min(cfg.data.max_response_len, T), cfg.loss.offline_k
+    out["teacher_ids"] = sd((B, R, k), jnp.int32)
+    out["teacher_logp"] = sd((B, R, k), jnp.float16)
+    out["teacher_log_tail"] = sd((B, R), jnp.float32)
   return out
 
 
@@ -312,6 +325,13 @@ def measure_peak(cfg: Config, mesh, compiler_options: dict | None = None) -> dic
           "loss_mask": (t >= T // 4).astype(np.float32), "weights": np.ones((B,), np.float32)}
   host["targets"] = np.roll(host["tokens"], -1, axis=1)
   host.update({k: np.full((B,), T, np.int32) for k in ("prompt_lens", "lengths", "index")})
+  if divergences.offline(cfg):  # k distinct ids per position, uniform over k + 1 buckets
+    R, k = min(cfg.data.max_response_len, T), cfg.loss.offline_k
+    V = cfg.loss.vocab_limit or cfg.model.vocab_size
+    shift = rng.integers(0, V, (B, R, 1))
+    host["teacher_ids"] = ((np.arange(k) + shift) % V).astype(np.int32)
+    host["teacher_logp"] = np.full((B, R, k), -np.log(k + 1), np.float16)
+    host["teacher_log_tail"] = np.full((B, R), -np.log(k + 1), np.float32)
   batch = jax.device_put(host, step_lib.batch_sharding(mesh))
   fn = step_lib.compile_train_step(cfg, mesh, state, sdef, tparams, tdef, tx)
   with jax.set_mesh(mesh):

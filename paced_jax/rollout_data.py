@@ -3,7 +3,9 @@ optionally scored by a teacher behind a privileged prompt) and teacher reference
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import threading
 from pathlib import Path
 
 import jax
@@ -17,6 +19,7 @@ from paced_jax.data.tokenizer import encode_prompt
 from paced_jax.distributed import to_host
 from paced_jax.rollouts import Rollouts
 from paced_jax.sampler import Knobs
+from paced_jax.verify import verify_batch
 
 
 def teacher_references(cfg: Config, wd: Path, source, teacher: Rollouts, tok, verifier,
@@ -119,11 +122,63 @@ class FreshRollouts:
     self.used = {int(i): int(k) for i, k in state["used"].items()}
 
 
+def split_for_reuse(ids, rollouts) -> tuple[np.ndarray, np.ndarray, list]:
+  """(successes [N], trials [N], reused rollouts) of a refresh under paced.reuse_split: problem
+  ids[i]'s rollouts with even index k (0, 2, 4, ...) give its pass rate, those with odd k are
+  the ones reused as training rows. A reused row's outcome then plays no part in the weight
+  that draws it: reusing the rollouts the weight was computed from selects rows on their own
+  outcomes (under paced weights, problems whose rollouts happened to succeed are drawn more,
+  and take their successful rollouts along: benchmarks/adaptive_k.py measures it)."""
+  where = {str(i): j for j, i in enumerate(ids)}
+  s, n = np.zeros(len(where), np.int64), np.zeros(len(where), np.int64)
+  reused = []
+  for r in rollouts:
+    if r.index % 2:
+      reused.append(r)
+    else:
+      j = where[r.problem_id]
+      s[j] += bool(r.correct)
+      n[j] += 1
+  return s, n, reused
+
+
+_VERIFY: list[concurrent.futures.ThreadPoolExecutor] = []
+_VERIFY_LOCK = threading.Lock()
+
+
+def _verify_pool() -> concurrent.futures.ThreadPoolExecutor:
+  """One host thread that decodes and verifies training rollouts (paced.train_outcomes) while
+  the steps go on; its batches run in order (each fans out over paced.verify_workers)."""
+  with _VERIFY_LOCK:
+    if not _VERIFY:
+      _VERIFY.append(concurrent.futures.ThreadPoolExecutor(1, "paced-train-verify"))
+    return _VERIFY[0]
+
+
+def _decode_and_verify(tokens, decode, problems, verifier, workers: int) -> np.ndarray:
+  return verify_batch([decode(t.tolist()) for t in tokens], problems, verifier,
+                      max_workers=workers)
+
+
+def observe_outcomes(run, step: int, index, tokens) -> None:
+  """paced.train_outcomes: queues the verification of the rollouts sampled for `step`
+  (`tokens[j]`: pool problem index[j]'s response, stop token included, as estimation verifies
+  it) and records its Future in the table as pending outcomes of `step`; nothing waits here."""
+  problems = [run.problems[int(i)] for i in index]
+  fut = _verify_pool().submit(_decode_and_verify, [np.asarray(t).copy() for t in tokens],
+                              run.tokenizer.decode, problems, run.verifier,
+                              run.cfg.paced.verify_workers)
+  run.table.observe([p.id for p in problems], fut, step)
+
+
 def on_policy_batch(run, state, batch: dict, step: int) -> dict:
   """Replaces the reference responses of a sampled batch by the student's rollouts: fresh ones
   sampled now through the run's engine (row b draws RNG stream b of the step's key), or
   (paced.reuse_rollouts) this round's unused estimation rollouts; only the rows without one
-  are sampled."""
+  are sampled. paced.train_outcomes: the rows sampled here are verified in a host thread and
+  their outcomes go to the pass-rate table (`observe_outcomes`; reused rows are not: their
+  outcomes were the estimate's, or held out of it by paced.reuse_split). Not in generated runs
+  (every round's pool is new)."""
   cfg, tok, pool = run.cfg, run.tokenizer, run.pipeline.pool
   index = to_host(batch["index"])
   prompts = [pool.prompt(int(i)) for i in index]
@@ -140,6 +195,8 @@ def on_policy_batch(run, state, batch: dict, step: int) -> dict:
     sampled, sampled_lens = to_host(out.tokens_BS), to_host(out.lengths_B)
     for j, b in enumerate(missing):
       got[b] = sampled[j, :sampled_lens[j]]
+    if cfg.paced.train_outcomes and run.synthesis is None:
+      observe_outcomes(run, step, index[missing], [got[b] for b in missing])
   toks = [np.asarray(t) for t in got]
   lens = [len(t) for t in toks]
   priv = None

@@ -15,6 +15,7 @@ from paced_jax.build import Run, set_pool
 from paced_jax.distributed import is_main
 from paced_jax.estimate import estimate_for_config
 from paced_jax.frontier import frontier_round, frontier_stats, frontier_weights, skip_settled
+from paced_jax.rollout_data import split_for_reuse
 from paced_jax.synthesis import cell_round, diversity
 
 log = logging.getLogger("paced_jax.train")  # the loop's logger: one name in every log line
@@ -28,15 +29,33 @@ def samplable(run: Run, need_reference: bool) -> np.ndarray:
 def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -> dict:
   """Re-estimates pass rates (all problems or a subset), rebuilds weights and starts the data
   round `round_`. Deterministic in (seed, round). Only problems that can be drawn and sampled
-  are estimated; nothing is estimated when the weights cannot depend on it (uniform)."""
+  are estimated; nothing is estimated when the weights cannot depend on it (uniform).
+
+  paced.train_outcomes: the verified outcomes of the rollouts trained on since the last refresh
+  are merged into the table first (each at its own step, `PassRateTable.merge_pending`), and
+  with paced.fresh_trials = m > 0 a problem with at least m of them sampled less than
+  paced.fresh_steps steps ago is not estimated (it keeps the counts they gave it).
+  paced.reuse_rollouts with paced.reuse_split: the even-numbered rollouts give the pass rate,
+  the odd ones are the rows reused (`split_for_reuse`)."""
   cfg = run.cfg
   metrics: dict[str, float] = {}
   idx = np.zeros(0, np.int64)
   rollout_flops = run.compute["rollout_flops"]
   if run.synthesis is not None:  # a generated run: this round's problems, made in the band
     metrics.update(_generated_round(run, state, round_, step, progress))
+  recent = None
+  if cfg.paced.train_outcomes:
+    recent = run.table.pending_trials(step, cfg.paced.fresh_steps or cfg.paced.refresh_every)
+    merged, right = run.table.merge_pending(step, cfg.paced.merge, cfg.paced.decay_per_step)
+    metrics["frontier/train_outcomes"] = float(merged)
+    if merged:
+      metrics["frontier/train_outcomes_correct"] = right / merged
   if _estimates_pool(cfg):
     idx, skipped = _to_estimate(run, round_)
+    if recent is not None and cfg.paced.fresh_trials > 0:  # evidence enough: no estimate
+      fresh = recent[run.table.rows([run.problems[i].id for i in idx])] >= cfg.paced.fresh_trials
+      idx = idx[~fresh]
+      metrics["frontier/fresh_kept"] = float(fresh.sum())
     metrics["frontier/estimated"] = len(idx)
     if cfg.paced.skip_base < 1:
       metrics["frontier/skipped"] = float(len(skipped))
@@ -45,16 +64,23 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
       (run.workdir / "passrates" / f"round_{round_:05d}.skipped.json").write_text(
           json.dumps([run.problems[i].id for i in skipped]))
   chosen, kept = [run.problems[i] for i in idx], []
+  split = run.fresh is not None and cfg.paced.reuse_split
   if chosen:
     t0 = time.perf_counter()
     est = estimate_for_config(
         run.student_engine(state), chosen, run.tokenizer, run.verifier, cfg, run.mesh,
         rollouts=cfg.paced.rollouts, rng=jax.random.fold_in(jax.random.key(cfg.seed), round_),
-        progress=progress, screen=cfg.paced.screen_rollouts, keep_rollouts=run.fresh is not None)
-    run.table.update([p.id for p in chosen], est.successes, est.trials, step, cfg.paced.merge)
+        progress=progress, screen=cfg.paced.screen_rollouts,
+        adaptive=cfg.paced.adaptive_rollouts, keep_rollouts=run.fresh is not None,
+        split=split)
+    kept, full = est.rollouts, cfg.paced.rollouts
+    if split:  # the estimate counts rollouts 0, 2, 4, ...; 1, 3, 5, ... are the reused rows
+      kept, full = split_for_reuse([p.id for p in chosen], est.rollouts)[2], (full + 1) // 2
+    run.table.update([p.id for p in chosen], est.successes, est.trials, step, cfg.paced.merge,
+                     cfg.paced.decay_per_step, full_trials=full)
     run.compute["rollout_flops"] += est.flops
     metrics["frontier/estimate_seconds"] = time.perf_counter() - t0
-    kept = est.rollouts
+    metrics["frontier/rollouts_per_problem"] = float(np.mean(est.trials))
   if run.fresh is not None:
     where = {p.id: i for p, i in zip(chosen, idx)}
     run.fresh.set(round_, step, [where[r.problem_id] for r in kept], kept,

@@ -9,7 +9,10 @@ Batch (dict of global arrays, rows sharded over the `batch` logical axis):
   tokens, positions, loss_mask [B, T]; optional segment_ids [B, T]; weights [B] (frontier
   weights, used in loss-weight mode); for self-distillation optional teacher_tokens,
   teacher_positions, teacher_loss_mask [B, T'] (the teacher sees a privileged prompt; the k-th
-  scored position of both sequences is the same response token).
+  scored position of both sequences is the same response token); for an offline teacher
+  (loss.teacher=offline:DIR, teacher_params None) teacher_ids [B, R, k] int, teacher_logp
+  [B, R, k] (any float dtype), teacher_log_tail [B, R]: its stored top-k log-probabilities at
+  the first R = min(data.max_response_len, T) scored positions (data/pipeline.py).
 loss_mask[b, t] = 1 iff the logits at t are scored, i.e. tokens[b, t + 1] is a response token.
 """
 
@@ -27,7 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from paced_jax import divergences, losses
-from paced_jax.fused_loss import fused_divergence_loss
+from paced_jax.fused_loss import fused_divergence_loss, fused_offline_forward_kl
 from paced_jax.memory import auto_loss_chunk
 from paced_jax.config import Config, ConfigError, TrainConfig
 from paced_jax.sharding import LOGICAL_RULES, batch_shards, constrain, logical_sharding
@@ -136,13 +139,33 @@ def loss_fn(params, teacher_params, batch, kind, *, cfg: Config, student_def, te
   weights = batch["weights"] if cfg.paced.use == "loss_weight" else None
   coef = losses.normalise_coefs(counts, weights, lc.normalise)
   w_s = _real_vocab(student.unembedding(), lc.vocab_limit)
-  if lc.chunk_size > 0:  # fused: chunked logits, gradients in the same pass, no recompute
+  row_sharding = (logical_sharding(mesh, ("batch",), h_s_BRD.shape[:1])
+                  if mesh is not None else None)
+  if "teacher_ids" in batch:  # offline teacher: its stored top-k log-probabilities
+    ids, logp_t, tail = batch["teacher_ids"], batch["teacher_logp"], batch["teacher_log_tail"]
+    if lc.chunk_size > 0:
+      loss, sums = fused_offline_forward_kl(h_s_BRD, w_s, ids, logp_t, tail, valid, coef,
+                                            chunk=lc.chunk_size, temperature=lc.temperature,
+                                            row_sharding=row_sharding)
+    else:  # the unchunked reference: [B, R, V] logits, plain autodiff
+      keep = valid[..., None]
+      # Padded positions score ids 0..k-1 with no tail (as the fused loss): any stored padding
+      # then keeps NaN and out-of-range ids out of the (masked) loss and its gradient.
+      K = ids.shape[-1]
+      ids = jnp.where(keep, ids.astype(jnp.int32), jnp.arange(K, dtype=jnp.int32) % w_s.shape[1])
+      logp_t = jnp.where(keep, logp_t.astype(jnp.float32), -jnp.log(K))
+      tail = jnp.where(valid, tail.astype(jnp.float32), -jnp.inf)
+      h = jnp.where(keep, h_s_BRD, jnp.zeros((), h_s_BRD.dtype))
+      logits = jnp.einsum("BRD,DV->BRV", h, w_s, preferred_element_type=jnp.float32)
+      tok = losses.offline_forward_kl(ids, logp_t, tail, logits, lc.temperature)
+      sums, _ = losses.masked_sums(tok, valid)
+      loss = jnp.sum(coef * sums)
+  elif lc.chunk_size > 0:  # fused: chunked logits, gradients in the same pass, no recompute
     loss, sums = fused_divergence_loss(
         h_t_BRD, w_t, h_s_BRD, w_s, valid, coef, kind, chunk=lc.chunk_size,
         # The rows' sharding as the model lays out its activations (a mesh axis that does not
         # divide B is dropped): a mismatch makes XLA replicate the hidden-state gradient.
-        row_sharding=(logical_sharding(mesh, ("batch",), h_s_BRD.shape[:1])
-                      if mesh is not None else None), **opts)
+        row_sharding=row_sharding, **opts)
   else:  # the unchunked reference: [B, R, V] logits, plain autodiff
     sums, _ = losses.linear_divergence(h_t_BRD, w_t, h_s_BRD, w_s, valid, kind, **opts)
     loss = jnp.sum(coef * sums)

@@ -5,6 +5,9 @@ positions whose next token is a response token, packing.py's loss_mask) it keeps
 likely tokens and their log-probabilities at the loss temperature (normalised over the full
 vocabulary), and the log of the mass of all other tokens. Training then reads these instead of
 running the teacher (losses.offline_forward_kl, fused_loss.fused_offline_forward_kl).
+`paced teacher-logits CONFIG --out DIR` (commands.py) writes them for a config's pool; a run
+with loss.teacher=offline:DIR reads them (open_for_run, data/pipeline.py). A record's key is
+record_key: the problem id, or "id#j" for reference j of a problem with several.
 
     ids, logp, log_tail = topk_from_logits(logits_RV, k, temperature)   # jit-friendly
     with TeacherLogitsWriter(out_dir, meta, process=jax.process_index()) as w:
@@ -20,15 +23,18 @@ On disk (DIR):
   shard-PPPPP-IIIII.array_record  ArrayRecord (group_size:1: random access per record), one
                                 record per problem; PPPPP the writing process, IIIII its shard
   shard-PPPPP-IIIII.index.json  the shard's commit point, written after the shard: its record
-                                count, byte size, ids, positions per id (resume reads these)
+                                count, byte size, ids, positions per id (resume reads these),
+                                per id the digest of the tokens the teacher read and its FLOPs
   manifest.json                 meta + every committed shard (name, records, bytes, ids,
-                                positions) + problem_ids; written by write_manifest (the
+                                positions, tokens, flops) + problem_ids + compute
+                                {"offline_teacher_flops"}; written by write_manifest (the
                                 writer's close), read by OfflineTeacher
 Every file is written to a .tmp name and renamed (atomic): a crash leaves finished shards and
 at worst an uncommitted shard without its index (ignored; its problems are redone).
 
 A record (little-endian): b"PTL1", uint32 n, n bytes of JSON header {"id", "positions": R,
-"k", "crc32" (of the payload), "tokens" (optional digest of the scored tokens)}, then the payload
+"k", "crc32" (of the payload), "tokens" (optional digest of the tokens the teacher read)}, then
+the payload
   ids       [R, k] int32
   logp      [R, k] float16   (LOGP_DTYPE: the same 2 bytes as bf16 with 3 more mantissa bits;
                               log-probabilities in [-65504, 0] need no bf16 range; -inf kept)
@@ -120,8 +126,46 @@ def files_hash(path: str) -> str:
 
 
 def tokens_digest(tokens) -> str:
-  """Short digest of the scored tokens (the reference response as the teacher saw it)."""
+  """Short digest of the tokens the teacher read (`paced teacher-logits`: the packed row, prompt
+  and reference response), checked against the pool's rows when a run opens the logits."""
   return hashlib.sha1(np.ascontiguousarray(tokens, IDS_DTYPE).tobytes()).hexdigest()[:16]
+
+
+def record_key(problem_id: str, j: int, n: int) -> str:
+  """The record key of reference j of a problem with n references: the problem id when it has
+  one (data.reference=dataset: its solution), f"{problem_id}#{j}" when it has several."""
+  return str(problem_id) if n == 1 else f"{problem_id}#{j}"
+
+
+def tokenizer_hash(spec: str) -> str:
+  """Content hash of what turns a run's text into tokens (data.tokenizer): "char" for the
+  built-in tokenizer; else sha256 over its tokenizer.json and, beside it, tokenizer_config.json
+  and chat_template.jinja (EOS, BOS, the chat template), not the model's weights."""
+  if spec == "char":
+    return "char"
+  file = os.path.join(spec, "tokenizer.json") if os.path.isdir(spec) else spec
+  h = hashlib.sha256()
+  for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+    path = file if name == "tokenizer.json" else os.path.join(os.path.dirname(file), name)
+    if os.path.isfile(path):
+      h.update(name.encode() + b"\0" + files_hash(path).encode() + b"\0")
+  return h.hexdigest()
+
+
+def token_meta(cfg) -> dict:
+  """The manifest fields that shape the tokens and scored positions the logits belong to (a
+  Config's): the loss temperature, the logits' vocabulary (loss.vocab_limit, else the
+  model's), the tokenizer (path and tokenizer_hash), the chat template and the data fields
+  of tokenisation, truncation and length buckets. A run reading the logits must match them."""
+  d = cfg.data
+  return {"temperature": float(cfg.loss.temperature), "vocab_limit": cfg.loss.vocab_limit,
+          "vocab": cfg.loss.vocab_limit or cfg.model.vocab_size,
+          "tokenizer": {"path": d.tokenizer, "hash": tokenizer_hash(d.tokenizer)},
+          "data": {"chat_template": d.chat_template,
+                   "chat_template_kwargs": list(d.chat_template_kwargs),
+                   "max_prompt_len": d.max_prompt_len, "max_response_len": d.max_response_len,
+                   "references_per_problem": d.references_per_problem,
+                   "reference": d.reference, "length_buckets": list(d.length_buckets)}}
 
 
 # --- records -------------------------------------------------------------------------------
@@ -242,8 +286,13 @@ def _committed_shards(directory: str) -> list[dict]:
   is missing or has another size (truncated) is skipped with a warning (its problems redone)."""
   out = []
   for idx_path in sorted(glob.glob(os.path.join(directory, "shard-*.index.json"))):
-    with open(idx_path) as f:
-      rec = json.load(f)
+    try:
+      with open(idx_path) as f:
+        rec = json.load(f)
+    except (OSError, ValueError) as e:  # damaged from outside (the writer renames it whole)
+      log.warning("teacher logits: shard index %s is unreadable (%s): its problems are not "
+                  "counted", idx_path, _one_line(e))
+      continue
     path = os.path.join(directory, rec["name"])
     size = os.path.getsize(path) if os.path.exists(path) else None
     if size != rec["bytes"]:
@@ -269,14 +318,18 @@ def write_manifest(directory: str) -> dict:
   first shard by name."""
   with open(os.path.join(directory, META)) as f:
     meta = json.load(f)
-  shards, first, total = _committed_shards(directory), {}, 0
+  shards, first, total, flops = _committed_shards(directory), {}, 0, 0.0
   for rec in shards:
-    for i, n in zip(rec["ids"], rec["positions"]):
+    per = rec.get("flops") or [0.0] * len(rec["ids"])
+    for i, n, f in zip(rec["ids"], rec["positions"], per):
       if i not in first:
         first[i] = rec["name"]
         total += n
+        flops += f
+  # compute: the teacher forward's FLOPs of the stored records, once each (flops.py conventions)
   manifest = dict(meta, shards=shards, problem_ids=list(first), records=len(first),
-                  positions=total, bytes=int(sum(rec["bytes"] for rec in shards)))
+                  positions=total, bytes=int(sum(rec["bytes"] for rec in shards)),
+                  compute={"offline_teacher_flops": flops})
   _atomic_write(os.path.join(directory, MANIFEST),
                 json.dumps(manifest, indent=1, sort_keys=True).encode())
   return manifest
@@ -304,11 +357,15 @@ class TeacherLogitsWriter:
     self._next = max(used, default=-1) + 1
     self._buf: list[tuple[str, bytes, int]] = []
     self._ids_in_buf: set[str] = set()
+    self._digests: list[str | None] = []  # per buffered record: its tokens digest, its FLOPs
+    self._flops: list[float] = []
     self.written: list[str] = []  # shard names written by this writer
 
-  def add(self, problem_id: str, ids, logp, log_tail, tokens=None) -> bool:
-    """Buffers one problem (ids [R, k], logp [R, k], log_tail [R]; `tokens` [R]: the scored
-    tokens, stored as a digest); False (nothing written) when it is stored already."""
+  def add(self, problem_id: str, ids, logp, log_tail, tokens=None, flops: float = 0.0) -> bool:
+    """Buffers one problem (ids [R, k], logp [R, k], log_tail [R]; `tokens`: the tokens the
+    teacher read (the packed row: prompt and response), stored as a digest in the record and in
+    the shard's index; `flops`: the teacher forward's FLOPs spent on it, summed into the
+    manifest's compute); False (nothing written) when it is stored already."""
     problem_id = str(problem_id)
     if problem_id in self.done or problem_id in self._ids_in_buf:
       return False
@@ -318,6 +375,8 @@ class TeacherLogitsWriter:
     raw = encode_record(problem_id, ids, logp, log_tail, tokens)
     self._buf.append((problem_id, raw, int(np.shape(ids)[0])))
     self._ids_in_buf.add(problem_id)
+    self._digests.append(None if tokens is None else tokens_digest(tokens))
+    self._flops.append(float(flops))
     if len(self._buf) >= self.per_shard:
       self.flush()
     return True
@@ -339,11 +398,12 @@ class TeacherLogitsWriter:
       writer.close()
     os.replace(tmp, path)
     index = {"name": name, "records": len(self._buf), "bytes": os.path.getsize(path),
-             "ids": [i for i, _, _ in self._buf], "positions": [r for _, _, r in self._buf]}
+             "ids": [i for i, _, _ in self._buf], "positions": [r for _, _, r in self._buf],
+             "tokens": list(self._digests), "flops": list(self._flops)}
     _atomic_write(path[:-len(".array_record")] + ".index.json",
                   json.dumps(index, separators=(",", ":")).encode())  # the commit point
     self.done.update(index["ids"])
-    self._buf, self._ids_in_buf = [], set()
+    self._buf, self._ids_in_buf, self._digests, self._flops = [], set(), [], []
     self._next += 1
     self.written.append(name)
     return name
@@ -359,7 +419,7 @@ class TeacherLogitsWriter:
     if exc_type is None:
       self.close()
     else:  # keep what was committed; never finalize a failed run's manifest
-      self._buf = []
+      self._buf, self._ids_in_buf, self._digests, self._flops = [], set(), [], []
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -397,9 +457,12 @@ class OfflineTeacher:
                         f"not {FORMAT!r} version {VERSION}")
     self.k, self.temperature = int(m["k"]), float(m["temperature"])
     self._where: dict[str, tuple[int, int, int]] = {}  # id -> (shard, record, positions)
+    self._digest: dict[str, str | None] = {}  # id -> digest of the tokens the teacher read
     for s, rec in enumerate(m["shards"]):
-      for r, (pid, n) in enumerate(zip(rec["ids"], rec["positions"])):
-        self._where.setdefault(pid, (s, r, n))
+      digests = rec.get("tokens") or [None] * len(rec["ids"])
+      for r, (pid, n, d) in enumerate(zip(rec["ids"], rec["positions"], digests)):
+        if pid not in self._where:
+          self._where[pid], self._digest[pid] = (s, r, n), d
     self._readers: dict[int, Any] = {}
     for s in range(len(m["shards"])):
       self._check_shard(s)
@@ -459,6 +522,11 @@ class OfflineTeacher:
     """R_i, the number of scored positions stored for a problem."""
     return self._where[problem_id][2]
 
+  def tokens_digest(self, problem_id: str) -> str | None:
+    """The digest (tokens_digest) of the tokens the teacher read for a problem, from the
+    manifest (None when its writer gave no tokens)."""
+    return self._digest[problem_id]
+
   def record(self, problem_id: str):
     """(header, ids, logp, log_tail): get's arrays with the record's header (its "tokens"
     digest, when the writer gave the tokens)."""
@@ -504,6 +572,27 @@ class OfflineTeacher:
     state = dict(self.__dict__)
     state["_readers"] = {}
     return state
+
+
+def open_for_run(cfg) -> OfflineTeacher:
+  """The OfflineTeacher of a run's loss.teacher="offline:DIR", its manifest checked against the
+  run (k = loss.offline_k, and token_meta but the tokenizer's path): a mismatch is a ConfigError,
+  one line naming the field and both values."""
+  directory = cfg.loss.offline_dir
+  if not os.path.isdir(directory):
+    raise ConfigError(f"loss.teacher={cfg.loss.teacher!r}: {directory} does not exist; write "
+                      f"the teacher's logits there first (paced teacher-logits CONFIG --out "
+                      f"{directory})")
+  teacher = OfflineTeacher(directory)
+  expected = {"k": cfg.loss.offline_k, **token_meta(cfg)}
+  del expected["tokenizer"]["path"]  # the same files may lie elsewhere
+  try:
+    teacher.check_manifest(expected)
+  except ConfigError as e:
+    raise ConfigError(f"{e} (loss.teacher={cfg.loss.teacher!r} was written for other settings): "
+                      "train with the settings it was written with, or write the logits again "
+                      "for this run (paced teacher-logits CONFIG --out NEW_DIR)") from None
+  return teacher
 
 
 def gather_rows(teacher: OfflineTeacher, problem_ids: Sequence[str], R: int):

@@ -88,3 +88,16 @@ def test_resume_names_changed_settings_and_refuses_fixed_ones(finished_run, tmp_
              "--set", "loss.divergence=reverse_kl")
   assert r.returncode == 2 and "holds checkpoints of a different config" in r.stderr
   assert "loss.divergence" in r.stderr and not (wd / "config.json").exists()
+
+
+def test_a_field_added_after_a_run_was_written_counts_as_its_default():
+  from paced_jax import checkpoint as ckpt
+  from paced_jax.config import to_dict
+
+  now = to_dict(load_config(TINY))
+  old = {k: v for k, v in now.items() if k != "generate"}  # a config.json from before them
+  old["loss"] = {k: v for k, v in now["loss"].items() if k not in ("teacher", "offline_k")}
+  assert ckpt.config_mismatch(old, now, ("loss", "generate")) is None
+  gen = to_dict(load_config(TINY, ["generate.source=synthetic"]))
+  assert ckpt.config_changes(old, gen, ("generate",)) == [
+      "generate.source: '' -> 'synthetic'"]

@@ -65,26 +65,6 @@ def _table(wd, round_):
   return [json.loads(l) for l in (wd / "passrates" / f"round_{round_:05d}.jsonl").open()]
 
 
-def test_skipping_and_screening_from_the_config(tmp_path, monkeypatch):
-  wd = _train(tmp_path, monkeypatch, "paced.skip_base=0.5", "paced.skip_floor=0.1",
-              "paced.rollouts=4", "paced.screen_rollouts=2")
-  rounds = [m for m in read_metrics(wd) if "frontier/round" in m]
-  assert [m["frontier/round"] for m in rounds] == [0, 1, 2]
-  N = len(_table(wd, 0))
-  assert rounds[0]["frontier/estimated"] == N and rounds[0].get("frontier/skipped", 0) == 0
-  # Every response right: the first 2 rollouts agree everywhere, so no problem gets the rest.
-  assert {r["trials"] for r in _table(wd, 0)} == {2}
-  for m in rounds[1:]:  # every p = 1: all settled, about half (then a quarter) re-estimated
-    assert 0 < m["frontier/skipped"] < N and m["frontier/skipped"] + m["frontier/estimated"] == N
-  r1 = _table(wd, 1)
-  kept = [r for r in r1 if r["step"] == 0]  # skipped in round 1: the round-0 estimate, kept
-  assert len(kept) == rounds[1]["frontier/skipped"]
-  assert sorted(r["id"] for r in kept) == sorted(
-      json.loads((wd / "passrates" / "round_00001.skipped.json").read_text()))
-  assert all(r["settled"] == 1 for r in kept) and all(r["settled"] == 2 for r in r1
-                                                        if r["step"] == 3)
-
-
 def test_a_round_that_skips_every_problem_estimates_none(tmp_path, monkeypatch):
   wd = _train(tmp_path, monkeypatch, "paced.skip_base=0.001", "paced.skip_floor=0",
               "train.steps=6")

@@ -595,3 +595,32 @@ def test_writer_checks(tmp_path):
     w.add("a", ids[:, :4], logp, tail)
   with pytest.raises(ValueError, match="k' and 'temperature'"):
     tl.TeacherLogitsWriter(str(tmp_path / "x"), {"k": 4})
+
+
+def test_token_digests_flops_and_record_keys(tmp_path, caplog):
+  probs = _problems(5)
+  with tl.TeacherLogitsWriter(str(tmp_path), META, records_per_shard=2) as w:
+    for n, (pid, arrs) in enumerate(probs.items()):
+      w.add(pid, *arrs, tokens=np.arange(n + 3), flops=10.0 * (n + 1))
+  t = tl.OfflineTeacher(str(tmp_path))
+  for n, pid in enumerate(probs):
+    assert t.tokens_digest(pid) == tl.tokens_digest(np.arange(n + 3))
+    assert t.record(pid)[0]["tokens"] == t.tokens_digest(pid)
+  assert t.manifest["compute"] == {"offline_teacher_flops": 150.0}  # each record once
+  assert [tl.record_key("p", 0, 1), tl.record_key("p", 1, 3)] == ["p", "p#1"]
+  assert tl.tokenizer_hash("char") == "char"
+  tok = tmp_path / "tok"
+  tok.mkdir()
+  (tok / "tokenizer.json").write_text("{}")
+  h = tl.tokenizer_hash(str(tok))
+  assert tl.tokenizer_hash(str(tok / "tokenizer.json")) == h
+  (tok / "model.safetensors").write_bytes(b"weights")  # not the tokenizer's
+  assert tl.tokenizer_hash(str(tok)) == h
+  (tok / "tokenizer_config.json").write_text('{"eos_token": "x"}')
+  assert tl.tokenizer_hash(str(tok)) != h
+  # A damaged index file (not the writer's doing: it renames it whole) is one warning, and
+  # its shard's problems are redone.
+  (tmp_path / "shard-00000-00000.index.json").write_text("{not json")
+  with caplog.at_level("WARNING", "paced_jax.teacher_logits"):
+    assert tl.completed_ids(str(tmp_path)) == set(list(probs)[2:])
+  assert "shard-00000-00000.index.json is unreadable" in caplog.text

@@ -32,7 +32,8 @@ import numpy as np
 from paced_jax.config import ConfigError
 from paced_jax.data.schema import Problem
 
-__all__ = ["Cell", "Generator", "SyntheticGenerator", "make_generator", "prompt_digest"]
+__all__ = ["Cell", "Generator", "SPLIT_CODES", "SyntheticGenerator", "make_generator", "problem_id",
+           "prompt_digest"]
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -77,7 +78,7 @@ def problem_id(cell: Cell, split: str, seed: int, i: int) -> str:
   return f"gen/{cell.task}/L{cell.level}/{split}/s{seed}/{i}"
 
 
-_SPLIT_CODES = {"train": 0, "test": 1, "probe": 2}
+SPLIT_CODES = {"train": 0, "test": 1, "probe": 2}
 
 
 class SyntheticGenerator:
@@ -114,12 +115,12 @@ class SyntheticGenerator:
            ) -> list[Problem]:
     from paced_jax.data.synthetic import partition
 
-    if split not in _SPLIT_CODES:
-      raise ValueError(f"split {split!r} is not one of {', '.join(_SPLIT_CODES)}")
+    if split not in SPLIT_CODES:
+      raise ValueError(f"split {split!r} is not one of {', '.join(SPLIT_CODES)}")
     family = self._families[cell.task]
     out = []
     for i in range(start, start + n):
-      rng = np.random.default_rng([seed, 100 + _SPLIT_CODES[split], self._index[cell.task],
+      rng = np.random.default_rng([seed, 100 + SPLIT_CODES[split], self._index[cell.task],
                                    cell.level, i])
       for _ in range(100_000):
         prompt, answer, solution = family.make(rng, cell.level)

@@ -33,7 +33,7 @@ import threading
 from typing import Any, Sequence
 
 from paced_jax.config import ConfigError
-from paced_jax.data.generators import _SPLIT_CODES, Cell, problem_id
+from paced_jax.data.generators import SPLIT_CODES, Cell, problem_id
 from paced_jax.data.schema import Problem
 from paced_jax.data.synthetic_families import MARKER
 
@@ -270,7 +270,7 @@ class GymGenerator:
     `attempt` > 0: the seeds tried when the task fails on the ones before."""
     key = f"paced-gym/{seed}/{cell.task}/{cell.level}/{i}" + (f"/{attempt}" if attempt else "")
     h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-    return h % 2**30 * 4 + _SPLIT_CODES[split]
+    return h % 2**30 * 4 + SPLIT_CODES[split]
 
   def _fresh(self, cell: Cell, state: _CellState, s: int) -> dict:
     return _gym().create_dataset(cell.task, seed=s, size=1, **state.kwargs)[0]
@@ -333,8 +333,8 @@ class GymGenerator:
 
   def make(self, cell: Cell, seed: int, start: int, n: int, split: str = "train"
            ) -> list[Problem]:
-    if split not in _SPLIT_CODES:
-      raise ValueError(f"split {split!r} is not one of {', '.join(_SPLIT_CODES)}")
+    if split not in SPLIT_CODES:
+      raise ValueError(f"split {split!r} is not one of {', '.join(SPLIT_CODES)}")
     config = jsonable(self._template(cell).kwargs)
     out = []
     for i in range(start, start + n):

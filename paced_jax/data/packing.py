@@ -29,6 +29,7 @@ from paced_jax.config import ConfigError, DataConfig
 from paced_jax.data.references import reference_text
 from paced_jax.data.sources import DataError
 from paced_jax.data.tokenizer import Tokenizer, encode_many, prompt_prefix, prompt_text
+from paced_jax.teacher_logits import record_key
 
 log = logging.getLogger("paced_jax.data")
 
@@ -125,6 +126,17 @@ class TokenizedPool:
 
   def response(self, j: int) -> np.ndarray:
     return self.response_tokens[self.response_offsets[j]:self.response_offsets[j + 1]]
+
+  def reference_keys(self) -> list[str]:
+    """The offline teacher's record key of every reference, by global reference index
+    (teacher_logits.record_key: the problem id, or "id#j" for a problem with several)."""
+    n = self.num_refs
+    return [record_key(self.ids[i], j, int(n[i])) for i in range(len(self.ids))
+            for j in range(int(n[i]))]
+
+  def row_tokens(self, i: int, j: int) -> np.ndarray:
+    """The packed row's tokens of problem i with (global) reference j: prompt + response."""
+    return np.concatenate([self.prompt(i), self.response(j)])
 
   def usable_for(self, need_reference: bool) -> np.ndarray:
     """Problems that can be drawn when rows need a reference response (or only a prompt)."""

@@ -34,6 +34,7 @@ import numpy as np
 from paced_jax.config import ConfigError, DataConfig, pick_bucket
 from paced_jax.data.packing import TokenizedPool, build_pool
 from paced_jax.sharding import logical_sharding
+from paced_jax.teacher_logits import OfflineTeacher, gather_rows, tokens_digest
 
 log = logging.getLogger("paced_jax.data")
 
@@ -74,8 +75,13 @@ class _Round:
 
   def __init__(self, pool: TokenizedPool, cdf: np.ndarray, weights: np.ndarray, seed: int,
                round_: int, global_batch: int, process_index: int, process_count: int,
-               buckets: tuple[int, ...], pad_id: int, responses: bool = True):
+               buckets: tuple[int, ...], pad_id: int, responses: bool = True,
+               offline: OfflineTeacher | None = None, ref_keys: list[str] | None = None,
+               max_response_len: int = 0):
     self.pool, self.cdf, self.weights = pool, cdf, weights
+    # loss.teacher=offline:DIR: the stored teacher arrays of each row's reference (record keys
+    # by global reference index), for the step's first min(max_response_len, T) scored positions.
+    self.offline, self.ref_keys, self.max_response_len = offline, ref_keys, max_response_len
     self.responses = responses and not pool.prompts_only
     self.total = float(cdf[-1])
     # The last index with mass: u * total can round up to total, never past this index.
@@ -116,6 +122,12 @@ class _Round:
     out = self.pool.pack(idx, ref, T, self.pad_id, self.responses)
     out["weights"] = self.weights[idx]
     out["index"] = idx.astype(np.int32)
+    if self.offline is not None and self.responses:
+      R = min(self.max_response_len, T)  # what step.loss_fn scores
+      ids, logp, tail, _ = gather_rows(self.offline, [self.ref_keys[r] for r in ref], R)
+      # Stored as float16: kept so on the host and in the transfer, cast to fp32 in the loss.
+      out["teacher_ids"], out["teacher_log_tail"] = ids, tail
+      out["teacher_logp"] = logp.astype(np.float16)
     return out
 
 
@@ -136,14 +148,18 @@ class FrontierPipeline:
 
   A batch holds tokens, targets, loss_mask, positions, segment_ids, prompt_lens, lengths
   (int32/float32 [B, T] and [B]), weights [B] float32 (per-example loss weight; 1 when
-  sampling by pi) and index [B] int32 (pool index). With `mesh` the arrays are global
+  sampling by pi) and index [B] int32 (pool index). With `offline` (an OfflineTeacher:
+  loss.teacher=offline:DIR) rows with a reference also carry its stored teacher arrays for the
+  step's R = min(data.max_response_len, T) scored positions: teacher_ids [B, R, k] int32,
+  teacher_logp [B, R, k] float16, teacher_log_tail [B, R] float32 (teacher_logits.gather_rows);
+  the pool is checked against them first (check_offline). With `mesh` the arrays are global
   `jax.Array`s sharded by the "batch" logical axis; without, local numpy arrays.
   """
 
   def __init__(self, source, tokenizer, data_cfg: DataConfig, seed: int = 0, *,
                references=None, prompts_only: bool = False, mesh=None,
                process_index: int | None = None, process_count: int | None = None,
-               pool: TokenizedPool | None = None):
+               pool: TokenizedPool | None = None, offline: OfflineTeacher | None = None):
     self.cfg, self.seed, self.mesh = data_cfg, int(seed), mesh
     self.source, self.tokenizer = source, tokenizer
     self.pool = pool if pool is not None else build_pool(source, tokenizer, data_cfg,
@@ -155,6 +171,10 @@ class FrontierPipeline:
                         f"{self.process_count} processes; use a multiple of {self.process_count}")
     if not 0 <= self.process_index < self.process_count:
       raise ValueError(f"process_index={self.process_index} not in [0, {self.process_count})")
+    self.offline, self.ref_keys = offline, None
+    if offline is not None:
+      self.ref_keys = self.pool.reference_keys()
+      check_offline(self.pool, offline, self.ref_keys)
     self.round: int | None = None
     self.probs: np.ndarray | None = None  # effective sampling probabilities of this round
     self._it: Iterator | None = None
@@ -190,7 +210,9 @@ class FrontierPipeline:
     self._digest = _digest(p, w) if need_reference else _digest(p, w, np.zeros(1, bool))
     self._spec = _Round(self.pool, np.cumsum(p), w, self.seed, self.round, self.cfg.batch_size,
                         self.process_index, self.process_count, self.cfg.length_buckets,
-                        self.tokenizer.pad_id, responses=need_reference)
+                        self.tokenizer.pad_id, responses=need_reference,
+                        offline=self.offline, ref_keys=self.ref_keys,
+                        max_response_len=self.cfg.max_response_len)
     self._it = iter(self._dataset(self._spec))
 
   def _dataset(self, spec: _Round):
@@ -255,6 +277,33 @@ class FrontierPipeline:
     if self._it is not None and hasattr(self._it, "close"):
       self._it.close()
     self._it = None
+
+
+def check_offline(pool: TokenizedPool, teacher: OfflineTeacher, keys: list[str]) -> None:
+  """Every reference a round can draw has stored teacher logits of the same row: its record
+  exists, holds one position per response token (the packed row's scored positions) and was
+  written for the same prompt and response tokens (the digest in the manifest). A failure is
+  one ConfigError line naming the first problem."""
+  where = f"offline teacher {teacher.dir}"
+  again = "write the logits again for this pool (paced teacher-logits CONFIG --out NEW_DIR)"
+  refs = [(int(i), int(pool.ref_offsets[i]) + j) for i in np.nonzero(pool.usable)[0]
+          for j in range(int(pool.num_refs[i]))]
+  missing = teacher.missing([keys[r] for _, r in refs])
+  if missing:
+    first = ", ".join(repr(m) for m in missing[:3]) + (", ..." if len(missing) > 3 else "")
+    raise ConfigError(f"{where}: {len(missing)} of the pool's {len(refs)} reference responses "
+                      f"have no stored logits (first: {first}); add them with paced "
+                      f"teacher-logits CONFIG --out {teacher.dir} (it writes only the missing)")
+  for i, r in refs:
+    key, n, want = keys[r], teacher.positions(keys[r]), len(pool.response(r))
+    if n != want:
+      raise ConfigError(f"{where}: {key!r} has {n} stored scored positions, its packed reference "
+                        f"response {want} (data.max_response_len or data.length_buckets differ "
+                        f"from the writer's?); {again}")
+    digest = teacher.tokens_digest(key)
+    if digest is not None and digest != tokens_digest(pool.row_tokens(i, r)):
+      raise ConfigError(f"{where}: {key!r} was written for other tokens (its prompt or reference "
+                        f"response changed, or the tokenizer or chat template); {again}")
 
 
 def to_global_batch(batch: dict[str, np.ndarray], mesh, process_count: int | None = None
