@@ -54,6 +54,35 @@ def _value_and_dz(kind, z_t, z_s, targets, ct, opts):
   return jax.lax.switch(kind, [one(name) for name in divergences.NAMES], z_t, z_s, targets, ct)
 
 
+def _accumulate(carry, d_BC, dz, keep, h_s_c, w_s, i, chunk, rowwise):
+  """One chunk's share of the loop carry (per-example sums, dW, dh) from its per-token
+  divergence d and the gradient dz of d w.r.t. the chunk's student logits, taken through the
+  unembedding: dh = dz @ W^T, dW += h^T @ dz."""
+  sums, dw, dh_all = carry
+  dz = jnp.where(keep, dz, 0.0).astype(w_s.dtype)
+  dh = rowwise(jnp.einsum("BCV,DV->BCD", dz, w_s, preferred_element_type=jnp.float32))
+  dw = dw + jnp.einsum("BCD,BCV->DV", h_s_c, dz, preferred_element_type=jnp.float32)
+  dh_all = jax.lax.dynamic_update_slice_in_dim(dh_all, dh.astype(dh_all.dtype), i * chunk,
+                                               axis=1)
+  return sums + jnp.sum(d_BC, -1), dw, dh_all
+
+
+def _chunk_loop(body, n, h_s, w_s, coef, R, rowwise):
+  """Runs `body` over the n chunks; ((loss, sums_B), (dh, dW)) as the custom vjp keeps them."""
+  init = (rowwise(jnp.zeros((h_s.shape[0],), jnp.float32)), jnp.zeros(w_s.shape, jnp.float32),
+          rowwise(jnp.zeros_like(h_s)))
+  sums, dw, dh = jax.lax.fori_loop(0, n, body, init)
+  return (jnp.sum(coef * sums), sums), (dh[:, :R], dw.astype(w_s.dtype))
+
+
+def _scaled_grads(res, ct, n_constants: int):
+  """The backward pass: dh and dW scaled by the incoming cotangent of the loss (the sums_B
+  are for metrics: no gradient flows through them); None for the constant inputs."""
+  dh, dw = res
+  ct_loss, _ = ct
+  return (ct_loss.astype(dh.dtype) * dh, ct_loss.astype(dw.dtype) * dw) + (None,) * n_constants
+
+
 def _forward(static, h_s, w_s, h_t, w_t, mask, coef, targets, kind):
   chunk, temperature, jsd_beta, akl_mu, top_k, name, rows = static
   # Rows stay split over the batch mesh axes inside the loop (without the constraint XLA
@@ -62,7 +91,7 @@ def _forward(static, h_s, w_s, h_t, w_t, mask, coef, targets, kind):
       lambda x: x)
   kind = kind if name is None else name  # a name when it is known on the host
   opts = dict(temperature=temperature, jsd_beta=jsd_beta, akl_mu=akl_mu, teacher_top_k=top_k)
-  B, R, _ = h_s.shape
+  R = h_s.shape[1]
   has_teacher = h_t is not None
   n = -(-R // chunk)
   pad = n * chunk - R
@@ -75,7 +104,6 @@ def _forward(static, h_s, w_s, h_t, w_t, mask, coef, targets, kind):
   cut = lambda x, i: jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis=1)
 
   def body(i, carry):
-    sums, dw, dh_all = carry
     h_s_c, m, tgt = rowwise(cut(h_s, i)), rowwise(cut(mask, i)), rowwise(cut(targets, i))
     keep = (m > 0)[..., None]
     h_s_c = jnp.where(keep, h_s_c, jnp.zeros((), h_s_c.dtype))
@@ -87,17 +115,9 @@ def _forward(static, h_s, w_s, h_t, w_t, mask, coef, targets, kind):
     m32 = m.astype(jnp.float32)
     d_BC, dz = _value_and_dz(kind, z_t, z_s, tgt, coef[:, None] * m32, opts)
     d_BC = jnp.where(m32 > 0, d_BC, 0.0) * m32
-    dz = jnp.where(keep, dz, 0.0).astype(w_s.dtype)
-    dh = rowwise(jnp.einsum("BCV,DV->BCD", dz, w_s, preferred_element_type=jnp.float32))
-    dw = dw + jnp.einsum("BCD,BCV->DV", h_s_c, dz, preferred_element_type=jnp.float32)
-    dh_all = jax.lax.dynamic_update_slice_in_dim(dh_all, dh.astype(h_s.dtype), i * chunk, axis=1)
-    return sums + jnp.sum(d_BC, -1), dw, dh_all
+    return _accumulate(carry, d_BC, dz, keep, h_s_c, w_s, i, chunk, rowwise)
 
-  init = (rowwise(jnp.zeros((B,), jnp.float32)), jnp.zeros(w_s.shape, jnp.float32),
-          rowwise(jnp.zeros_like(h_s)))
-  sums, dw, dh = jax.lax.fori_loop(0, n, body, init)
-  loss = jnp.sum(coef * sums)
-  return (loss, sums), (dh[:, :R], dw.astype(w_s.dtype))
+  return _chunk_loop(body, n, h_s, w_s, coef, R, rowwise)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -110,10 +130,7 @@ def _fused_fwd(static, h_s, w_s, h_t, w_t, mask, coef, targets, kind):
 
 
 def _fused_bwd(static, res, ct):
-  dh, dw = res
-  ct_loss, _ = ct  # sums_B are for metrics: no gradient flows through them
-  return (ct_loss.astype(dh.dtype) * dh, ct_loss.astype(dw.dtype) * dw,
-          None, None, None, None, None, None)
+  return _scaled_grads(res, ct, 6)  # h_t, w_t, mask, coef, targets, kind
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
@@ -159,7 +176,7 @@ def _offline_forward(static, h_s, w_s, ids, logp_t, log_tail, mask, coef):
   chunk, temperature, rows = static
   rowwise = (lambda x: jax.lax.with_sharding_constraint(x, rows)) if rows is not None else (
       lambda x: x)
-  B, R, _ = h_s.shape
+  R = h_s.shape[1]
   K = ids.shape[-1]
   n = -(-R // chunk)
   pad = n * chunk - R
@@ -171,7 +188,6 @@ def _offline_forward(static, h_s, w_s, ids, logp_t, log_tail, mask, coef):
   pad_ids = jnp.arange(K, dtype=jnp.int32) % w_s.shape[1]
 
   def body(i, carry):
-    sums, dw, dh_all = carry
     h_s_c, m = rowwise(cut(h_s, i)), rowwise(cut(mask, i))
     keep = (m > 0)[..., None]
     ids_c = jnp.where(keep, rowwise(cut(ids, i)).astype(jnp.int32), pad_ids)
@@ -184,17 +200,9 @@ def _offline_forward(static, h_s, w_s, ids, logp_t, log_tail, mask, coef):
         lambda z: losses.offline_forward_kl(ids_c, logp_c, tail_c, z, temperature), z_s)
     dz = vjp(coef[:, None] * m32)[0]
     d_BC = jnp.where(m32 > 0, d_BC, 0.0) * m32
-    dz = jnp.where(keep, dz, 0.0).astype(w_s.dtype)
-    dh = rowwise(jnp.einsum("BCV,DV->BCD", dz, w_s, preferred_element_type=jnp.float32))
-    dw = dw + jnp.einsum("BCD,BCV->DV", h_s_c, dz, preferred_element_type=jnp.float32)
-    dh_all = jax.lax.dynamic_update_slice_in_dim(dh_all, dh.astype(h_s.dtype), i * chunk, axis=1)
-    return sums + jnp.sum(d_BC, -1), dw, dh_all
+    return _accumulate(carry, d_BC, dz, keep, h_s_c, w_s, i, chunk, rowwise)
 
-  init = (rowwise(jnp.zeros((B,), jnp.float32)), jnp.zeros(w_s.shape, jnp.float32),
-          rowwise(jnp.zeros_like(h_s)))
-  sums, dw, dh = jax.lax.fori_loop(0, n, body, init)
-  loss = jnp.sum(coef * sums)
-  return (loss, sums), (dh[:, :R], dw.astype(w_s.dtype))
+  return _chunk_loop(body, n, h_s, w_s, coef, R, rowwise)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -207,10 +215,7 @@ def _fused_offline_fwd(static, h_s, w_s, ids, logp_t, log_tail, mask, coef):
 
 
 def _fused_offline_bwd(static, res, ct):
-  dh, dw = res
-  ct_loss, _ = ct  # sums_B are for metrics: no gradient flows through them
-  return (ct_loss.astype(dh.dtype) * dh, ct_loss.astype(dw.dtype) * dw,
-          None, None, None, None, None)
+  return _scaled_grads(res, ct, 5)  # ids, logp_t, log_tail, mask, coef
 
 
 _fused_offline.defvjp(_fused_offline_fwd, _fused_offline_bwd)
