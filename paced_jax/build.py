@@ -22,7 +22,6 @@ from paced_jax.config import Config, ConfigError, to_dict
 from paced_jax.distributed import is_main
 from paced_jax.data.pipeline import FrontierPipeline
 from paced_jax.data.schema import Problem, problem_digests
-from paced_jax.data.generators import make_generator
 from paced_jax.data.sources import ListSource, load_pool
 from paced_jax.data.tokenizer import Tokenizer, load_tokenizer
 from paced_jax.evaluate import EvalSet, eval_off_reason, load_eval_sets
@@ -35,7 +34,7 @@ from paced_jax.models.resolve import resolve_models
 from paced_jax.models.transformer import Decoder
 from paced_jax.sharding import make_mesh, shard_init
 from paced_jax.step import TrainState
-from paced_jax.synthesis import RoundMaker, ScoredVerifier, Synthesis, heldout_problems
+from paced_jax.synthesis import RoundMaker, ScoredVerifier, Synthesis, make_generator
 from paced_jax.teacher_logits import open_for_run
 from paced_jax.verify import Verifier, VerifyCounts, verifier_from_config
 

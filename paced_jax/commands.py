@@ -180,8 +180,7 @@ def cmd_estimate(args) -> int:
                       f"tokenizer {cfg.data.tokenizer!r} has {tok.vocab_size} ids")
   verifier = verifier_from_config(cfg.paced)
   if cfg.generate.source:  # a generated run: the first round's probes of every cell
-    from paced_jax.data.generators import make_generator
-    from paced_jax.synthesis import ScoredVerifier
+    from paced_jax.synthesis import ScoredVerifier, make_generator
 
     gen = make_generator(cfg.generate)
     problems = [p for c in gen.cells() for p in gen.make(c, cfg.seed, 0,

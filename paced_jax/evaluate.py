@@ -51,8 +51,7 @@ def load_eval_sets(cfg: Config, splits=("test", "probe"), train=None) -> list[Ev
   out = []
   for split in splits:
     if cfg.generate.source:  # generated runs: held-out problems of every cell
-      from paced_jax.data.generators import make_generator
-      from paced_jax.synthesis import heldout_problems
+      from paced_jax.synthesis import heldout_problems, make_generator
 
       source = heldout_problems(make_generator(cfg.generate), cfg, split)
     elif not has_split(cfg.data, split):

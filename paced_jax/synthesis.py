@@ -37,7 +37,7 @@ import jax
 import numpy as np
 
 from paced_jax.config import Config, ConfigError
-from paced_jax.data.generators import Cell, Generator, prompt_digest
+from paced_jax.data.generators import Cell, Generator, SyntheticGenerator, prompt_digest
 from paced_jax.data.schema import Problem
 from paced_jax.estimate import estimate_for_config
 from paced_jax.frontier import frontier_weights
@@ -45,7 +45,20 @@ from paced_jax.frontier import frontier_weights
 log = logging.getLogger("paced_jax.train")
 
 __all__ = ["CellTable", "RoundMaker", "ScoredVerifier", "Synthesis", "allocate", "cell_round",
-           "diversity", "heldout_problems"]
+           "diversity", "heldout_problems", "make_generator"]
+
+
+def make_generator(gen_cfg) -> Generator:
+  """The generator `generate.source` names ("synthetic" or "gym"), checked: unknown tasks and
+  levels outside a task's range are one line each."""
+  if gen_cfg.source == "synthetic":
+    return SyntheticGenerator(gen_cfg.tasks, gen_cfg.levels)
+  if gen_cfg.source == "gym":
+    from paced_jax.data.gym import GymGenerator
+
+    return GymGenerator(gen_cfg.tasks, gen_cfg.levels)
+  raise ConfigError(f"generate.source={gen_cfg.source!r} must be 'synthetic' or 'gym' "
+                    "(empty: no generator, the run trains on its pool)")
 
 
 class CellTable:

@@ -14,7 +14,8 @@ rg = pytest.importorskip("reasoning_gym")
 import reasoning_gym.factory  # noqa: E402
 
 from paced_jax.config import ConfigError, GenerateConfig  # noqa: E402
-from paced_jax.data.generators import Cell, make_generator, problem_id  # noqa: E402
+from paced_jax.data.generators import Cell, problem_id  # noqa: E402
+from paced_jax.synthesis import make_generator  # noqa: E402
 from paced_jax.data.gym import GymGenerator, extract_marked, jsonable  # noqa: E402
 
 TASKS = ("chain_sum", "leg_counting", "basic_arithmetic")

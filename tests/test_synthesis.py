@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from paced_jax.config import ConfigError, GenerateConfig, PacedConfig, load_config
-from paced_jax.data.generators import Cell, SyntheticGenerator, make_generator, prompt_digest
+from paced_jax.data.generators import Cell, SyntheticGenerator, prompt_digest
 from paced_jax.data.synthetic import partition
-from paced_jax.synthesis import CellTable, RoundMaker, allocate, diversity
+from paced_jax.synthesis import CellTable, RoundMaker, allocate, diversity, make_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "configs/demo.py:tiny"

@@ -3,7 +3,7 @@
 A generator has *cells*, (task, level) pairs, each level a concrete setting of the task's
 difficulty knobs, and makes fresh, verifiable problems of a cell on demand:
 
-    gen = make_generator(cfg.generate)                 # "synthetic" or "gym"
+    gen = synthesis.make_generator(cfg.generate)       # "synthetic" or "gym"
     gen.cells()                                        # (Cell("add", 1), Cell("add", 2), ...)
     gen.make(Cell("add", 3), seed=0, start=0, n=4)     # 4 problems, a pure function of the args
 
@@ -32,8 +32,7 @@ import numpy as np
 from paced_jax.config import ConfigError
 from paced_jax.data.schema import Problem
 
-__all__ = ["Cell", "Generator", "SPLIT_CODES", "SyntheticGenerator", "make_generator", "problem_id",
-           "prompt_digest"]
+__all__ = ["Cell", "Generator", "SPLIT_CODES", "SyntheticGenerator", "problem_id", "prompt_digest"]
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -138,16 +137,3 @@ class SyntheticGenerator:
 
   def has_solutions(self) -> bool:
     return True
-
-
-def make_generator(gen_cfg) -> Generator:
-  """The generator `generate.source` names ("synthetic" or "gym"), checked: unknown tasks and
-  levels outside a task's range are one line each."""
-  if gen_cfg.source == "synthetic":
-    return SyntheticGenerator(gen_cfg.tasks, gen_cfg.levels)
-  if gen_cfg.source == "gym":
-    from paced_jax.data.gym import GymGenerator
-
-    return GymGenerator(gen_cfg.tasks, gen_cfg.levels)
-  raise ConfigError(f"generate.source={gen_cfg.source!r} must be 'synthetic' or 'gym' "
-                    "(empty: no generator, the run trains on its pool)")
