@@ -10,6 +10,9 @@ KL at temperature 1.
   ours-remat       the previous chunked loss (`_remat_loss` below: `jax.checkpoint` per chunk,
                    logits recomputed in the backward), swapped into the same step
   tunix            DistillationTrainer + LogitStrategy (scores all T positions: it has no mask)
+  ours-offline-K   loss.teacher=offline: no teacher in the step (or in memory); the batch carries
+                   the teacher's top-K ids, log-probabilities (float16, as stored) and tail per
+                   scored position (`paced teacher-logits` writes them), fused offline forward KL
 
 Scored tok/s counts the positions each system scores (B * R for ours, B * T for Tunix, which must
 score them all); response tok/s counts the response positions the batch asks for (B * R for
@@ -48,7 +51,8 @@ from paced_jax.sharding import make_mesh
 
 V = 151_936
 TRAIN = TrainConfig(steps=10_000, lr=1e-4, warmup_steps=1, weight_decay=0.01)
-SYSTEMS = ("ours-fused", "ours-unchunked", "ours-remat", "tunix")
+SYSTEMS = ("ours-fused", "ours-unchunked", "ours-remat", "tunix", "ours-offline-64",
+           "ours-offline-256")
 
 
 def _remat_loss(h_t, w_t, h_s, w_s, mask, coef, kind, *, chunk, row_sharding=None,
@@ -70,6 +74,46 @@ def _remat_loss(h_t, w_t, h_s, w_s, mask, coef, kind, *, chunk, row_sharding=Non
 
   sums, _ = jax.lax.scan(body, jnp.zeros((B,), jnp.float32), xs)
   return jnp.sum(coef * sums), sums
+
+
+def make_offline(name, cfg_s, cfg_t, tokens, args):
+  """The train step with stored teacher logits: compiled with no teacher parameters; the
+  stored arrays are the real teacher's top-k on this batch (computed once here, as the
+  command would, then the teacher is dropped before the step runs)."""
+  from paced_jax.teacher_logits import topk_from_logits
+
+  B, T = tokens.shape
+  k = int(name.rsplit("-", 1)[1])
+  cfg = Config(model=cfg_s, teacher=None,
+               data=DataConfig(batch_size=B, max_response_len=args.scored),
+               loss=LossConfig(divergence="forward_kl", chunk_size=args.chunk,
+                               teacher="offline:stored", offline_k=k), train=TRAIN)
+  mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  student = random_decoder(cfg_s, 0)
+  pos = np.broadcast_to(np.arange(T, dtype=np.int32), (B, T))
+  stored = Path(args.stored) / f"top{k}.npz" if args.stored else None
+  if stored is not None and stored.exists():  # a memory probe: read, as training does
+    with np.load(stored) as f:
+      ids, logp, tail = f["ids"], f["logp"], f["tail"]
+  else:
+    teacher = random_decoder(cfg_t, 1)
+    logits = teacher(jnp.asarray(tokens), jnp.asarray(pos))[:, T - args.scored - 1:T - 1]
+    ids, logp, tail = (np.asarray(x) for x in jax.jit(
+        lambda z: topk_from_logits(z, k, 1.0))(logits))
+    del teacher, logits
+    if stored is not None:
+      np.savez(stored, ids=ids, logp=logp.astype(np.float16), tail=tail)
+  tx = step_lib.make_optimizer(cfg.train)
+  state = step_lib.init_train_state(student, tx, mesh)
+  fn = step_lib.compile_train_step(cfg, mesh, state, nnx.graphdef(student), None, None, tx)
+  mask = np.zeros((B, T), np.float32)
+  mask[:, T - args.scored - 1:T - 1] = 1.0
+  batch = jax.device_put({
+      "tokens": tokens, "positions": pos, "loss_mask": mask, "weights": np.ones((B,), np.float32),
+      "teacher_ids": np.asarray(ids, np.int32), "teacher_logp": np.asarray(logp, np.float16),
+      "teacher_log_tail": np.asarray(tail, np.float32)}, step_lib.batch_sharding(mesh))
+  compiled = fn.lower(state, None, batch).compile()
+  return step_runner(compiled, state, None, batch), args.scored
 
 
 def make_ours(name, cfg_s, cfg_t, tokens, args):
@@ -107,6 +151,8 @@ def make_tunix(cfg_s, cfg_t, tokens, args):
 def build(name, cfg_s, cfg_t, tokens, args):
   if name == "tunix":
     return make_tunix(cfg_s, cfg_t, tokens, args)
+  if name.startswith("ours-offline-"):
+    return make_offline(name, cfg_s, cfg_t, tokens, args)
   return make_ours(name, cfg_s, cfg_t, tokens, args)
 
 
@@ -129,7 +175,8 @@ def _vm_hwm_gib() -> float:
 def peak_rss(args, name) -> float | None:
   """GiB of peak RSS of a fresh process that builds `name` and runs warm-up + 2 steps."""
   cmd = [sys.executable, __file__, "--only", name, "--seq", str(args.seq), "--scored",
-         str(args.scored), "--batch", str(args.batch), "--chunk", str(args.chunk)]
+         str(args.scored), "--batch", str(args.batch), "--chunk", str(args.chunk),
+         "--stored", args.stored]
   out = subprocess.run(cmd, capture_output=True, text=True)
   if out.returncode != 0:
     return None
@@ -148,7 +195,12 @@ def main():
   ap.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
   ap.add_argument("--no-memory", action="store_true")
   ap.add_argument("--only", choices=SYSTEMS, help=argparse.SUPPRESS)
+  ap.add_argument("--stored", default="", help=argparse.SUPPRESS)  # offline arrays, for probes
   args = ap.parse_args()
+  if not args.stored:
+    import tempfile
+
+    args.stored = tempfile.mkdtemp(prefix="offline_logits_")
   cfg_s, cfg_t, tokens = setup(args)
   if args.only:  # a memory probe subprocess
     run, _ = build(args.only, cfg_s, cfg_t, tokens, args)
@@ -196,8 +248,9 @@ def main():
           f"{args.batch * args.scored / step_s:,.0f} | {'-' if r is None else f'{r:.2f}'} |")
   print()
   for name in runners:
-    for other in ("tunix", "ours-remat", "ours-unchunked"):
-      if other in med and other != name and name == "ours-fused":
+    for other in ("tunix", "ours-remat", "ours-unchunked", "ours-fused"):
+      if other in med and other != name and (name == "ours-fused" or (
+          name.startswith("ours-offline") and other == "ours-fused")):
         paired = statistics.median(a / b for a, b in zip(tok_s[name], tok_s[other]))
         same = med[name] / scored[name] / (med[other] / scored[other])
         print(f"{name} / {other}: {med[name] / med[other]:.2f}x scored tok/s (ratio of "

@@ -113,8 +113,12 @@ class WorkdirLock:
   def acquire(self) -> WorkdirLock:
     try:
       if not self.workdir.is_dir():
-        self.workdir.mkdir(parents=True)
-        self._created_dir = True
+        try:
+          self.workdir.mkdir(parents=True)
+          self._created_dir = True
+        except FileExistsError:  # another process of the run (or a rival) made it just now
+          if not self.workdir.is_dir():
+            raise
     except OSError as e:
       raise ConfigError(f"workdir {str(self.workdir)!r} is not writable ({e.strerror}); pass a "
                         "directory you can write to with --workdir") from None
