@@ -11,7 +11,7 @@ Why: reasoning-length responses are long-tailed. A static batch (sampler.generat
 finished row's slot until the longest row ends, prefills each prompt K times and attends over
 the whole cache buffer at every step. Here:
 
-  * slots: a fixed number of decode rows. When a rollout ends (a stop id or its budget) its slot
+  * slots: a fixed number of decode rows (fewer for a call with fewer rollouts). When a rollout ends (a stop id or its budget) its slot
     takes the next pending (prompt, rollout) inside the same compiled while-loop: the prompt's
     KV entries are copied into the slot (one scatter per layer, at steps where a slot is idle
     and a rollout is pending) and the slot decodes on. A slot's stale entries past the new prompt are never read (causal mask) and
@@ -268,7 +268,9 @@ decode_jit = jax.jit(decode_core, donate_argnums=(2,),
 class Engine:
   """Continuous-batching rollouts for one model (see the module docstring).
 
-  slots: decode rows (rounded up to a multiple of the mesh's batch shards). wave: prompts
+  slots: decode rows at most; a call of R rollouts uses min(slots, R rounded up to a power of
+  two), rounded up to a multiple of the mesh's batch shards (a small call, e.g. one step's
+  on-policy rows, computes no idle slots beyond that). wave: prompts
   prefilled per prefill call (default: enough to fill the slots twice). block: cache slots per
   attention block (the cache is padded to a multiple of it).
   """
@@ -321,7 +323,7 @@ class Engine:
     new = int(kn.max_new_tokens[:R].max())
     budget = pick_bucket(new, self.budget_buckets, "max_new_tokens", "sample.budget_buckets")
     S = -(-(P + budget) // self.block) * self.block
-    B = self.slots
+    B = min(self.slots, R_cap)  # a call of few rows (on-policy rows, a last stage) computes few
     if self.mesh is not None:
       shards = batch_shards(self.mesh)
       B = -(-B // shards) * shards

@@ -141,6 +141,19 @@ def test_counters_flops_and_waste(model):
   assert out.attended % 8 == 0 and out.attended <= out.steps * 64  # whole blocks, bounded
 
 
+def test_a_small_call_computes_only_the_slots_it_fills(model):
+  """A call of R rollouts decodes in min(slots, R rounded up to a power of two) slots (a step's
+  few on-policy rows must not pay for the whole slot table) and draws the same rollouts."""
+  big = _engine(model, 0.9, [5], slots=256)
+  small = _engine(model, 0.9, [5], slots=4)
+  R = len(PR) * K
+  assert big.slots == 1 << (R - 1).bit_length() < 256
+  np.testing.assert_array_equal(big.tokens_BS, small.tokens_BS)
+  full = RO.engine_flops(model.cfg, big.prefill_rows, big.prompt_len, 256, big.steps,
+                         big.attended)
+  assert big.flops() < full / 4  # what a 256-slot decode of the same steps would have computed
+
+
 def test_sharded_engine_equals_unsharded(model, mesh_2x4):
   from paced_jax.sharding import state_shardings
 
