@@ -255,8 +255,13 @@ class PacedConfig:
   # its frontier weight w(p) = p^alpha (1-p)^beta, p ~ Beta(s + prior_a0, n - s + prior_b0), is
   # below adaptive_sd; at most paced.rollouts. An estimate stopped before paced.rollouts is no
   # zero-variance estimate for skip_base (nor is a screened-out one).
+  # adaptive_settled = m (with merge=decay): a problem is not estimated this round when its
+  # discounted counts alone pass that test, hold at least k0 trials and were last updated at most
+  # m x refresh_every steps ago (it keeps its counts, which go on decaying); so every problem is
+  # estimated at least once in m + 1 rounds. 0: every drawable problem gets at least one stage.
   adaptive_rollouts: int = 0
   adaptive_sd: float = 0.07
+  adaptive_settled: int = 1
   # On-policy modes: a refresh's estimation rollouts serve as the student's training rows while
   # at most this many steps old (each used once, counted once in FLOPs); 0: off, every on-policy
   # row is sampled at its step. Rows up to R steps old are slightly off-policy.
@@ -301,6 +306,7 @@ class PacedConfig:
               ("adaptive_rollouts", not (self.adaptive_rollouts and self.screen_rollouts),
                "0 with paced.screen_rollouts (two stopping rules; pick one)"),
               ("adaptive_sd", self.adaptive_sd > 0, "> 0"),
+              ("adaptive_settled", self.adaptive_settled >= 0, ">= 0"),
               ("screen_rollouts", not (self.reuse_rollouts and self.reuse_split
                                        and 0 < self.screen_rollouts < 3),
                ">= 3 with paced.reuse_split (screening reads the even rollouts among the first "

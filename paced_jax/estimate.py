@@ -66,7 +66,8 @@ def estimate_pass_rates(engine: Rollouts | Decoder, problems: Sequence[Problem],
                         progress: bool = True, screen: int = 0, adaptive: int = 0,
                         adaptive_sd: float = 0.07,
                         kernel: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
-                        split: bool = False, desc: str = "estimate") -> Estimate:
+                        split: bool = False, prior=None,
+                        desc: str = "estimate") -> Estimate:
   """K = `rollouts` samples per problem, each verified; successes and trials per problem.
 
   engine: any `rollouts.Rollouts` (the run's engine, an external server), or a `Decoder`, for
@@ -99,6 +100,13 @@ def estimate_pass_rates(engine: Rollouts | Decoder, problems: Sequence[Problem],
   spent at fixed p (at p = 0.1, K = 8, k0 = 2: E[w] = 0.095 against w = 0.090, 4.9 rollouts;
   screening k0 = 3: 0.041, 4.4 rollouts).
 
+  prior = (s0, n0) (adaptive only; None: zeros): per problem, the evidence the table already
+  holds and will merge this estimate into (paced.merge=decay: the discounted counts g^(t -
+  t_last) s, g^(t - t_last) n; accumulate: s, n). The stopping rule then reads the posterior the
+  merged weight will have, Beta(s0 + s + a0, n0 + n - s + b0): a problem whose old evidence
+  already pins its weight stops after the first stage. Still a rule on observed outcomes only,
+  so the merged posterior stays calibrated; the returned counts are the new rollouts' alone.
+
   split (paced.reuse_split): successes and trials count only the rollouts with even k, and the
   stopping rules read only those (screening: the even ones among the first k0, so k0 >= 3);
   the odd ones are sampled and returned in `rollouts` all the same, to be reused as training
@@ -118,6 +126,13 @@ def estimate_pass_rates(engine: Rollouts | Decoder, problems: Sequence[Problem],
   if not 0 <= adaptive < rollouts or (adaptive and screen):
     raise ConfigError(f"paced.adaptive_rollouts={adaptive} must be in [0, paced.rollouts) "
                       "(0 is off) and 0 with paced.screen_rollouts")
+  if prior is not None:
+    if not adaptive:
+      raise ConfigError("estimate_pass_rates(prior=...) is read by the adaptive rule only")
+    s0, n0 = (np.asarray(x, np.float64) for x in prior)
+    if s0.shape != (len(problems),) or n0.shape != s0.shape:
+      raise ValueError(f"prior needs one (successes, trials) pair per problem: got {s0.shape}, "
+                       f"{n0.shape} for {len(problems)} problems")
   if split and 0 < screen < 3:
     raise ConfigError(f"paced.screen_rollouts={screen} with paced.reuse_split reads the even "
                       "rollouts among the first k0 only: k0 must be >= 3 (two of them)")
@@ -132,7 +147,6 @@ def estimate_pass_rates(engine: Rollouts | Decoder, problems: Sequence[Problem],
                     prompt_buckets=prompt_buckets, budget_buckets=budget_buckets)
   elif not callable(getattr(engine, "sample", None)):
     raise ConfigError(f"rollout engine {engine!r} is neither a Decoder nor a Rollouts")
-  per_group = max(1, 16 * batch_size // rollouts)  # problems per engine call
   key = jax.random.key(rng) if isinstance(rng, (int, np.integer)) else rng
   N = len(problems)
   successes, trials = np.zeros((N,), np.int64), np.zeros((N,), np.int64)
@@ -174,7 +188,11 @@ def estimate_pass_rates(engine: Rollouts | Decoder, problems: Sequence[Problem],
 
   def run(idx, lo, hi) -> None:
     nonlocal n_tokens, n_prompt, flops
-    jobs = [(idx[s:s + per_group], lo, hi) for s in range(0, len(idx), per_group)]
+    # About 16 x batch_size rows per engine call whatever the stage's width, so a stage of k0 <
+    # K rollouts fills the engine's slots as a full-K call does (its tail, the last rows
+    # finishing while the other slots idle, is paid once per call).
+    per_call = max(1, 16 * batch_size // (hi - lo))
+    jobs = [(idx[s:s + per_call], lo, hi) for s in range(0, len(idx), per_call)]
     n_prompt += (hi - lo) * sum(len(prompts[i]) for i in idx)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
       pending = None
@@ -199,7 +217,10 @@ def estimate_pass_rates(engine: Rollouts | Decoder, problems: Sequence[Problem],
       hi = min(lo + adaptive, rollouts)
       run(live, lo, hi)
       if hi < rollouts:
-        go = posterior_weight_sd(successes[live], trials[live], *kernel) >= adaptive_sd
+        s_all, n_all = successes[live].astype(np.float64), trials[live].astype(np.float64)
+        if prior is not None:
+          s_all, n_all = s_all + s0[live], n_all + n0[live]
+        go = posterior_weight_sd(s_all, n_all, *kernel) >= adaptive_sd
         bar.update(int((~go).sum()))
         live = live[go]
         if not len(live):
@@ -222,12 +243,14 @@ def estimate_for_config(engine: Rollouts | Decoder, problems, tokenizer, verifie
                         mesh, *, rollouts: int, rng, knobs: Knobs | None = None,
                         batch_size: int | None = None, progress: bool = False,
                         screen: int = 0, adaptive: int = 0, keep_rollouts: bool = False,
-                        split: bool = False, desc: str = "estimate") -> Estimate:
+                        split: bool = False, prior=None,
+                        desc: str = "estimate") -> Estimate:
   """`estimate_pass_rates` with the prompt encoding, stop/pad ids, buckets and workers a run's
   config implies (training refreshes, `paced estimate` and evaluation). `engine`: the run's
   (`rollouts.make_engine`), or a Decoder to sample with a fresh one. `screen`, `adaptive`:
   paced.screen_rollouts, paced.adaptive_rollouts for pass-rate estimates (the adaptive rule's
-  threshold, kernel and prior from cfg.paced); evaluation (avg@k) never stops early."""
+  threshold, kernel and Beta prior from cfg.paced; `prior`: the table's counts the estimate
+  merges into, see `estimate_pass_rates`); evaluation (avg@k) never stops early."""
   if isinstance(engine, Decoder):
     engine = make_engine(cfg, engine, mesh, slots=batch_size)
   return estimate_pass_rates(
@@ -238,7 +261,7 @@ def estimate_for_config(engine: Rollouts | Decoder, problems, tokenizer, verifie
       batch_size=cfg.sample.batch_size if batch_size is None else batch_size,
       prompt_buckets=cfg.sample.prompt_buckets, keep_rollouts=keep_rollouts,
       verify_workers=cfg.paced.verify_workers, progress=progress, screen=screen,
-      adaptive=adaptive, adaptive_sd=cfg.paced.adaptive_sd, split=split,
+      adaptive=adaptive, adaptive_sd=cfg.paced.adaptive_sd, split=split, prior=prior,
       kernel=(cfg.paced.alpha, cfg.paced.beta, cfg.paced.prior_a0, cfg.paced.prior_b0),
       desc=desc)
 

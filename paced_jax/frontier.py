@@ -151,6 +151,26 @@ class PassRateTable:
       self.settled[uniq] = np.where(zero_var, np.where(cut, self.settled[uniq],
                                                        self.settled[uniq] + 1), 0)
 
+  def merged_prior(self, ids: Sequence[str], step: int, merge: str,
+                   decay: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """(s0, n0) per id: the counts an `update(ids, s, n, step, merge, decay)` adds the new
+    estimate to (accumulate: s, n; decay: g^(step - t_last) s, g^(step - t_last) n; ids not in
+    the table: 0, 0), or None under replace (the new estimate is all the merged counts hold).
+    The adaptive stopping rule reads the posterior of s0 + s, n0 + n (`estimate_pass_rates`)."""
+    if merge == "replace":
+      return None
+    s0, n0 = np.zeros(len(ids)), np.zeros(len(ids))
+    known = np.asarray([str(i) in self._index for i in ids], bool)
+    if known.any():
+      r = self.rows([str(i) for i, k in zip(ids, known) if k])
+      factor = 1.0
+      if merge == "decay":
+        last = self.step[r]
+        factor = np.where(last >= 0, np.power(float(decay), np.maximum(step - last, 0)), 1.0)
+      s0[known] = factor * self.successes[r]
+      n0[known] = factor * self.trials[r]
+    return s0, n0
+
   # -- training outcomes: pending until the next refresh merges them ------------------------
 
   def observe(self, ids: Sequence[str], correct, step: int) -> None:

@@ -14,7 +14,8 @@ from paced_jax import divergences
 from paced_jax.build import Run, set_pool
 from paced_jax.distributed import is_main
 from paced_jax.estimate import estimate_for_config
-from paced_jax.frontier import frontier_round, frontier_stats, frontier_weights, skip_settled
+from paced_jax.frontier import (frontier_round, frontier_stats, frontier_weights,
+                                posterior_weight_sd, skip_settled)
 from paced_jax.rollout_data import split_for_reuse
 from paced_jax.synthesis import cell_round, diversity
 
@@ -36,7 +37,10 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
   with paced.fresh_trials = m > 0 a problem with at least m of them sampled less than
   paced.fresh_steps steps ago is not estimated (it keeps the counts they gave it).
   paced.reuse_rollouts with paced.reuse_split: the even-numbered rollouts give the pass rate,
-  the odd ones are the rows reused (`split_for_reuse`)."""
+  the odd ones are the rows reused (`split_for_reuse`). paced.adaptive_rollouts with
+  paced.merge=accumulate or decay: the stopping rule counts the evidence the table already holds
+  (`PassRateTable.merged_prior`), so a problem its old counts pin stops after one stage; under
+  decay with paced.adaptive_settled, one they pin already (and recently) is not estimated."""
   cfg = run.cfg
   metrics: dict[str, float] = {}
   idx = np.zeros(0, np.int64)
@@ -56,6 +60,17 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
       fresh = recent[run.table.rows([run.problems[i].id for i in idx])] >= cfg.paced.fresh_trials
       idx = idx[~fresh]
       metrics["frontier/fresh_kept"] = float(fresh.sum())
+    if (cfg.paced.adaptive_rollouts and cfg.paced.adaptive_settled
+        and cfg.paced.merge == "decay" and len(idx)):  # the stopping rule, before stage 1
+      s0, n0 = run.table.merged_prior([run.problems[i].id for i in idx], step, "decay",
+                                      cfg.paced.decay_per_step)
+      settled = posterior_weight_sd(s0, n0, cfg.paced.alpha, cfg.paced.beta, cfg.paced.prior_a0,
+                                    cfg.paced.prior_b0) < cfg.paced.adaptive_sd
+      settled &= n0 >= cfg.paced.adaptive_rollouts  # a stage's worth of evidence, not the prior's
+      age = step - run.table.step[run.table.rows([run.problems[i].id for i in idx])]
+      settled &= age <= cfg.paced.adaptive_settled * cfg.paced.refresh_every
+      idx = idx[~settled]
+      metrics["frontier/settled_kept"] = float(settled.sum())
     metrics["frontier/estimated"] = len(idx)
     if cfg.paced.skip_base < 1:
       metrics["frontier/skipped"] = float(len(skipped))
@@ -67,12 +82,16 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
   split = run.fresh is not None and cfg.paced.reuse_split
   if chosen:
     t0 = time.perf_counter()
+    prior = None  # adaptive K stops on the posterior the merged counts will have
+    if cfg.paced.adaptive_rollouts:
+      prior = run.table.merged_prior([p.id for p in chosen], step, cfg.paced.merge,
+                                     cfg.paced.decay_per_step)
     est = estimate_for_config(
         run.student_engine(state), chosen, run.tokenizer, run.verifier, cfg, run.mesh,
         rollouts=cfg.paced.rollouts, rng=jax.random.fold_in(jax.random.key(cfg.seed), round_),
         progress=progress, screen=cfg.paced.screen_rollouts,
         adaptive=cfg.paced.adaptive_rollouts, keep_rollouts=run.fresh is not None,
-        split=split)
+        split=split, prior=prior)
     kept, full = est.rollouts, cfg.paced.rollouts
     if split:  # the estimate counts rollouts 0, 2, 4, ...; 1, 3, 5, ... are the reused rows
       kept, full = split_for_reuse([p.id for p in chosen], est.rollouts)[2], (full + 1) // 2
@@ -80,6 +99,7 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
                      cfg.paced.decay_per_step, full_trials=full)
     run.compute["rollout_flops"] += est.flops
     metrics["frontier/estimate_seconds"] = time.perf_counter() - t0
+    metrics["frontier/estimate_flops"] = float(est.flops)
     metrics["frontier/rollouts_per_problem"] = float(np.mean(est.trials))
   if run.fresh is not None:
     where = {p.id: i for p, i in zip(chosen, idx)}

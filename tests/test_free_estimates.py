@@ -262,6 +262,120 @@ def test_adaptive_and_split_estimates_are_the_full_estimate_cut_by_the_rule(mode
     estimate_pass_rates(model, problems, screen=2, split=True, **kw)
 
 
+def test_every_stage_fills_the_engine_calls_a_full_k_estimate_fills(model):
+  """An engine call carries about 16 x batch_size rollouts whatever the stage's width: stages of
+  k0 = 2 at K = 8 do not quarter the rows per call (each call pays its slots' tail once)."""
+  from paced_jax.rollouts import Engine
+
+  calls = []
+
+  class Counting(Engine):
+    def sample(self, prompts, *, rollouts, **kw):
+      calls.append(len(prompts) * rollouts)
+      return super().sample(prompts, rollouts=rollouts, **kw)
+
+  _, kw = _kw()  # batch_size 8: 128 rows per call
+  problems = [Problem(f"p{i}", str(i % 6), "") for i in range(40)]
+  eng = Counting(model, slots=8, budget_buckets=(32,))
+  estimate_pass_rates(eng, problems, **kw)
+  assert calls == [128, 128, 64]
+  calls.clear()
+  part = estimate_pass_rates(eng, problems, adaptive=2, adaptive_sd=0.0, **kw)
+  assert (part.trials == 8).all() and calls == [80] * 4  # 40 problems x 2 per stage, one call
+
+
+def test_merged_prior_is_the_counts_the_merge_will_see_by_hand():
+  t = F.PassRateTable(["a", "b"])
+  t.update(["a"], [3], [4], step=2, merge="decay", decay=G)
+  s0, n0 = t.merged_prior(["a", "b", "new"], step=7, merge="decay", decay=G)
+  np.testing.assert_allclose(s0, [3 * G ** 5, 0, 0])
+  np.testing.assert_allclose(n0, [4 * G ** 5, 0, 0])
+  assert t.merged_prior(["a"], 7, "replace") is None
+  u = F.PassRateTable(["a"])
+  u.update(["a"], [1], [6], step=0, merge="accumulate")
+  assert [x.tolist() for x in u.merged_prior(["a"], 9, "accumulate")] == [[1.0], [6.0]]
+
+
+def test_adaptive_stops_on_the_posterior_with_the_prior(model):
+  """The rule reads Beta(s0 + s + 1, n0 + n - s + 1): 0 of 2 alone has weight sd 0.078 (go on),
+  with a prior of 0 of 20 it is 0.034 (stop after the first stage)."""
+  problems, kw = _kw()
+  full = estimate_pass_rates(model, problems, **kw)
+  o = np.array([r.correct for r in full.rollouts]).reshape(len(problems), 8)
+  s0 = np.zeros(len(problems))
+  n0 = np.where(np.arange(len(problems)) % 2 == 0, 20.0, 0.0)
+  part = estimate_pass_rates(model, problems, adaptive=2, prior=(s0, n0), **kw)
+  N, K = o.shape
+  s, n = np.zeros(N), np.zeros(N)
+  live = np.arange(N)
+  for lo in range(0, K, 2):
+    s[live] += o[live, lo:lo + 2].sum(1)
+    n[live] += 2
+    if lo + 2 < K:
+      live = live[F.posterior_weight_sd(s[live] + s0[live], n[live] + n0[live], 1, 1) >= 0.07]
+  np.testing.assert_array_equal(part.successes, s)  # the new rollouts' counts alone
+  np.testing.assert_array_equal(part.trials, n)
+  none = (o.sum(1) == 0) & (n0 > 0)
+  if none.any():  # 0 of 2 on top of 0 of 20: one stage
+    assert (part.trials[none] == 2).all()
+  assert part.trials.sum() < estimate_pass_rates(model, problems, adaptive=2, **kw).trials.sum()
+  with pytest.raises(ConfigError, match="adaptive rule only"):
+    estimate_pass_rates(model, problems, prior=(s0, n0), **kw)
+  with pytest.raises(ValueError, match="one \\(successes, trials\\) pair per problem"):
+    estimate_pass_rates(model, problems, adaptive=2, prior=(s0[:2], n0[:2]), **kw)
+
+
+@pytest.mark.parametrize("merge, round1", [("replace", 6), ("accumulate", 2)])
+def test_refresh_gives_the_adaptive_rule_the_tables_counts(tmp_path, monkeypatch, merge, round1):
+  """Every response right, K = 8, k0 = 2: alone the rule stops at 6 of 6 (w's sd 0.068 < 0.07;
+  4 of 4: 0.075). Round 1 under accumulate starts from 6 of 6 and stops after one stage (8 of
+  8); under replace the old counts do not count and it takes 6 again."""
+  from paced_jax.metrics import read_metrics
+  from paced_jax.train import train
+
+  (tmp_path / "always.py").write_text("def right(text, problem):\n  return True\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  wd = tmp_path / merge
+  train(load_config(TINY, ["eval.max_problems=0", "paced.verifier=always:right",
+                           "paced.refresh_subset=0", "train.steps=4", "paced.rollouts=8",
+                           "paced.adaptive_rollouts=2", f"paced.merge={merge}"]),
+        wd, progress=False)
+  rounds = [m for m in read_metrics(wd) if "frontier/round" in m]
+  assert [m["frontier/rollouts_per_problem"] for m in rounds] == [6.0, float(round1)]
+  r1 = [json.loads(l) for l in (wd / "passrates" / "round_00001.jsonl").open()]
+  assert {r["trials"] for r in r1} == {6 + round1 if merge == "accumulate" else 6}
+
+
+@pytest.mark.parametrize("settled, estimated, per_problem", [(1, "a0a", [6, 2]),
+                                                             (0, "aaa", [6, 2, 2])])
+def test_decay_leaves_out_problems_their_recent_counts_settle(tmp_path, monkeypatch, settled,
+                                                             estimated, per_problem):
+  """merge=decay, refreshes at steps 0, 3, 6, every response right: round 0 takes 6 of 6. At
+  step 3 the counts are 6 x 0.99^3 = 5.82 of 5.82 (w's sd 0.069 < 0.07), 3 steps old: with
+  adaptive_settled = 1 (at most 1 x refresh_every old) no problem is estimated; at step 6 they
+  are 6 steps old, so every problem is, and one stage settles it. adaptive_settled = 0: every
+  round estimates every problem (one stage after round 0)."""
+  from paced_jax.metrics import read_metrics
+  from paced_jax.train import train
+
+  (tmp_path / "always.py").write_text("def right(text, problem):\n  return True\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  wd = tmp_path / "run"
+  train(load_config(TINY, ["eval.max_problems=0", "paced.verifier=always:right",
+                           "paced.refresh_subset=0", "train.steps=7", "paced.rollouts=8",
+                           "paced.adaptive_rollouts=2", "paced.merge=decay",
+                           f"paced.adaptive_settled={settled}"]),
+        wd, progress=False)
+  rounds = [m for m in read_metrics(wd) if "frontier/round" in m]
+  n = rounds[0]["frontier/estimated"]
+  assert n > 0 and [m["frontier/estimated"] for m in rounds] == [
+      n if c == "a" else 0 for c in estimated]
+  assert [m["frontier/rollouts_per_problem"] for m in rounds
+          if "frontier/rollouts_per_problem" in m] == per_problem
+  if settled:
+    assert rounds[1]["frontier/settled_kept"] == n
+
+
 def test_adaptive_rule_bias_against_the_true_weight():
   """The benchmark's numbers: the rule keeps E[w(s/n)] near w(p) where screening halves it."""
   import importlib.util
