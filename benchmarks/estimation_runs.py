@@ -43,6 +43,12 @@ VARIANTS = {
     "skip+screen": ("paced.skip_base=0.5", "paced.skip_floor=0.1", "paced.screen_rollouts=4"),
     "on_policy": ("loss.mode=on_policy", "train.log_every=1"),
     "on_policy+reuse": ("loss.mode=on_policy", "paced.reuse_rollouts=25", "train.log_every=1"),
+    "adaptive": ("paced.adaptive_rollouts=2",),
+    "adaptive+decay": ("paced.adaptive_rollouts=2", "paced.merge=decay",
+                       "paced.decay_per_step=0.99"),
+    "on_policy+outcomes": ("loss.mode=on_policy", "paced.train_outcomes=true", "paced.merge=decay",
+                           "paced.decay_per_step=0.99", "paced.adaptive_rollouts=2",
+                           "paced.fresh_trials=2", "train.log_every=1"),
 }
 
 
@@ -83,6 +89,10 @@ def summary(wd: Path) -> dict:
           "estimated": sum(r["frontier/estimated"] for r in est),
           "skipped": sum(r.get("frontier/skipped", 0) for r in est),
           "reused": sum(r.get("rollouts/reused_rows", 0) for r in rows if "loss" in r),
+          "estimate_flops": sum(r.get("frontier/estimate_flops", 0) for r in est),
+          "per_problem": (sum(r.get("frontier/rollouts_per_problem", 0) * r["frontier/estimated"]
+                              for r in est) / max(sum(r["frontier/estimated"] for r in est), 1)),
+          "fresh_kept": sum(r.get("frontier/fresh_kept", 0) for r in est),
           "acc_before": before.get("eval/test/overall"),
           "acc_after": after[-1]["eval/test/overall"] if after else None}
 
@@ -133,14 +143,18 @@ def main(argv=None) -> int:
 
   print(f"\n# Estimation share at K = 8, demo runs — {datetime.date.today()}, jax "
         f"{jax.__version__}, load average {os.getloadavg()[0]:.1f}\n")
-  print("| run | rollout FLOPs | train FLOPs | rollout share | problems estimated | skipped | "
+  print("| run | rollout FLOPs | estimation FLOPs | train FLOPs | rollout share | estimation "
+        "share | problems estimated | rollouts / problem | skipped | kept on training outcomes | "
         "on-policy rows reused | held-out acc before -> after |")
-  print("|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for name, r in res.items():
     acc = (f"{r['acc_before']:.3f} -> {r['acc_after']:.3f}" if r["acc_after"] is not None
            else "-")
-    print(f"| {name} | {r['rollout']:.4g} | {r['train']:.4g} | {r['share']:.1%} | "
-          f"{r['estimated']:.0f} | {r['skipped']:.0f} | {r['reused']:.0f} | {acc} |")
+    total = r["rollout"] + r["train"]
+    print(f"| {name} | {r['rollout']:.4g} | {r['estimate_flops']:.4g} | {r['train']:.4g} | "
+          f"{r['share']:.1%} | {r['estimate_flops'] / total:.1%} | {r['estimated']:.0f} | "
+          f"{r['per_problem']:.2f} | {r['skipped']:.0f} | {r['fresh_kept']:.0f} | "
+          f"{r['reused']:.0f} | {acc} |")
   if "skip" in res:
     last = (args.steps - 1) // 25 * 25
     a = audit(Path(args.out) / "skip", last, config("skip", args))

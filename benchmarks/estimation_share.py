@@ -1,10 +1,11 @@
-"""Estimation share of the demo's FLOPs at K = 8: static sampler, engine, engine + screening.
+"""Estimation share of the demo's FLOPs at K = 8: static sampler, engine, screening, adaptive K.
 
 One refresh of configs/demo.py (its shipped student, 512 problems of the synthetic train pool,
 temperature 1.0, budget 128) estimated with K = 8 by
   static     estimate_pass_rates(StaticRollouts(model, rows=256))  (sampler.generate batches)
   engine     estimate_pass_rates(model)  (rollouts.Engine, 256 slots)
   screen k0  the engine with screen=k0: k0 rollouts each, K - k0 more where the first k0 disagree
+  adaptive k0  the engine with adaptive=k0: stages of k0 until sd[w] < 0.07 (paced.adaptive_*)
 Per setting: rollout FLOPs (flops.py convention, as computed), wall time, and for screening the
 error against the full-K estimate of the same rollouts (same RNG streams): mean |p - p_K| over
 the 512 problems, mean |w - w_K| for w = p(1-p) (plug-in) and for the posterior E[w] under
@@ -43,6 +44,12 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--train-metrics", default="runs/pace_vs_baselines/paced/seed_0/metrics.jsonl")
   ap.add_argument("--screens", type=int, nargs="*", default=[2, 4])
+  ap.add_argument("--adaptive", type=int, nargs="*", default=[2, 4],
+                  help="paced.adaptive_rollouts stages k0 to measure (adaptive_sd 0.07)")
+  ap.add_argument("--train-flops-per-step", type=float, default=0.0,
+                  help="train FLOPs per step instead of reading --train-metrics (e.g. 7.69e9: "
+                       "estimation_runs.py's engine run, 2.306e12 over 300 steps)")
+  ap.add_argument("--no-static", action="store_true", help="leave out the static sampler")
   args = ap.parse_args()
   cfg = load_config("configs/demo.py", ["generate.source="])  # the fixed pool it measures
   tok = load_tokenizer(cfg.data.tokenizer, cfg.data.chat_template_kwargs)
@@ -59,8 +66,10 @@ def main():
   static = StaticRollouts(model, rows=cfg.sample.batch_size,
                           prompt_buckets=cfg.sample.prompt_buckets,
                           budget_buckets=cfg.sample.budget_buckets)
-  settings = [("static", static, {}), ("engine", model, {})]
+  settings = [("static", static, {})] * (not args.no_static) + [("engine", model, {})]
   settings += [(f"engine + screen k0={k0}", model, dict(screen=k0)) for k0 in args.screens]
+  settings += [(f"engine + adaptive k0={k0}", model, dict(adaptive=k0, adaptive_sd=0.07))
+               for k0 in args.adaptive]
   for _, engine, extra in settings:  # warm-up at the same shapes: compile every program once
     estimate_pass_rates(engine, problems, **(kw | extra))
   res = {}
@@ -69,9 +78,12 @@ def main():
     est = estimate_pass_rates(engine, problems, **(kw | extra))
     res[name] = (est, time.perf_counter() - t0)
 
-  rows = [json.loads(line) for line in open(args.train_metrics)]
-  last = max((r for r in rows if "compute/train_flops" in r), key=lambda r: r["step"])
-  per_step = last["compute/train_flops"] / last["step"]
+  if args.train_flops_per_step:
+    per_step, last = args.train_flops_per_step, {"step": "given"}
+  else:
+    rows = [json.loads(line) for line in open(args.train_metrics)]
+    last = max((r for r in rows if "compute/train_flops" in r), key=lambda r: r["step"])
+    per_step = last["compute/train_flops"] / last["step"]
   train = STEPS * per_step
   full = res["engine"][0]
   p_full = full.successes / full.trials
@@ -93,10 +105,10 @@ def main():
           f"{est_total / (est_total + train):.1%} | {np.abs(p - p_full).mean():.4f} | "
           f"{np.abs(p * (1 - p) - p_full * (1 - p_full)).mean():.4f} | "
           f"{np.abs(w_post - w_post_full).mean():.4f} | {flips} |")
-  stopped = [int(np.sum(e.trials < K)) for n, (e, _) in res.items() if "screen" in n]
-  print(f"\nproblems stopped by screening: {stopped} of {SUBSET}; static and engine draw the "
+  stopped = {n: int(np.sum(e.trials < K)) for n, (e, _) in res.items() if "k0" in n}
+  print(f"\nproblems stopped before K: {stopped} of {SUBSET}; static and engine draw the "
         f"same rollouts (equal successes: "
-        f"{bool(np.array_equal(res['static'][0].successes, full.successes))})")
+        f"{bool(np.array_equal(res['static'][0].successes, full.successes)) if 'static' in res else '-'})")
 
 
 if __name__ == "__main__":
