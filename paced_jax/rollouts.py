@@ -26,7 +26,8 @@ with `fold_in(fold_in(rng, r), t)` exactly as sampler.generate's row r, so a rol
 depends on its slot, its neighbours, the slot count or the wave size (greedy and temperature
 rollouts equal sampler.generate's token for token up to float rounding of the attention sum).
 
-Compilation: one prefill program per (wave, prompt bucket) and one decode program per (slots,
+Compilation: one prefill program per (wave, prompt bucket) (the last wave of a call prefills
+its live prompts rounded up to an eighth of a wave) and one decode program per (slots,
 prompt bucket, budget bucket, output rows bucket, K); knobs (temperature, top-k, top-p,
 max_new_tokens, per rollout) are traced. Output rows are padded to a power of two.
 
@@ -255,6 +256,17 @@ def decode_core(graphdef, params, st: EngineState, wave: Wave, knobs_Q: Knobs, r
   return jax.lax.while_loop(cond, body, st)
 
 
+def _pad_wave(wave: Wave, W: int) -> Wave:
+  """`wave` padded to W prompts (rows past wave.hi are never taken by a slot)."""
+  pad = lambda a, n: jnp.pad(a, [(0, n - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
+  K = wave.first_Q.shape[0] // wave.lengths_W.shape[0]
+  return wave.replace(k=tuple(pad(a, W) for a in wave.k), v=tuple(pad(a, W) for a in wave.v),
+                      lengths_W=jnp.pad(wave.lengths_W, (0, W - wave.lengths_W.shape[0]),
+                                        constant_values=1),
+                      first_Q=pad(wave.first_Q, W * K), first_lp_Q=pad(wave.first_lp_Q, W * K))
+
+
+pad_wave_jit = jax.jit(_pad_wave, static_argnames=("W",))
 prefill_jit = jax.jit(prefill_core, static_argnames=("graphdef", "rollouts", "strategy"))
 decode_jit = jax.jit(decode_core, donate_argnums=(2,),
                      static_argnames=("graphdef", "rollouts", "budget", "block", "strategy",
@@ -335,8 +347,14 @@ class Engine:
     graphdef, params = nnx.split(self.model)
     tokens, plens = pad_prompts(prompts, P, pad_id)
     n_waves = -(-N // W)
-    tokens = np.concatenate([tokens, np.full((n_waves * W - N, P), pad_id, np.int32)])
-    plens = np.concatenate([plens, np.ones((n_waves * W - N,), np.int32)])
+    # The last wave prefills its live prompts rounded up to a multiple of W / 8 (at most 8
+    # prefill programs per W), not a whole W of padding rows; it is padded to W after prefill
+    # (a copy, no FLOPs) so every wave runs the one decode program.
+    grain = -(-W // 8)
+    W_last = min(W, -(-(N - (n_waves - 1) * W) // grain) * grain)
+    rows = (n_waves - 1) * W + W_last
+    tokens = np.concatenate([tokens, np.full((rows - N, P), pad_id, np.int32)])
+    plens = np.concatenate([plens, np.ones((rows - N,), np.int32)])
     cache = self.model.init_cache(B, S)
     st = EngineState(
         cache=cache, rid_B=jnp.zeros((B,), jnp.int32), t_B=jnp.zeros((B,), jnp.int32),
@@ -351,6 +369,8 @@ class Engine:
         wave = prefill_jit(graphdef, params, tokens[lo // K:lo // K + W],
                            plens[lo // K:lo // K + W], kn, key, stream,
                            np.int32(lo), rollouts=K, strategy=self.strategy)
+        if w == n_waves - 1 and W_last < W:
+          wave = pad_wave_jit(wave, W)
         wave = wave.replace(hi=jnp.int32(min(lo + W * K, R)))
         st = decode_jit(graphdef, params, st, wave, kn, key, stream, stops,
                         np.int32(pad_id), np.bool_(w == n_waves - 1), rollouts=K,
@@ -360,7 +380,7 @@ class Engine:
         st.tokens_QS, st.logprobs_QS, st.lengths_Q, st.steps, st.attended_blocks, st.busy))
     out = RolloutOutput(tokens_BS=np.asarray(toks)[:R, :new],
                         logprobs_BS=np.asarray(lps)[:R, :new], lengths_B=np.asarray(lengths)[:R],
-                        prefill_rows=n_waves * W, prompt_len=P, slots=B, steps=int(steps),
+                        prefill_rows=rows, prompt_len=P, slots=B, steps=int(steps),
                         attended=int(blocks) * self.block, busy=int(busy))
     return dataclasses.replace(out, computed_flops=out.flops(self.model.cfg))
 

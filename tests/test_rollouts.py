@@ -154,6 +154,22 @@ def test_a_small_call_computes_only_the_slots_it_fills(model):
   assert big.flops() < full / 4  # what a 256-slot decode of the same steps would have computed
 
 
+def test_last_wave_prefills_only_its_live_prompts(model):
+  """A call's last wave prefills its prompts rounded up to an eighth of a wave (not a whole wave
+  of padding rows) and draws the same rollouts as one-prompt waves."""
+  prompts = [PROMPTS[i % len(PROMPTS)] + [3 + i] for i in range(19)]
+  kn = S.Knobs(temperature=0.9, max_new_tokens=5)
+  draw = lambda **kw: RO.Engine(model, block=8, budget_buckets=(8,), **kw).sample(
+      prompts, rollouts=2, rng=4, stop_ids=[5], pad_id=0, knobs=kn)
+  one, fitted = draw(slots=4, wave=1), draw(slots=4, wave=16)
+  assert one.prefill_rows == 19
+  assert fitted.prefill_rows == 16 + 4  # 3 live prompts, rounded up to a multiple of 16 / 8
+  np.testing.assert_array_equal(fitted.tokens_BS, one.tokens_BS)
+  np.testing.assert_array_equal(fitted.lengths_B, one.lengths_B)
+  np.testing.assert_allclose(fitted.logprobs_BS, one.logprobs_BS, atol=1e-5)
+  assert draw(slots=4, wave=4).prefill_rows == 16 + 3  # grain 1: exactly the live prompts
+
+
 def test_sharded_engine_equals_unsharded(model, mesh_2x4):
   from paced_jax.sharding import state_shardings
 
