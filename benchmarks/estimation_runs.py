@@ -9,6 +9,13 @@ Trains configs/demo.py at paced.rollouts=8 (everything else the demo's: 300 step
   on_policy      loss.mode=on_policy (reverse KL on the student's own rollouts, sampled each step)
   on_policy+reuse  the same with paced.reuse_rollouts=25: a refresh's estimation rollouts serve
                  as training rows for the rest of its round
+  adaptive       paced.adaptive_rollouts=2 (2 rollouts first, more only where the posterior of w
+                 is still wide; the table's merged counts are the prior)
+  adaptive+decay the same with paced.merge=decay, decay_per_step=0.99 (a problem its recent
+                 counts settle is kept, not estimated: paced.adaptive_settled)
+  on_policy+outcomes  on_policy with paced.train_outcomes=true: the verified training rollouts
+                 enter the table; decay merge, adaptive 2, fresh_trials=2 (a problem with 2
+                 fresh training outcomes this round is not estimated)
 and reads each run's FLOP split (flops.py convention): estimation share = rollout FLOPs /
 (rollout + train FLOPs). Held-out accuracy before/after is reported beside it (one seed: a
 difference inside the eval's standard error is level).
@@ -19,7 +26,12 @@ step-275 checkpoint and reports how many of their stale p in {0, 1} the fresh es
 (their PACED weight would have been > 0) and mean |p_stale - p_fresh|.
 
     JAX_PLATFORMS=cpu python benchmarks/estimation_runs.py [--out runs/skip_share] [--steps 300]
-        [--variants engine skip skip+screen on_policy on_policy+reuse]
+        [--variants engine skip skip+screen on_policy on_policy+reuse adaptive adaptive+decay
+                    on_policy+outcomes] [--weight-audit]
+
+--weight-audit: each run's weights after its last refresh against two fresh K = 16 estimates of
+the same checkpoint on 512 fixed pool problems (mean |w - w_ref| beside the reference's own
+noise, and the share of weight mass on problems with 0 < p_ref < 1, with standard errors).
 
 Resumable: a finished run (its final checkpoint exists) is read, not rerun.
 """
@@ -93,6 +105,7 @@ def summary(wd: Path) -> dict:
           "per_problem": (sum(r.get("frontier/rollouts_per_problem", 0) * r["frontier/estimated"]
                               for r in est) / max(sum(r["frontier/estimated"] for r in est), 1)),
           "fresh_kept": sum(r.get("frontier/fresh_kept", 0) for r in est),
+          "settled_kept": sum(r.get("frontier/settled_kept", 0) for r in est),
           "acc_before": before.get("eval/test/overall"),
           "acc_after": after[-1]["eval/test/overall"] if after else None}
 
@@ -130,11 +143,63 @@ def audit(wd: Path, step: int, cfg) -> dict:
           if stale else 0.0}
 
 
+def weight_audit(wd: Path, step: int, cfg, n_subset: int = 512, rollouts: int = 16) -> dict:
+  """The weights a run sampled by after its step-`step` refresh against fresh estimates of the
+  same student: on a fixed random subset of the pool (the same for every run), two independent
+  K = `rollouts` estimates from the step-`step` checkpoint give w_ref1, w_ref2 (cfg.paced's
+  weighting function of the fresh counts, as the run applies it to its own). Reported with
+  standard errors over problems: mean |w_run - w_ref1|, the reference's own noise mean
+  |w_ref2 - w_ref1|, and the share of the run's weight mass (and of w_ref2's) on problems with
+  0 < p_ref1 < 1."""
+  import jax
+  import numpy as np
+
+  from paced_jax.data.sources import load_pool
+  from paced_jax.data.tokenizer import load_tokenizer
+  from paced_jax.estimate import estimate_for_config
+  from paced_jax.frontier import PassRateTable, frontier_weights
+  from paced_jax.models.io import load_model_checked
+  from paced_jax.sharding import make_mesh
+  from paced_jax.verify import verifier_from_config
+
+  rnd = step // cfg.paced.refresh_every
+  table = PassRateTable.from_jsonl(wd / "passrates" / f"round_{rnd:05d}.jsonl")
+  source = load_pool(cfg.data, "train", seed=cfg.seed)
+  pick = np.sort(np.random.default_rng(0).choice(len(source), n_subset, replace=False))
+  problems = [source[int(i)] for i in pick]
+  s, n = table.counts([p.id for p in problems])
+  w_run = frontier_weights(s, n, cfg.paced)
+  last = table.step[table.rows([p.id for p in problems])]  # -1: never estimated
+  model, _ = load_model_checked(wd / "checkpoints" / str(step), "--checkpoint")
+  tok = load_tokenizer(cfg.data.tokenizer, cfg.data.chat_template_kwargs)
+  refs = [estimate_for_config(model, problems, tok, verifier_from_config(cfg.paced), cfg,
+                              make_mesh(cfg.mesh), rollouts=rollouts, rng=jax.random.key(seed),
+                              progress=False) for seed in (12345, 54321)]
+  w1, w2 = (frontier_weights(e.successes, e.trials, cfg.paced) for e in refs)
+  p1 = refs[0].successes / refs[0].trials
+  mid = (p1 > 0) & (p1 < 1)
+  rng = np.random.default_rng(1)
+  boot = rng.integers(0, n_subset, (1000, n_subset))
+
+  def mean_se(x):
+    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
+
+  def mass(w):
+    share = lambda i: (w[i] * mid[i]).sum() / max(w[i].sum(), 1e-12)
+    return float(share(np.arange(n_subset))), float(np.std([share(b) for b in boot]))
+
+  return {"err": mean_se(np.abs(w_run - w1)), "floor": mean_se(np.abs(w2 - w1)),
+          "mass": mass(w_run), "mass_ref": mass(w2), "stale": float(np.mean(step - last[
+              last >= 0])) if (last >= 0).any() else float("nan"), "n": n_subset, "K": rollouts}
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--out", default="runs/skip_share")
   ap.add_argument("--steps", type=int, default=300)
   ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+  ap.add_argument("--weight-audit", action="store_true",
+                  help="also audit each run's last weights against fresh K = 16 estimates")
   args = ap.parse_args(argv)
   res = {}
   for name in args.variants:
@@ -145,8 +210,9 @@ def main(argv=None) -> int:
         f"{jax.__version__}, load average {os.getloadavg()[0]:.1f}\n")
   print("| run | rollout FLOPs | estimation FLOPs | train FLOPs | rollout share | estimation "
         "share | problems estimated | rollouts / problem | skipped | kept on training outcomes | "
+        "kept as settled | "
         "on-policy rows reused | held-out acc before -> after |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for name, r in res.items():
     acc = (f"{r['acc_before']:.3f} -> {r['acc_after']:.3f}" if r["acc_after"] is not None
            else "-")
@@ -154,9 +220,22 @@ def main(argv=None) -> int:
     print(f"| {name} | {r['rollout']:.4g} | {r['estimate_flops']:.4g} | {r['train']:.4g} | "
           f"{r['share']:.1%} | {r['estimate_flops'] / total:.1%} | {r['estimated']:.0f} | "
           f"{r['per_problem']:.2f} | {r['skipped']:.0f} | {r['fresh_kept']:.0f} | "
+          f"{r['settled_kept']:.0f} | "
           f"{r['reused']:.0f} | {acc} |")
+  last = (args.steps - 1) // 25 * 25
+  if args.weight_audit:
+    print(f"\n## Weight quality after the step-{last} refresh: each run's weights against two fresh "
+          f"K = 16 estimates of its step-{last} student, 512 fixed pool problems "
+          "(mean +- standard error over problems; bootstrap for the mass shares)\n")
+    print("| run | mean abs(w - w_ref) | reference noise mean abs(w_ref2 - w_ref) | frontier mass on "
+          "0 < p_ref < 1 | w_ref2's mass there | mean age of the counts (steps) |")
+    print("|---|---|---|---|---|---|")
+    for name in res:
+      a = weight_audit(Path(args.out) / name.replace("+", "_"), last, config(name, args))
+      f = lambda v: f"{v[0]:.4f} +- {v[1]:.4f}"
+      print(f"| {name} | {f(a['err'])} | {f(a['floor'])} | {f(a['mass'])} | "
+            f"{f(a['mass_ref'])} | {a['stale']:.1f} |", flush=True)
   if "skip" in res:
-    last = (args.steps - 1) // 25 * 25
     a = audit(Path(args.out) / "skip", last, config("skip", args))
     print(f"\nskip audit at step {last}: {a['n']} settled problems kept stale estimates; a fresh "
           f"K = 8 estimate leaves {{0, 1}} for {a['left_01']} of them; mean |p_stale - p_fresh| "
