@@ -121,6 +121,9 @@ SNR_LOSSES = {
     # g_i: reverse KL on one fresh rollout of the starting student for problem i, the row that
     # loss.mode=on_policy trains on (rollout_data.on_policy_batch)
     "on_policy": ("loss.mode=on_policy", "loss.divergence=reverse_kl"),
+    # g_i: self-distillation's reverse KL on one fresh rollout of the starting student against
+    # the starting student shown problem i's reference solution (loss.mode=self_distill)
+    "self_distill": ("loss.mode=self_distill", "loss.divergence=reverse_kl"),
 }
 
 

@@ -14,9 +14,12 @@ Steps:
    (K = --measure-k rollouts each; resumable: <out>/levels.json). A level is "mastered" when its
    mean p >= --mastered-p (or as --mastered-levels says), "hopeless" when <= --hopeless-p.
 2. Pools. "today" is the round robin (every level equal); "mNN" puts NN% of the pool on the
-   mastered levels and the rest on the other levels, equally. The pool's p histogram is the
-   per-level measurement weighted by the composition; its p = 1 share is the mastered fraction
-   on the figure's x axis.
+   mastered levels and the rest on the frontier levels (neither mastered nor hopeless),
+   equally: the mastered axis. "hNN" is the hopeless axis: a pool whose p = 0 share is NN%
+   (hopeless levels mixed in) with its p = 1 share held at m0's (mastered levels mixed in to
+   hold it); h0 is m0. The pool's p histogram is the per-level measurement weighted by the
+   composition; its p = 1 share (mastered axis) or p = 0 share (hopeless axis) is the figure's
+   x axis.
 3. Runs. Per cell (pool, regime, K), the arms of benchmarks/pace_vs_baselines.py at equal
    FLOPs: the budget is what `uniform`, seed --budget-seed, spends in --budget-steps steps (train
    steps plus every rollout). Regimes: fkl (forward KL on references, off-policy), on_policy
@@ -24,6 +27,13 @@ Steps:
    switches at half the steps its fkl run took at the same budget). A finished run
    (eval_after.json) is read, not rerun, so a command can be split by pools, arms, seeds,
    regimes or K and rerun safely; every command summarises all finished runs under --out.
+   self_distill: reverse KL on the student's rollouts against a frozen copy of the starting
+   student shown the reference solution (loss.privileged_template).
+   Two views (--views): "flops" is the above; "steps" (the paper's view) continues each run that
+   stopped at the budget before uniform's --budget-steps (a copy of its workdir, resumed without
+   the budget: <out>/POOL/steps/REGIME/ARM/seed_S) and evaluates it there, so both views come
+   from the same runs (a run that reached --budget-steps within the budget is its own
+   equal-steps run). Not for two_stage (its switch is a fraction of train.steps).
 4. Evaluation. Held-out test split, --heldout-per-cell problems per (family, level) (750 at 75
    and 2 families x 5 levels) x --eval-samples samples, before and after each run; no evals in
    between unless --eval-every. The pool's score is the test accuracy per level weighted by the
@@ -50,6 +60,26 @@ configs/demo_models.py:student_strong on families add and sort: it masters level
     python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --regimes two_stage --pools m50    # part 8, as part 6
     python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --pools m0 --arms uniform --seeds 0 --snr-problems 1600   # gradient SNR per p bucket, both losses, ~10 min
     python benchmarks/phase_diagram.py --set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort --mastered-levels 1 2 --budget-steps 200 --pools m0 m50 m90 --regimes fkl on_policy two_stage --k 4 8 --report-only --write-results   # the report, with every part
+
+The hopeless axis (issue: where PACED pays, part 2): levels 1-8 of the suite (levels 6-8 lie
+beyond the strong student), pools h0 / h25 / h50 (p = 0 share about 0, 25%, 50%; p = 1 share
+held at m0's), regimes in the order the CPU budget asks for: self-distillation (the privileged
+teacher is the starting strong student shown the solution), forward KL on the suite's own
+(correct) solutions, on-policy reverse KL; both views (equal FLOPs, equal steps). Each command
+is one part, resumable, <= 2 h on a 2-core CPU; the measured times are in
+benchmarks/results/hopeless.md.
+
+To reproduce the hopeless axis (HA = the options every part shares):
+
+    HA="--set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort data.synthetic_levels=8 --mastered-levels 1 2 --budget-steps 200 --eval-problems 1200 --out runs/hopeless --results-name hopeless"
+    python benchmarks/phase_diagram.py $HA --regimes self_distill --pools h0     # part 1a: self-distillation, 15 runs + equal-steps continuations (the first run also measures the 8 levels)
+    python benchmarks/phase_diagram.py $HA --regimes self_distill --pools h25    # part 1b
+    python benchmarks/phase_diagram.py $HA --regimes self_distill --pools h50    # part 1c
+    python benchmarks/phase_diagram.py $HA --regimes self_distill --pools m50    # part 1d: self-distillation at today's m50 point of the mastered axis
+    python benchmarks/phase_diagram.py $HA --regimes self_distill --pools h50 --arms uniform --seeds 0 --snr-problems 800 --snr-losses references on_policy self_distill   # gradient SNR per p bucket, three losses (p = 0 bucket ~400 problems)
+    python benchmarks/phase_diagram.py $HA --regimes fkl --pools h0              # part 2a-c: forward KL along the axis (then h25, h50)
+    python benchmarks/phase_diagram.py $HA --regimes on_policy --pools h0        # part 3a-c: on-policy reverse KL along the axis (then h25, h50)
+    python benchmarks/phase_diagram.py $HA --regimes self_distill fkl on_policy --pools h0 h25 h50 m50 --report-only --write-results   # the report
 """
 
 from __future__ import annotations
@@ -58,6 +88,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -70,7 +101,11 @@ import pace_vs_baselines as base  # noqa: E402  (the arms, one run, the environm
 
 REGIMES = {"fkl": ("loss.mode=distill", "loss.divergence=auto"),
            "on_policy": ("loss.mode=on_policy", "loss.divergence=auto"),
-           "two_stage": ("loss.mode=two_stage", "loss.divergence=auto")}
+           "two_stage": ("loss.mode=two_stage", "loss.divergence=auto"),
+           "self_distill": ("loss.mode=self_distill", "loss.divergence=auto")}
+# The equal-steps view continues a run past its FLOP budget to uniform's step count; two_stage's
+# switch is a fraction of train.steps, so continuing would move it: that regime has no such view.
+STEPS_REGIMES = ("fkl", "on_policy", "self_distill")
 DEFAULT_ARMS = ("uniform", "paced", "posterior", "dapo", "akl")
 
 
@@ -160,22 +195,63 @@ def classify(levels: dict, args) -> dict[str, list[int]]:
 
 
 def pool_weights(name: str, levels: dict, classes: dict) -> tuple[float, ...]:
-  """'today': every level equal; 'mNN': NN% on the mastered levels, the rest on the others."""
+  """'today': every level equal. 'mNN': NN% of the pool on the mastered levels, the rest on the
+  frontier levels (none on hopeless ones), each class's levels equal. 'hNN': the hopeless axis,
+  a pool whose p = 0 share is NN% (hopeless levels mixed in) while its p = 1 share stays m0's
+  (mastered levels mixed in to hold it); where NN% lies below what m0 already has at p = 0,
+  no hopeless level is added (h0 is m0)."""
   all_levels = sorted(int(k) for k in levels["levels"])
   if name == "today":
     return tuple(1.0 / len(all_levels) for _ in all_levels)
-  if not (name.startswith("m") and name[1:].isdigit() and int(name[1:]) <= 100):
-    raise SystemExit(f"pool {name!r}: use 'today' or mNN (NN% of the pool on mastered levels)")
-  frac, mastered = int(name[1:]) / 100, classes["mastered"]
-  if frac and not mastered:
-    raise SystemExit(
-        f"pool {name}: the starting student masters no level (mean p per level "
-        + ", ".join(f"{k}: {v['p_mean']:.2f}" for k, v in levels["levels"].items())
-        + "); start from a stronger student (--set train.init_student=DIR) or name the levels "
-        "(--mastered-levels)")
-  rest = [lv for lv in all_levels if lv not in mastered]
-  return tuple((frac / len(mastered) if lv in mastered else (1 - frac) / len(rest))
-               for lv in all_levels)
+  if not (name[:1] in ("m", "h") and name[1:].isdigit() and int(name[1:]) <= 100):
+    raise SystemExit(f"pool {name!r}: use 'today', mNN (NN% of the pool on mastered levels) or "
+                     "hNN (NN% of the pool at p = 0, the hopeless axis)")
+  frac, mastered, hopeless = int(name[1:]) / 100, classes["mastered"], classes.get("hopeless", [])
+  means = ", ".join(f"{k}: {v['p_mean']:.2f}" for k, v in levels["levels"].items())
+  frontier = classes.get("frontier") or [lv for lv in all_levels
+                                         if lv not in mastered and lv not in hopeless]
+  if not frontier:
+    raise SystemExit(f"pool {name}: the starting student has no frontier level (mean p per "
+                     f"level {means}); set --mastered-p / --hopeless-p or the levels")
+  if name[0] == "m":
+    if frac and not mastered:
+      raise SystemExit(
+          f"pool {name}: the starting student masters no level (mean p per level {means}); "
+          "start from a stronger student (--set train.init_student=DIR) or name the levels "
+          "(--mastered-levels)")
+    return mix(all_levels, {"mastered": (mastered, frac), "frontier": (frontier, 1 - frac)})
+  if frac and not hopeless:
+    raise SystemExit(f"pool {name}: no level is hopeless for the starting student (mean p per "
+                     f"level {means}; hopeless: mean p <= --hopeless-p); add harder levels "
+                     "(--set data.synthetic_levels=8)")
+  share = lambda lvs: pool_histogram(levels, mix(all_levels, {"c": (lvs, 1.0)}))
+  F, H = share(frontier), share(hopeless) if hopeless else None
+  m = h = 0.0
+  if frac > F[0] and H[0] > F[0]:
+    # Solve p0(m, h) = frac and p1(m, h) = F1 (m0's p = 1 share held), both linear in (m, h):
+    # m (M0 - F0) + h (H0 - F0) = frac - F0 and m (M1 - F1) + h (H1 - F1) = 0.
+    M = share(mastered) if mastered else None
+    if M is None or M[-1] <= F[-1]:  # nothing raises the p = 1 share: hold none of it
+      h = (frac - F[0]) / (H[0] - F[0])
+    else:
+      a, b, c, d = M[0] - F[0], H[0] - F[0], M[-1] - F[-1], H[-1] - F[-1]
+      det = a * d - b * c
+      m, h = max((frac - F[0]) * d / det, 0.0), max(-(frac - F[0]) * c / det, 0.0)
+    if m + h > 1:
+      raise SystemExit(f"pool {name}: a p = 0 share of {frac:.0%} with the p = 1 share held at "
+                       f"{F[-1]:.2f} needs {m + h:.2f} of the pool on mastered and hopeless "
+                       "levels; choose a smaller NN")
+  return mix(all_levels, {"mastered": (mastered, m), "hopeless": (hopeless, h),
+                          "frontier": (frontier, 1 - m - h)})
+
+
+def mix(all_levels, parts: dict) -> tuple[float, ...]:
+  """Level weights: each part (levels, share) spreads its share equally over its levels."""
+  w = {lv: 0.0 for lv in all_levels}
+  for lvs, share in parts.values():
+    for lv in lvs:
+      w[lv] += share / len(lvs)
+  return tuple(w[lv] for lv in all_levels)
 
 
 def pool_histogram(levels: dict, weights) -> list[float]:
@@ -197,25 +273,61 @@ def cell_dir(args, pool: str, regime: str, k: int, arm: str) -> Path:
   return Path(args.out) / pool / (regime if kk == args.k[0] else f"{regime}_k{kk}")
 
 
+def run_overrides(args, pool, regime, k, arm, weights) -> list[str]:
+  """What every run of (pool, regime, K, arm) sets besides its budget and seed."""
+  return [f"data.synthetic_level_weights={','.join(f'{w:.6g}' for w in weights)}",
+          f"data.synthetic_heldout_per_cell={args.heldout_per_cell}",
+          f"eval.samples={args.eval_samples}", f"paced.rollouts={k}", *REGIMES[regime],
+          *args.set,
+          # The arm's own loss settings (akl's divergence) win over the regime's
+          # loss.divergence=auto.
+          *(o for o in base.ARMS[arm] if o.startswith("loss."))]
+
+
 def run_one(args, pool, regime, k, arm, seed, weights, budget, log) -> dict:
   ns = copy.copy(args)
   ns.out = str(cell_dir(args, pool, regime, k, arm))
-  extra = [f"data.synthetic_level_weights={','.join(f'{w:.6g}' for w in weights)}",
-           f"data.synthetic_heldout_per_cell={args.heldout_per_cell}",
-           f"eval.samples={args.eval_samples}", f"paced.rollouts={k}", *REGIMES[regime],
-           *args.set]
+  extra = run_overrides(args, pool, regime, k, arm, weights)
   if budget is None:  # the budget run: a fixed step count
     extra.append(f"train.steps={args.budget_steps}")
     total = args.budget_steps
   else:
     extra.append(f"train.max_flops={budget!r}")
     total = args.budget_steps * 3
-  # The arm's own loss settings (akl's divergence) win over the regime's loss.divergence=auto.
-  extra += [o for o in base.ARMS[arm] if o.startswith("loss.")]
   if regime == "two_stage":
     fkl = run_one(args, pool, "fkl", k, arm, args.budget_seed, weights,
                   None if arm == "uniform" else fkl_budget(args, pool, k, weights, log), log)
     extra.append(f"loss.two_stage_switch={min(0.99, fkl['steps'] / 2 / total)!r}")
+  r = base.run_arm(ns, arm, seed, extra, log, check=lambda cfg: check_arm(cfg, regime, arm))
+  r.update(pool=pool, regime=regime, k=k, weights=list(weights))
+  return r
+
+
+def steps_dir(args, pool, regime, k, arm, seed) -> Path:
+  cell = cell_dir(args, pool, regime, k, arm)
+  return cell.parent / "steps" / cell.name / arm / f"seed_{seed}"
+
+
+def run_steps(args, pool, regime, k, arm, seed, weights, flop_run: dict, log) -> dict:
+  """The equal-steps view of a run (the paper's): a run the budget stopped before uniform's
+  --budget-steps is copied (its workdir, less the lock and the final evaluation) and resumed
+  without the budget up to --budget-steps, then evaluated; a run that got there within the
+  budget is its own equal-steps run. The copy is made under a temporary name and renamed, so
+  an interrupted copy is redone, and an interrupted run resumes."""
+  if flop_run["steps"] >= args.budget_steps:
+    return flop_run
+  dst = steps_dir(args, pool, regime, k, arm, seed)
+  if not dst.exists():
+    src = cell_dir(args, pool, regime, k, arm) / arm / f"seed_{seed}"
+    tmp = dst.with_name(dst.name + ".copying")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".lock", "eval_after.json",
+                                                            "finished.json"))
+    tmp.rename(dst)
+  ns = copy.copy(args)
+  ns.out = str(dst.parents[1])
+  extra = run_overrides(args, pool, regime, k, arm, weights) + [
+      "train.max_flops=0", f"train.steps={args.budget_steps}"]
   r = base.run_arm(ns, arm, seed, extra, log, check=lambda cfg: check_arm(cfg, regime, arm))
   r.update(pool=pool, regime=regime, k=k, weights=list(weights))
   return r
@@ -271,6 +383,7 @@ def summarise(results: list[dict], args, pools_info: dict) -> dict:
       paired = [r for r in mine if r["seed"] in uni]
       entry = {"pool": pool, "regime": regime, "k": k, "arm": arm,
                "mastered_share": pools_info["pools"][pool]["p1_share"],
+               "hopeless_share": pools_info["pools"][pool]["hist"][0],
                "score": stat([pool_score(r["after"], w) for r in mine]),
                "balanced": stat([r["after"]["eval/test/overall"] for r in mine]),
                "delta": stat([pool_score(r["after"], w) - pool_score(uni[r["seed"]]["after"], w)
@@ -287,6 +400,16 @@ def summarise(results: list[dict], args, pools_info: dict) -> dict:
                "rollout_share": float(np.mean([r["rollout_flops"] / r["flops"] for r in mine]))}
       out.append(entry)
   return {"cells": out}
+
+
+def attach_steps(summary: dict, steps: dict) -> None:
+  """Each cell of the equal-FLOPs summary gets its equal-steps twin's score, Δ and steps."""
+  twin = {(c["pool"], c["regime"], c["k"], c["arm"]): c for c in steps["cells"]}
+  for c in summary["cells"]:
+    t = twin.get((c["pool"], c["regime"], c["k"], c["arm"]))
+    if t is not None:
+      c["steps_view"] = {"score": t["score"], "delta": t["delta"], "steps": t["steps"],
+                         "forgetting": t["forgetting"]}
 
 
 def write_markdown(path: Path, summary: dict, pools_info: dict, args, env: str,
@@ -313,52 +436,73 @@ def write_markdown(path: Path, summary: dict, pools_info: dict, args, env: str,
   lines += ["", "Score = held-out accuracy weighted by the pool's level composition; Δ = arm - "
             "uniform, paired by seed, mean ± SE over seeds (per-seed values in brackets); eval "
             "SE = binomial bound on one paired difference's evaluation noise; forgetting = "
-            "probe before - after."]
+            "probe before - after. Equal steps: the same runs continued to uniform's step count "
+            "(the paper's view; '-' where not run: two_stage, or the continuation not yet run)."]
   for regime in dict.fromkeys(c["regime"] for c in summary["cells"]):
     lines += ["", f"## {regime}", "",
-              "| pool | p = 1 share | K | arm | score | Δ uniform (pool) | Δ uniform (balanced) "
-              "| eval SE | forgetting | steps | rollout share |", "|---" * 11 + "|"]
+              "| pool | p = 0 share | p = 1 share | K | arm | score | Δ uniform (pool) | Δ "
+              "uniform (balanced) | eval SE | forgetting | steps | rollout share | equal steps: "
+              "score | Δ uniform (pool) | forgetting |", "|---" * 15 + "|"]
     for c in summary["cells"]:
       if c["regime"] != regime:
         continue
       d = c["delta"]
       vals = " (" + ", ".join(f"{v:+.3f}" for v in d["values"]) + ")" if d["n"] else ""
-      lines.append(f"| {c['pool']} | {c['mastered_share']:.2f} | {c['k']} | {c['arm']} | "
+      sv = c.get("steps_view")
+      steps_cols = (f"{sv['score']['mean']:.3f} ({sv['steps']:.0f} steps) | {pm(sv['delta'])} | "
+                    f"{pm(sv['forgetting'])}" if sv else "- | - | -")
+      lines.append(f"| {c['pool']} | {c['hopeless_share']:.2f} | {c['mastered_share']:.2f} | "
+                   f"{c['k']} | {c['arm']} | "
                    f"{c['score']['mean']:.3f} | {pm(d)}{vals} | {pm(c['delta_balanced'])} | "
                    f"{c['eval_se']:.3f} | {pm(c['forgetting'])} | {c['steps']:.0f} | "
-                   f"{c['rollout_share']:.0%} |")
+                   f"{c['rollout_share']:.0%} | {steps_cols} |")
   if snr:
     lines += snr_lines(snr)
   lines += ["", "To reproduce (each command <= 2 h on a 2-core CPU; finished runs are read, "
             "not rerun; the report command writes these files):", "", "```",
-            *COMMANDS, "```", "", f"This file was written by: `{args.command}`"]
+            *SWEEPS[args.results_name], "```", "",
+            f"This file was written by: `{args.command}`"]
   path.write_text("\n".join(lines) + "\n")
 
 
 def plot(path: Path, summary: dict, arm: str = "paced") -> None:
+  """PACED - uniform by pool: the mastered axis (today, mNN pools; x = p = 1 share) and the
+  hopeless axis (hNN pools; x = p = 0 share), one line per regime, equal FLOPs solid and equal
+  steps dashed (mean ± SE over seeds; dots: seeds)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for regime in dict.fromkeys(c["regime"] for c in summary["cells"]):
-    cs = sorted((c for c in summary["cells"] if c["regime"] == regime and c["arm"] == arm
-                 and c["delta"]["n"] and c["k"] == summary["k0"]),
-                key=lambda c: c["mastered_share"])
-    if not cs:
-      continue
-    x = [c["mastered_share"] for c in cs]
-    se = [c["delta"]["se"] if c["delta"]["n"] > 1 else 0.0 for c in cs]
-    line = ax.errorbar(x, [c["delta"]["mean"] for c in cs], yerr=se, marker="o", capsize=3,
-                       label=f"{regime} (mean ± SE)")
-    for c in cs:
-      ax.scatter([c["mastered_share"]] * c["delta"]["n"], c["delta"]["values"], s=12,
-                 color=line[0].get_color(), alpha=0.5)
-  ax.axhline(0, color="gray", lw=0.8)
-  ax.set(xlabel="mastered fraction of the pool (starting student's p = 1 share)",
-         ylabel=f"{arm} - uniform, held-out pool score",
-         title="PACED's gain over uniform at equal compute (dots: seeds)")
-  ax.legend(fontsize=8)
+  axes_def = (("mastered", lambda c: not c["pool"].startswith("h"), "mastered_share",
+               "mastered fraction of the pool (starting student's p = 1 share)"),
+              ("hopeless", lambda c: c["pool"].startswith("h"), "hopeless_share",
+               "hopeless fraction of the pool (starting student's p = 0 share)"))
+  shown = [a for a in axes_def if any(a[1](c) for c in summary["cells"])] or axes_def[:1]
+  fig, axes = plt.subplots(1, len(shown), figsize=(7 * len(shown), 4.5), squeeze=False)
+  for ax, (name, keep, xkey, xlabel) in zip(axes[0], shown):
+    for regime in dict.fromkeys(c["regime"] for c in summary["cells"]):
+      cs = sorted((c for c in summary["cells"] if c["regime"] == regime and c["arm"] == arm
+                   and keep(c) and c["delta"]["n"] and c["k"] == summary["k0"]),
+                  key=lambda c: c[xkey])
+      if not cs:
+        continue
+      x = [c[xkey] for c in cs]
+      se = [c["delta"]["se"] if c["delta"]["n"] > 1 else 0.0 for c in cs]
+      line = ax.errorbar(x, [c["delta"]["mean"] for c in cs], yerr=se, marker="o", capsize=3,
+                         label=f"{regime}, equal FLOPs (mean ± SE)")
+      for c in cs:
+        ax.scatter([c[xkey]] * c["delta"]["n"], c["delta"]["values"], s=12,
+                   color=line[0].get_color(), alpha=0.5)
+      sv = [c for c in cs if c.get("steps_view") and c["steps_view"]["delta"]["n"]]
+      if sv:
+        ax.errorbar([c[xkey] for c in sv], [c["steps_view"]["delta"]["mean"] for c in sv],
+                    yerr=[c["steps_view"]["delta"]["se"] if c["steps_view"]["delta"]["n"] > 1
+                          else 0.0 for c in sv], marker="s", ls="--", capsize=3,
+                    color=line[0].get_color(), alpha=0.7, label=f"{regime}, equal steps")
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set(xlabel=xlabel, ylabel=f"{arm} - uniform, held-out pool score",
+           title=f"PACED's gain over uniform, {name} axis")
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -368,46 +512,58 @@ def plot(path: Path, summary: dict, arm: str = "paced") -> None:
 
 
 def measure_snr(args, pools: dict, log) -> dict | None:
-  """Gradient SNR per p bucket on --snr-pool for both losses (benchmarks/pace_vs_baselines.py's
-  gradient_snr), measured once and read back from <out>/snr_POOL.json."""
+  """Gradient SNR per p bucket on --snr-pool for each of --snr-losses
+  (benchmarks/pace_vs_baselines.py's gradient_snr), measured once per loss and read back from
+  <out>/snr_POOL.json (a later command adds the losses it lacks)."""
   pool = args.snr_pool or args.pools[0]
   path = Path(args.out) / f"snr_{pool}.json"
-  if path.exists():
-    return json.loads(path.read_text())
-  if args.snr_problems <= 0 or args.report_only:
-    return None
+  out = json.loads(path.read_text()) if path.exists() else None
+  todo = [loss for loss in args.snr_losses if out is None or loss not in out]
+  if args.snr_problems <= 0 or args.report_only or not todo:
+    return out
   if pool not in pools:
     raise SystemExit(f"--snr-pool {pool} is not one of --pools {args.pools}")
   w = pools[pool]["weights"]
   extra = [f"data.synthetic_level_weights={','.join(f'{x:.6g}' for x in w)}"]
-  out = {"pool": pool, "p1_share": pools[pool]["p1_share"]}
-  for loss in base.SNR_LOSSES:
+  out = out or {"pool": pool, "p1_share": pools[pool]["p1_share"]}
+  for loss in todo:
     log(f"gradient SNR on pool {pool}, {loss}: {args.snr_problems} problems x "
         f"{args.snr_rollouts} rollouts")
     out[loss] = base.gradient_snr(args, log, loss=loss, extra=extra,
-                                  wd=Path(args.out) / f"snr_{pool}")
-  path.write_text(json.dumps(out, indent=1))
+                                  wd=Path(args.out) / f"snr_{pool}_{loss}")
+    path.write_text(json.dumps(out, indent=1))
   return out
 
 
+SNR_LABELS = {"references": ("fkl", "forward KL on references"),
+              "on_policy": ("rkl", "reverse KL on the student's rollouts"),
+              "self_distill": ("self-distill", "self-distillation: reverse KL on the student's "
+                               "rollouts against itself shown the solution")}
+
+
 def snr_lines(snr: dict) -> list[str]:
-  ref, onp = snr["references"], snr["on_policy"]
+  losses = [k for k in base.SNR_LOSSES if k in snr]
+  first = snr[losses[0]]
   lines = ["", f"## Gradient SNR by pass rate (starting student, pool {snr['pool']})", "",
-           f"{ref['problems']} pool problems, p from {ref['rollouts']} rollouts each. g_i = the "
-           "gradient of problem i's loss: forward KL on its teacher reference (what fkl trains "
-           "on) or reverse KL on one fresh rollout of the student (what on_policy trains on). "
-           "SNR = ||mean g||^2 / mean ||g - mean g||^2 over a bucket's problems (bias-corrected: "
-           "the 1/n bias of the squared mean removed; ± a bootstrap standard error over the bucket's "
-           "problems).", "",
-           "| p bucket | problems | mean p | fkl SNR | fkl SNR, bias removed | fkl mean ||g|| "
-           "| on-policy rkl SNR | rkl SNR, bias removed | rkl mean ||g|| |", "|---" * 9 + "|"]
-  for a, b in zip(ref["buckets"], onp["buckets"]):
+           f"{first['problems']} pool problems, p from {first['rollouts']} rollouts each. g_i = "
+           "the gradient of problem i's loss: forward KL on its teacher reference (what fkl "
+           "trains on), reverse KL on one fresh rollout of the student (what on_policy trains "
+           "on), or self-distillation's reverse KL on one fresh rollout against the starting "
+           "student shown the solution (what self_distill trains on). SNR = ||mean g||^2 / mean "
+           "||g - mean g||^2 over a bucket's problems (bias-corrected: the 1/n bias of the "
+           "squared mean removed; ± a bootstrap standard error over the bucket's problems).", "",
+           "| p bucket | problems | mean p | " + " | ".join(
+               f"{SNR_LABELS[k][0]} SNR | {SNR_LABELS[k][0]} SNR, bias removed | "
+               f"{SNR_LABELS[k][0]} mean ||g||" for k in losses) + " |",
+           "|---" * (3 + 3 * len(losses)) + "|"]
+  se = lambda e: f" ± {e['snr_unbiased_se']:.4f}" if "snr_unbiased_se" in e else ""
+  cell = lambda e: (f"{e['snr']:.4f} | {e['snr_unbiased']:.4f}{se(e)} | {e['grad_norm']:.3f}"
+                    if "snr" in e else "- | - | -")
+  for j, a in enumerate(first["buckets"]):
     name = (f"p = {a['lo']:g}" if a["lo"] == a["hi"] else f"{a['lo']:g} <= p <= {a['hi']:g}")
-    se = lambda e: f" ± {e['snr_unbiased_se']:.4f}" if "snr_unbiased_se" in e else ""
-    cell = lambda e: (f"{e['snr']:.4f} | {e['snr_unbiased']:.4f}{se(e)} | {e['grad_norm']:.3f}"
-                      if "snr" in e else "- | - | -")
     mean_p = f"{a['p_mean']:.2f}" if a["p_mean"] is not None else "-"
-    lines.append(f"| {name} | {a['n']} | {mean_p} | {cell(a)} | {cell(b)} |")
+    lines.append(f"| {name} | {a['n']} | {mean_p} | "
+                 + " | ".join(cell(snr[k]["buckets"][j]) for k in losses) + " |")
   return lines
 
 
@@ -417,27 +573,28 @@ def plot_snr(path: Path, snr: dict) -> None:
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(6, 4))
-  for loss, label in (("references", "forward KL on references"),
-                      ("on_policy", "reverse KL on the student's rollouts")):
+  for loss in (k for k in base.SNR_LOSSES if k in snr):
     bs = [b for b in snr[loss]["buckets"] if "snr" in b]
     ax.errorbar([b["p_mean"] for b in bs], [b["snr_unbiased"] for b in bs],
                 yerr=[b.get("snr_unbiased_se", 0.0) for b in bs], marker="o", capsize=3,
-                label=f"{label} (± bootstrap SE)")
+                label=f"{SNR_LABELS[loss][1]} (± bootstrap SE)")
   ax.axhline(0, color="gray", lw=0.8)
   ax.set(xlabel="pass rate p (bucket mean)", ylabel="cross-problem gradient SNR (bias removed)",
          title=f"Gradient SNR by pass rate, pool {snr['pool']}")
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
 
-def _commands() -> list[str]:
-  text = __doc__.split("To reproduce the sweep", 1)[1].split("\n\n", 2)[1]
+def _commands(heading: str) -> list[str]:
+  text = __doc__.split(heading, 1)[1].split("\n\n", 2)[1]
   return [line.strip() for line in text.splitlines()]
 
 
-COMMANDS = _commands()
+# The reproduce commands of each sweep, from this docstring (results name -> commands).
+SWEEPS = {"phase_diagram": _commands("To reproduce the sweep"),
+          "hopeless": _commands("To reproduce the hopeless axis")}
 
 
 def main(argv=None) -> int:
@@ -465,14 +622,22 @@ def main(argv=None) -> int:
   ap.add_argument("--hopeless-p", type=float, default=0.05)
   ap.add_argument("--mastered-levels", nargs="*", type=int, default=[])
   ap.add_argument("--snr-problems", type=int, default=0, help="gradient SNR per p bucket on "
-                  "this many problems of --snr-pool, for forward KL on references and for "
-                  "on-policy reverse KL (0: not measured; read back from <out>/snr_POOL.json)")
+                  "this many problems of --snr-pool for each of --snr-losses (0: not measured; "
+                  "read back from <out>/snr_POOL.json)")
+  ap.add_argument("--snr-losses", nargs="+", default=["references", "on_policy"],
+                  choices=list(base.SNR_LOSSES))
+  ap.add_argument("--views", nargs="+", default=["flops", "steps"], choices=["flops", "steps"],
+                  help="flops: equal FLOPs (always run); steps: also continue each run the "
+                  "budget stopped early to uniform's step count (not two_stage)")
   ap.add_argument("--snr-rollouts", type=int, default=8)
   ap.add_argument("--snr-pool", default=None, help="default: the first of --pools")
   ap.add_argument("--report-only", action="store_true",
                   help="run nothing: summarise the finished runs of --pools")
   ap.add_argument("--write-results", action="store_true",
-                  help="also write benchmarks/results/phase_diagram.{md,json,png}")
+                  help="also write benchmarks/results/NAME.{md,json,png}")
+  ap.add_argument("--results-name", default="phase_diagram", choices=list(SWEEPS),
+                  help="NAME of the files written (phase_diagram: the mastered axis; hopeless: "
+                  "the hopeless axis), and whose reproduce commands they list")
   args = ap.parse_args(argv)
   log = base.study_start(args, argv, "benchmarks/phase_diagram.py")
   t_start = time.perf_counter()
@@ -488,7 +653,7 @@ def main(argv=None) -> int:
   for name in args.pools:
     w = pool_weights(name, levels, classes)
     h = pool_histogram(levels, w)
-    pools[name] = {"weights": list(w), "hist": h, "p1_share": h[-1]}
+    pools[name] = {"weights": list(w), "hist": h, "p1_share": h[-1], "p0_share": h[0]}
     log(f"pool {name}: level weights {', '.join(f'{x:.2f}' for x in w)}; p histogram (j/"
         f"{levels['k']}) {' '.join(f'{x:.2f}' for x in h)}; p=0 {h[0]:.2f}, p=1 {h[-1]:.2f}")
   snr = measure_snr(args, pools, log)
@@ -503,6 +668,11 @@ def main(argv=None) -> int:
     budget = budget_for(args, pool, regime, k, w, log)
     is_budget_run = arm == "uniform" and seed == args.budget_seed
     r = run_one(args, pool, regime, k, arm, seed, w, None if is_budget_run else budget, log)
+    if "steps" in args.views and regime in STEPS_REGIMES:
+      s = run_steps(args, pool, regime, k, arm, seed, w, r, log)
+      if s is not r:
+        log(f"  equal steps: {arm} seed {seed} continued {r['steps']} -> {s['steps']} steps, "
+            f"score {pool_score(s['after'], w):.3f}")
     el = time.perf_counter() - t_start
     log(f"[{j}/{len(todo)}] {pool} {regime} K={k} {arm} seed {seed}: score "
         f"{pool_score(r['after'], w):.3f} (before {pool_score(r['before'], w):.3f}), "
@@ -529,19 +699,33 @@ def main(argv=None) -> int:
                     if (Path(args.out) / name / f"fkl_k{k2}").is_dir()]
   summary = summarise(results, args, pools_info)
   summary["k0"] = args.k[0]
+  steps_results = []
+  for r in results:  # the equal-steps view of the same runs
+    if r["regime"] not in STEPS_REGIMES:
+      continue
+    d = steps_dir(args, r["pool"], r["regime"], r["k"], r["arm"], r["seed"])
+    if (d / "eval_after.json").exists():
+      s = base.run_arm(argparse.Namespace(out=str(d.parents[1])), r["arm"], r["seed"], [], log)
+      steps_results.append(dict(s, pool=r["pool"], regime=r["regime"], k=r["k"]))
+    elif r["steps"] >= args.budget_steps:
+      steps_results.append(r)
+  if steps_results:
+    summary["steps_view"] = summarise(steps_results, args, pools_info)
+    attach_steps(summary, summary["steps_view"])
   env = base.environment()
   payload = {"env": env, "args": vars(args), "pools": pools_info, "summary": summary,
-             "snr": snr, "runs": results}
+             "snr": snr, "runs": results, "steps_runs": steps_results}
   dests = [Path(args.out)] + ([ROOT / "benchmarks" / "results"] if args.write_results else [])
+  name = args.results_name
   for dest in dests:
-    (dest / "phase_diagram.json").write_text(json.dumps(payload, indent=1))
-    write_markdown(dest / "phase_diagram.md", summary, pools_info, args, env, snr)
-    plot(dest / "phase_diagram.png", summary)
+    (dest / f"{name}.json").write_text(json.dumps(payload, indent=1))
+    write_markdown(dest / f"{name}.md", summary, pools_info, args, env, snr)
+    plot(dest / f"{name}.png", summary)
     if snr:
-      plot_snr(dest / "phase_diagram_snr.png", snr)
-  print((Path(args.out) / "phase_diagram.md").read_text())
+      plot_snr(dest / f"{name}_snr.png", snr)
+  print((Path(args.out) / f"{name}.md").read_text())
   log(f"done in {(time.perf_counter() - t_start) / 60:.1f} min; wrote "
-      + ", ".join(str(d / "phase_diagram.md") for d in dests))
+      + ", ".join(str(d / f"{name}.md") for d in dests))
   return 0
 
 

@@ -22,12 +22,45 @@ def test_pools_from_measured_levels():
   args = pd.argparse.Namespace(mastered_levels=[], mastered_p=0.85, hopeless_p=0.05)
   classes = pd.classify(levels, args)
   assert classes == {"mastered": [1], "hopeless": [3], "frontier": [2]}
-  assert pd.pool_weights("m50", levels, classes) == (0.5, 0.25, 0.25)
+  # The mastered axis: NN% on mastered levels, the rest on the frontier (none on hopeless).
+  assert pd.pool_weights("m50", levels, classes) == (0.5, 0.5, 0.0)
   assert pd.pool_weights("today", levels, classes) == pytest.approx((1 / 3,) * 3)
   hist = pd.pool_histogram(levels, (0.5, 0.25, 0.25))
   assert hist == pytest.approx([0.0625 + 0.25, 0, 0.125, 0.125, 0.375 + 0.0625])
   with pytest.raises(SystemExit, match="masters no level"):
-    pd.pool_weights("m25", levels, {"mastered": []})
+    pd.pool_weights("m25", levels, {"mastered": [], "hopeless": [3], "frontier": [2]})
+
+
+def test_hopeless_axis_pools_hit_their_p0_share_and_hold_the_mastered_share():
+  """hNN: the pool's p = 0 share is NN% and its p = 1 share is m0's (checked on the mixed
+  histogram, computed here from the definition: per-level shares weighted by the pool)."""
+  levels = {"k": 4, "levels": {"1": {"n": 4, "p_mean": 0.95, "hist": [0, 0, 0, 1, 3]},
+                               "2": {"n": 4, "p_mean": 0.5, "hist": [1, 0, 2, 0, 1]},
+                               "3": {"n": 10, "p_mean": 0.4, "hist": [2, 2, 2, 2, 2]},
+                               "4": {"n": 5, "p_mean": 0.01, "hist": [5, 0, 0, 0, 0]}}}
+  args = pd.argparse.Namespace(mastered_levels=[], mastered_p=0.85, hopeless_p=0.05)
+  classes = pd.classify(levels, args)
+  assert classes == {"mastered": [1], "hopeless": [4], "frontier": [2, 3]}
+
+  def shares(w):  # (p = 0 share, p = 1 share) of the pool, from the definition
+    per = {1: (0, 3 / 4), 2: (1 / 4, 1 / 4), 3: (2 / 10, 2 / 10), 4: (1, 0)}
+    return (sum(x * per[lv][0] for lv, x in zip((1, 2, 3, 4), w)),
+            sum(x * per[lv][1] for lv, x in zip((1, 2, 3, 4), w)))
+
+  m0 = pd.pool_weights("m0", levels, classes)
+  assert m0 == (0.0, 0.5, 0.5, 0.0)
+  p0_m0, p1_m0 = shares(m0)
+  assert pd.pool_weights("h0", levels, classes) == m0  # below m0's own p = 0 share: m0
+  for nn in (25, 50):
+    w = pd.pool_weights(f"h{nn}", levels, classes)
+    assert sum(w) == pytest.approx(1) and min(w) >= 0
+    assert w[1] == pytest.approx(w[2])  # the frontier levels share equally
+    p0, p1 = shares(w)
+    assert p0 == pytest.approx(nn / 100) and p1 == pytest.approx(p1_m0)
+  with pytest.raises(SystemExit, match="choose a smaller NN"):
+    pd.pool_weights("h95", levels, classes)
+  with pytest.raises(SystemExit, match="no level is hopeless"):
+    pd.pool_weights("h25", levels, {"mastered": [1], "hopeless": [], "frontier": [2, 3, 4]})
 
 
 @pytest.mark.slow  # ~40 s: compiles the tiny models' programs
@@ -36,7 +69,7 @@ def test_phase_diagram_runs_end_to_end_at_equal_compute(tmp_path):
   argv = ["--config", "configs/demo.py:tiny", "--pools", "m0", "m50", "--arms", "uniform",
           "paced", "--seeds", "0", "--budget-steps", "2", "--eval-problems", "30",
           "--heldout-per-cell", "2", "--measure-problems", "1", "--measure-k", "2",
-          "--mastered-levels", "1", "--out", str(out)]
+          "--mastered-levels", "1", "--hopeless-p", "-1", "--views", "flops", "--out", str(out)]
   assert pd.main(argv + ["--snr-problems", "6", "--snr-rollouts", "2"]) == 0
   res = json.loads((out / "phase_diagram.json").read_text())
   assert res["pools"]["pools"]["m50"]["weights"] == [0.5, 0.125, 0.125, 0.125, 0.125]
@@ -54,7 +87,7 @@ def test_phase_diagram_runs_end_to_end_at_equal_compute(tmp_path):
     last = runs[(pool, "paced")]["steps"] - 1
     assert flops[last] >= budget > flops.get(last - 1, 0.0)
   table = (out / "phase_diagram.md").read_text()
-  assert "## fkl" in table and "| m50 | 0.00 | 4 | paced |" in table
+  assert "## fkl" in table and "| m50 | 0.00 | 0.00 | 4 | paced |" in table
   assert (out / "phase_diagram.png").stat().st_size > 0
   # Gradient SNR per p bucket for both training losses, on the first pool.
   snr = res["snr"]
@@ -111,3 +144,49 @@ def test_arms_undefined_in_a_regime_are_left_out_and_runs_are_checked():
                 ["loss.mode=distill", "loss.divergence=akl", "paced.weighting=paced"]):
     with pytest.raises(SystemExit, match="arm akl in regime fkl"):
       pd.check_arm(load_config("configs/demo.py:tiny", wrong), "fkl", "akl")
+
+
+@pytest.mark.slow  # ~1 min: three tiny runs
+def test_hopeless_axis_self_distillation_in_both_views(tmp_path):
+  """A hopeless-axis pool reaches the runs, the self_distill regime trains what it declares,
+  and the equal-steps view continues the run the budget stopped early (a copy of its workdir,
+  resumed without the budget to uniform's step count) while the equal-FLOPs run stays as it
+  was; the table and figure carry both views."""
+  out = tmp_path / "ha"
+  out.mkdir()
+  levels = {"k": 2, "levels": {"1": {"n": 2, "p_mean": 1.0, "hist": [0, 0, 2]},
+                               "2": {"n": 2, "p_mean": 0.5, "hist": [0, 2, 0]},
+                               "3": {"n": 2, "p_mean": 0.25, "hist": [1, 1, 0]},
+                               "4": {"n": 2, "p_mean": 0.0, "hist": [2, 0, 0]},
+                               "5": {"n": 2, "p_mean": 0.0, "hist": [2, 0, 0]}}}
+  (out / "levels.json").write_text(json.dumps(levels))  # measured levels are read back
+  argv = ["--config", "configs/demo.py:tiny", "--pools", "h50", "--regimes", "self_distill",
+          "--arms", "uniform", "paced", "--seeds", "0", "--budget-steps", "4", "--k", "8",
+          "--eval-problems", "20", "--heldout-per-cell", "2", "--out", str(out)]
+  assert pd.main(argv) == 0
+  res = json.loads((out / "phase_diagram.json").read_text())
+  pool = res["pools"]["pools"]["h50"]
+  assert pool["p0_share"] == pytest.approx(0.5)
+  run = out / "h50" / "self_distill" / "paced" / "seed_0"
+  cfg = json.loads((run / "config.json").read_text())
+  assert cfg["loss"]["mode"] == "self_distill"
+  assert cfg["data"]["synthetic_level_weights"] == pytest.approx(pool["weights"], rel=1e-5)
+  flop_steps = {r["arm"]: r["steps"] for r in res["runs"]}
+  assert flop_steps["uniform"] == 4 and flop_steps["paced"] < 4  # its estimates cost steps
+  cont = out / "h50" / "steps" / "self_distill" / "paced" / "seed_0"
+  ccfg = json.loads((cont / "config.json").read_text())
+  assert ccfg["train"]["max_flops"] == 0 and ccfg["train"]["steps"] == 4
+  steps = {r["arm"]: r["steps"] for r in res["steps_runs"]}
+  assert steps == {"uniform": 4, "paced": 4}
+  # The continuation resumed the budget run's checkpoint, not a fresh start.
+  assert sorted(f.name for f in (cont / "configs").iterdir()) == [
+      "0.json", f"{flop_steps['paced']}.json"]
+  first = [m for m in read_metrics(cont) if "loss" in m]
+  assert min(m["step"] for m in first) == 0 and max(m["step"] for m in first) == 3
+  assert (run / "eval_after.json").exists() and not (run / "checkpoints" / "4").exists()
+  cell = [c for c in res["summary"]["cells"] if c["arm"] == "paced"][0]
+  assert cell["steps_view"]["steps"] == 4 and cell["steps"] == flop_steps["paced"]
+  table = (out / "phase_diagram.md").read_text()
+  assert "## self_distill" in table and "equal steps: score" in table
+  assert "| h50 | 0.50 |" in table
+  assert (out / "phase_diagram.png").stat().st_size > 0
