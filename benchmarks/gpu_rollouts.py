@@ -135,7 +135,7 @@ def main():
       wall = statistics.median(times)
       step_s = wall / max(out.steps, 1)
       if name == "engine":
-        read = out.slots * out.attended
+        read = out.slot_attended or out.slots * out.attended
       else:  # every row of a call reads its whole prompt bucket + budget bucket buffer
         read = sum(out.slots * (int(c.max()) - 1)
                    * (P + pick_bucket(int(c.max()), SampleConfig.budget_buckets, "a length",

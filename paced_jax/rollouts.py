@@ -20,6 +20,12 @@ the whole cache buffer at every step. Here:
     first token of its K rollouts is drawn from the one set of logits with each rollout's key.
   * bounded attention: a decode step visits ceil(max filled / block) cache blocks
     (`Decoder.decode_hidden`), not the whole prompt bucket + budget buffer.
+  * shrinking drain: once nothing is pending, the last rollouts of a call (the long tail)
+    would keep every slot computing. Instead, whenever at most half the slots are busy the
+    busy ones are gathered into a table of half the size (a copy, no FLOPs; down to
+    `min_slots`) and decode goes on there: the drain costs about what its live rollouts do.
+    This cuts FLOPs (and CPU time); on an accelerator whose decode is bound by reading the
+    weights, a step's time barely depends on its slot count, so the drain's wall time stays.
 
 Determinism: rollout k of prompt i is stream r = row_offset + i * K + k; its token t is drawn
 with `fold_in(fold_in(rng, r), t)` exactly as sampler.generate's row r, so a rollout never
@@ -28,7 +34,8 @@ rollouts equal sampler.generate's token for token up to float rounding of the at
 
 Compilation: one prefill program per (wave, prompt bucket) (the last wave of a call prefills
 its live prompts rounded up to an eighth of a wave) and one decode program per (slots,
-prompt bucket, budget bucket, output rows bucket, K); knobs (temperature, top-k, top-p,
+prompt bucket, budget bucket, output rows bucket, K; the drain's halved slot counts add at
+most log2(slots / min_slots) more); knobs (temperature, top-k, top-p,
 max_new_tokens, per rollout) are traced. Output rows are padded to a power of two.
 
 An external server (vLLM-TPU, SGLang-Jax) plugs in as one class implementing `Rollouts`
@@ -71,16 +78,25 @@ class RolloutOutput:
   lengths_B: np.ndarray  # int32, stop token included
   prefill_rows: int = 0  # prompt rows prefilled (padding rows of the last wave included)
   prompt_len: int = 0  # prompt bucket
-  slots: int = 0
-  steps: int = 0  # decode iterations (each runs every slot)
+  slots: int = 0  # decode slots at the call's start
+  steps: int = 0  # decode iterations
   attended: int = 0  # sum over iterations of the key slots each slot's attention computed
   busy: int = 0  # decode slot-steps that produced a token of a live rollout
   computed_flops: float | None = None  # what the implementation computed (None: unknown)
+  # Where the slot count changed during the call (the engine's shrinking drain): decode
+  # slot-steps and slot x attended key slots, summed over iterations. 0: slots x steps and
+  # slots x attended (a fixed slot count).
+  slot_steps: int = 0
+  slot_attended: int = 0
+
+  @property
+  def decode_slot_steps(self) -> int:
+    return self.slot_steps or self.steps * self.slots
 
   @property
   def wasted_fraction(self) -> float:
     """Share of decode slot-steps that produced nothing (idle slots)."""
-    total = self.steps * self.slots
+    total = self.decode_slot_steps
     return 1.0 - self.busy / total if total else 0.0
 
   def flops(self, cfg=None) -> float:
@@ -90,21 +106,22 @@ class RolloutOutput:
       return self.computed_flops
     if cfg is None:
       return 0.0
-    return engine_flops(cfg, self.prefill_rows, self.prompt_len, self.slots, self.steps,
-                        self.attended)
+    return engine_flops(cfg, self.prefill_rows, self.prompt_len, self.decode_slot_steps,
+                        self.slot_attended or self.slots * self.attended)
 
 
-def engine_flops(cfg, prefill_rows: int, prompt_len: int, slots: int, steps: int,
-                 attended: int) -> float:
+def engine_flops(cfg, prefill_rows: int, prompt_len: int, slot_steps: int,
+                 slot_attended: int) -> float:
   """Matmul FLOPs of one `Engine.sample` as computed (paced_jax.flops convention): the prefill
   of `prefill_rows` x `prompt_len` attending over the prompt bucket, logits at one position per
-  prompt; then `steps` decode iterations of every slot (body + unembedding), whose attention
-  covered `attended` key slots per slot in total (whole blocks: what was multiplied)."""
+  prompt; then `slot_steps` decode slot-steps (every slot of every iteration: body +
+  unembedding), whose attention covered `slot_attended` key slots in total (summed over slots
+  and iterations; whole blocks: what was multiplied)."""
   prefill = prefill_rows * prompt_len * (body_flops_per_token(cfg)
                                          + attention_flops_per_token(cfg, prompt_len))
   prefill += prefill_rows * unembed_flops(cfg)
-  decode = steps * slots * (body_flops_per_token(cfg) + unembed_flops(cfg))
-  decode += slots * attention_flops_per_token(cfg, attended)
+  decode = slot_steps * (body_flops_per_token(cfg) + unembed_flops(cfg))
+  decode += attention_flops_per_token(cfg, slot_attended)
   return float(prefill + decode)
 
 
@@ -188,9 +205,10 @@ def prefill_core(graphdef, params, prompts_WP, lengths_W, knobs_Q: Knobs, rng, s
 
 
 def decode_core(graphdef, params, st: EngineState, wave: Wave, knobs_Q: Knobs, rng, stream_Q,
-                stop_ids_E, pad_id, drain, *, rollouts: int, budget: int, block: int,
+                stop_ids_E, pad_id, drain, shrink_at, *, rollouts: int, budget: int, block: int,
                 strategy: Strategy, mesh: Mesh | None = None) -> EngineState:
-  """Decodes until every rollout of `wave` has a slot (and, with `drain`, until all end)."""
+  """Decodes until every rollout of `wave` has a slot (and, with `drain`, until all end, or
+  until at most `shrink_at` slots are busy: the host then gathers them into fewer slots)."""
   model: Decoder = nnx.merge(graphdef, params)
   B = st.rid_B.shape[0]
   Q_cap = st.lengths_Q.shape[0]
@@ -244,7 +262,7 @@ def decode_core(graphdef, params, st: EngineState, wave: Wave, knobs_Q: Knobs, r
         busy=st.busy + jnp.sum(busy_B.astype(jnp.int32)))
 
   def cond(st: EngineState):
-    return (st.next < wave.hi) | (drain & jnp.any(st.busy_B))
+    return (st.next < wave.hi) | (drain & (jnp.sum(st.busy_B.astype(jnp.int32)) > shrink_at))
 
   def body(st: EngineState) -> EngineState:
     # Refill only when a slot is idle and a rollout is pending: the copy touches every slot.
@@ -266,6 +284,17 @@ def _pad_wave(wave: Wave, W: int) -> Wave:
                       first_Q=pad(wave.first_Q, W * K), first_lp_Q=pad(wave.first_lp_Q, W * K))
 
 
+def _compact(st: EngineState, keep_B) -> EngineState:
+  """The slots `keep_B` (every busy slot, then idle ones to fill) as a smaller slot table; the
+  per-rollout outputs and counters are untouched."""
+  take = lambda a: a[keep_B]
+  cache = KVCache(k=tuple(map(take, st.cache.k)), v=tuple(map(take, st.cache.v)),
+                  end_B=take(st.cache.end_B))
+  return st.replace(cache=cache, rid_B=take(st.rid_B), t_B=take(st.t_B),
+                    last_B=take(st.last_B), busy_B=take(st.busy_B))
+
+
+compact_jit = jax.jit(_compact)
 pad_wave_jit = jax.jit(_pad_wave, static_argnames=("W",))
 prefill_jit = jax.jit(prefill_core, static_argnames=("graphdef", "rollouts", "strategy"))
 decode_jit = jax.jit(decode_core, donate_argnums=(2,),
@@ -284,20 +313,24 @@ class Engine:
   two), rounded up to a multiple of the mesh's batch shards (a small call, e.g. one step's
   on-policy rows, computes no idle slots beyond that). wave: prompts
   prefilled per prefill call (default: enough to fill the slots twice). block: cache slots per
-  attention block (the cache is padded to a multiple of it).
+  attention block (the cache is padded to a multiple of it). min_slots: the shrinking drain
+  halves the slot table down to this many (at least the mesh's batch shards); >= slots: the
+  table never shrinks.
   """
 
   model: Decoder
   slots: int = 64
   wave: int | None = None
   block: int = 32
+  min_slots: int = 32
   strategy: Strategy = Sample()
   mesh: Mesh | None = None
   prompt_buckets: Sequence[int] = SampleConfig.prompt_buckets
   budget_buckets: Sequence[int] = SampleConfig.budget_buckets
 
   def __post_init__(self):
-    for name, v in (("slots", self.slots), ("block", self.block), ("wave", self.wave or 1)):
+    for name, v in (("slots", self.slots), ("block", self.block), ("wave", self.wave or 1),
+                    ("min_slots", self.min_slots)):
       if v < 1:
         raise ConfigError(f"rollout engine {name}={v} must be >= 1")
 
@@ -363,6 +396,10 @@ class Engine:
         logprobs_QS=jnp.zeros((R_cap, budget), jnp.float32),
         lengths_Q=jnp.zeros((R_cap,), jnp.int32), steps=jnp.int32(0),
         attended_blocks=jnp.int32(0), busy=jnp.int32(0))
+    shards = batch_shards(self.mesh) if self.mesh is not None else 1
+    floor = -(-max(self.min_slots, 1) // shards) * shards  # the drain's smallest table
+    half = lambda b: b // 2 if b // 2 >= floor and (b // 2) % shards == 0 else 0
+    slot_steps = slot_attended = 0
     with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
       for w in range(n_waves):
         lo = w * W * K
@@ -372,16 +409,41 @@ class Engine:
         if w == n_waves - 1 and W_last < W:
           wave = pad_wave_jit(wave, W)
         wave = wave.replace(hi=jnp.int32(min(lo + W * K, R)))
+        last = w == n_waves - 1
         st = decode_jit(graphdef, params, st, wave, kn, key, stream, stops,
-                        np.int32(pad_id), np.bool_(w == n_waves - 1), rollouts=K,
-                        budget=budget, block=self.block, strategy=self.strategy,
+                        np.int32(pad_id), np.bool_(last), np.int32(half(B) if last else 0),
+                        rollouts=K, budget=budget, block=self.block, strategy=self.strategy,
                         mesh=self.mesh)
+      # The shrinking drain: nothing is pending; while at most half the slots are busy, gather
+      # the busy ones into a table of half the size (or less) and decode on there.
+      b, seen = B, (0, 0)
+      while half(b):
+        busy_B = np.asarray(to_host(st.busy_B))
+        n = int(busy_B.sum())
+        steps_now, blocks_now = int(to_host(st.steps)), int(to_host(st.attended_blocks))
+        slot_steps += (steps_now - seen[0]) * b
+        slot_attended += (blocks_now - seen[1]) * self.block * b
+        seen = steps_now, blocks_now
+        if not n:
+          break
+        b2 = half(b)
+        while half(b2) and n <= half(b2):
+          b2 = half(b2)
+        keep = np.concatenate([np.flatnonzero(busy_B), np.flatnonzero(~busy_B)])[:b2]
+        st = compact_jit(st, jnp.asarray(keep, jnp.int32))
+        b = b2
+        st = decode_jit(graphdef, params, st, wave, kn, key, stream, stops, np.int32(pad_id),
+                        np.bool_(True), np.int32(half(b)), rollouts=K, budget=budget,
+                        block=self.block, strategy=self.strategy, mesh=self.mesh)
     toks, lps, lengths, steps, blocks, busy = map(to_host, (
         st.tokens_QS, st.logprobs_QS, st.lengths_Q, st.steps, st.attended_blocks, st.busy))
+    slot_steps += (int(steps) - seen[0]) * b
+    slot_attended += (int(blocks) - seen[1]) * self.block * b
     out = RolloutOutput(tokens_BS=np.asarray(toks)[:R, :new],
                         logprobs_BS=np.asarray(lps)[:R, :new], lengths_B=np.asarray(lengths)[:R],
                         prefill_rows=rows, prompt_len=P, slots=B, steps=int(steps),
-                        attended=int(blocks) * self.block, busy=int(busy))
+                        attended=int(blocks) * self.block, busy=int(busy),
+                        slot_steps=slot_steps, slot_attended=slot_attended)
     return dataclasses.replace(out, computed_flops=out.flops(self.model.cfg))
 
 

@@ -149,8 +149,8 @@ def test_a_small_call_computes_only_the_slots_it_fills(model):
   R = len(PR) * K
   assert big.slots == 1 << (R - 1).bit_length() < 256
   np.testing.assert_array_equal(big.tokens_BS, small.tokens_BS)
-  full = RO.engine_flops(model.cfg, big.prefill_rows, big.prompt_len, 256, big.steps,
-                         big.attended)
+  full = RO.engine_flops(model.cfg, big.prefill_rows, big.prompt_len, 256 * big.steps,
+                         256 * big.attended)
   assert big.flops() < full / 4  # what a 256-slot decode of the same steps would have computed
 
 
@@ -218,3 +218,26 @@ def test_engine_set_params_samples_the_new_weights(model):
   assert not np.array_equal(after.tokens_BS, before.tokens_BS)
   leaves = jax.tree.leaves(nnx.state(eng.model))
   assert all(a is b for a, b in zip(leaves, jax.tree.leaves(other)))
+
+
+def test_shrinking_drain_draws_the_same_rollouts_for_fewer_flops(model):
+  """Long-tailed lengths: once nothing is pending, a call's busy slots are gathered into
+  tables of half the size (down to min_slots) instead of every slot decoding until the
+  longest rollout ends. The rollouts are the same; the decode slot-steps and FLOPs fall, and
+  the counters still add up (busy slot-steps <= slot-steps, FLOPs from the counters)."""
+  prompts = [PROMPTS[i % len(PROMPTS)] + [3 + i] for i in range(16)]
+  # Budgets from 1 to 24 tokens, one long rollout per prompt: the drain is a long tail.
+  budgets = np.tile(np.asarray([24, 2, 3, 1], np.int32), 16)
+  kn = S.Knobs(temperature=0.9, max_new_tokens=budgets)
+  draw = lambda **kw: RO.Engine(model, slots=32, block=8, budget_buckets=(24,), **kw).sample(
+      prompts, rollouts=4, rng=4, stop_ids=None, pad_id=0, knobs=kn)
+  fixed, shrunk = draw(min_slots=32), draw(min_slots=4)
+  np.testing.assert_array_equal(shrunk.tokens_BS, fixed.tokens_BS)
+  np.testing.assert_array_equal(shrunk.lengths_B, fixed.lengths_B)
+  np.testing.assert_allclose(shrunk.logprobs_BS, fixed.logprobs_BS, atol=1e-5)
+  assert fixed.slot_steps == fixed.steps * 32 and fixed.busy == shrunk.busy
+  assert shrunk.busy <= shrunk.slot_steps < 0.6 * fixed.slot_steps  # 444 vs 800 (busy 416)
+  assert shrunk.wasted_fraction < fixed.wasted_fraction
+  want = RO.engine_flops(model.cfg, shrunk.prefill_rows, shrunk.prompt_len, shrunk.slot_steps,
+                         shrunk.slot_attended)
+  assert shrunk.flops() == pytest.approx(want) and shrunk.flops() < fixed.flops()
