@@ -136,6 +136,10 @@ class DataConfig:
   synthetic_level_weights: tuple[float, ...] = ()
   synthetic_heldout_per_cell: int = 0  # test / probe problems per (family, level); 0: 40
   reference: Literal["dataset", "teacher"] = "dataset"
+  # Teacher references: kept only when they verify (true), or every one as it comes (false: the
+  # teacher's wrong responses are trained on too, as in real pools whose references nobody
+  # checked; the verdicts are still counted and logged).
+  reference_verify: bool = True
   references_per_problem: int = 1
   reference_cache: str = ""  # default: <workdir>/references
   prefetch: int = 2  # batches prefetched per Grain worker (worker_count > 0)
@@ -144,6 +148,10 @@ class DataConfig:
     b = self.length_buckets
     if not b or any(x < 2 for x in b) or list(b) != sorted(set(b)):
       raise ConfigError(f"data.length_buckets={b} must be strictly increasing lengths >= 2")
+    if not self.reference_verify and self.reference != "teacher":
+      raise ConfigError("data.reference_verify=false keeps teacher references unverified; "
+                        f"data.reference={self.reference!r} has none (its solutions are the "
+                        "dataset's): use data.reference=teacher or drop the setting")
     for name in ("max_prompt_len", "max_response_len", "batch_size", "references_per_problem",
                  "prefetch"):
       if getattr(self, name) < 1:

@@ -80,6 +80,8 @@ def _corrupt(step_dir: Path):
     (["train", TINY, "--set", "train.log_every=0"], "train.log_every=0 must be >= 1"),
     (["train", TINY, "--set", "eval.samples=0"], "eval.samples=0 must be >= 1"),
     (["train", TINY, "--set", "paced.verifier_errors=maybe"], "paced.verifier_errors"),
+    (["train", TINY, "--set", "data.reference_verify=false"],
+     "data.reference_verify=false keeps teacher references unverified"),
     (["smoke", TINY, "--batch", "0"], "--batch >= 1"),
     (["train", TINY, "--set", "data.chat_template_kwargs=effort=high"],
      "data.chat_template_kwargs entry 'effort=high': 'high' is not a JSON value"),

@@ -116,3 +116,28 @@ def test_teacher_references_do_not_depend_on_the_chunking(tmp_path):
     out.append([[r if isinstance(r, str) else r["text"] for r in rs] for rs in refs])
   assert out[0] == out[1]
   assert len({rs[0] for rs in out[0]}) > 1  # problems differ from each other
+
+
+def test_unverified_teacher_references_are_kept_as_they_come(tmp_path):
+  """data.reference_verify=false keeps every teacher response (wrong ones too), in a cache of
+  its own: a verified run with the same key never reads them, nor they its. The setting
+  means nothing for dataset solutions and is refused there."""
+  src = ListSource(PROBLEMS)
+  cfg = DataConfig(reference="teacher", references_per_problem=3,
+                   reference_cache=str(tmp_path / "refs"))
+  raw = FakeTeacher()(PROBLEMS)
+  loose = build_references(src, dataclasses.replace(cfg, reference_verify=False),
+                           generate_fn=FakeTeacher(), verify=verify, cache_key="t")
+  assert loose == [list(r) for r in raw]  # every candidate, wrong or right
+  assert loose[0] == ["#### -1"] * 3 and not verify(loose[0][0], PROBLEMS[0])
+  strict_teacher = FakeTeacher()
+  strict = build_references(src, cfg, generate_fn=strict_teacher, verify=verify,
+                            cache_key="t")
+  assert strict_teacher.calls > 0  # the unverified cache was not read as verified
+  assert strict[0] == [] and all(verify(t, p) for r, p in zip(strict, PROBLEMS) for t in r)
+  again = FakeTeacher()
+  assert build_references(src, dataclasses.replace(cfg, reference_verify=False),
+                          generate_fn=again, verify=verify, cache_key="t") == loose
+  assert again.calls == 0  # read back from its own cache
+  with pytest.raises(ConfigError, match="reference_verify=false"):
+    DataConfig(reference_verify=False)

@@ -2,7 +2,8 @@
 
 Teacher mode (`data.reference="teacher"`): `generate_fn(problems) -> list[list[str]]` (e.g. K
 teacher samples per problem from the sampler) runs once per problem; `verify(text, problem)`
-keeps the correct ones; every verified response is cached on disk and the first
+keeps the correct ones (with `data.reference_verify=false` every response is kept as it
+comes, wrong ones too, in a cache of its own); every kept response is cached on disk and the first
 `data.references_per_problem` are used. The cache is a directory of ArrayRecord shards, one per
 generation chunk, each record the JSON `{"id", "responses", "generated"}`; shard names carry a
 digest of `cache_key` (name the teacher and sampling settings there) so a different teacher
@@ -105,7 +106,9 @@ def build_references(source, data_cfg: DataConfig, *, generate_fn: GenerateFn | 
   if not directory:
     raise ConfigError("data.reference='teacher' needs a cache directory: set "
                       "data.reference_cache=DIR (the trainer defaults it to <workdir>/references)")
-  cache = ReferenceCache(directory, cache_key)
+  # Unverified references never share a cache with verified ones.
+  cache = ReferenceCache(directory, cache_key if data_cfg.reference_verify
+                         else cache_key + "|unverified")
   have = cache.load()
   generated, failed = dict(cache.generated), dict(cache.failed)
   missing = [i for i in range(N) if source[i].id not in have]
@@ -124,8 +127,9 @@ def build_references(source, data_cfg: DataConfig, *, generate_fn: GenerateFn | 
                          f"{len(problems)} problems")
       kept, bad = {}, {}
       for p, cands in zip(problems, candidates):
-        kept[p.id] = [t for t in cands if verify(reference_text(t), p)]
-        wrong = [t for t in cands if t not in kept[p.id]]
+        right = [t for t in cands if verify(reference_text(t), p)]
+        wrong = [t for t in cands if t not in right]
+        kept[p.id] = right if data_cfg.reference_verify else list(cands)
         if wrong:
           bad[p.id] = reference_text(wrong[0])
       new = {p.id: len(c) for p, c in zip(problems, candidates)}
@@ -143,8 +147,14 @@ def build_references(source, data_cfg: DataConfig, *, generate_fn: GenerateFn | 
   ids = {source[i].id for i in range(N)}
   n_gen = sum(v for pid, v in generated.items() if pid in ids)
   n_ok = sum(len(have[source[i].id]) for i in range(N))
-  log.info("teacher references: %d of %d responses verified; %d of %d problems have one "
-           "(cache %s)", n_ok, n_gen, solved, N, directory)
+  if data_cfg.reference_verify:
+    log.info("teacher references: %d of %d responses verified; %d of %d problems have one "
+             "(cache %s)", n_ok, n_gen, solved, N, directory)
+  else:
+    n_bad = sum(1 for i in range(N) if source[i].id in failed)
+    log.info("teacher references kept as they come (data.reference_verify=false): %d "
+             "responses for %d of %d problems, %d problems with at least one that fails "
+             "verification (cache %s)", n_ok, solved, N, n_bad, directory)
   if not solved:
     raise DataError(f"data.reference=teacher: none of the teacher's {n_gen} responses to {N} "
                     f"problems verified ({_example(source, failed)}); check "
