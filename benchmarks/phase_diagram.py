@@ -460,7 +460,7 @@ def write_markdown(path: Path, summary: dict, pools_info: dict, args, env: str,
     lines += snr_lines(snr)
   lines += ["", "To reproduce (each command <= 2 h on a 2-core CPU; finished runs are read, "
             "not rerun; the report command writes these files):", "", "```",
-            *SWEEPS[args.results_name], "```", "",
+            *SWEEPS[args.results_name.removesuffix("_sd")], "```", "",
             f"This file was written by: `{args.command}`"]
   path.write_text("\n".join(lines) + "\n")
 
@@ -600,7 +600,9 @@ SWEEPS = {"phase_diagram": _commands("To reproduce the sweep"),
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--config", default="configs/demo.py")
-  ap.add_argument("--set", nargs="*", default=[], help="config overrides for every run")
+  ap.add_argument("--set", nargs="*", action="extend", default=[],
+                  help="config overrides for every run (may be given more than once; the later "
+                  "setting of a field wins)")
   ap.add_argument("--out", default="runs/phase_diagram")
   ap.add_argument("--pools", nargs="+", default=["m0", "m25", "m50"])
   ap.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=list(base.ARMS))
@@ -635,9 +637,11 @@ def main(argv=None) -> int:
                   help="run nothing: summarise the finished runs of --pools")
   ap.add_argument("--write-results", action="store_true",
                   help="also write benchmarks/results/NAME.{md,json,png}")
-  ap.add_argument("--results-name", default="phase_diagram", choices=list(SWEEPS),
+  ap.add_argument("--results-name", default="phase_diagram",
+                  choices=[*SWEEPS, "hopeless_sd"],
                   help="NAME of the files written (phase_diagram: the mastered axis; hopeless: "
-                  "the hopeless axis), and whose reproduce commands they list")
+                  "the hopeless axis; hopeless_sd: its self-distillation part, from the "
+                  "privileged student), and whose reproduce commands they list")
   args = ap.parse_args(argv)
   log = base.study_start(args, argv, "benchmarks/phase_diagram.py")
   t_start = time.perf_counter()

@@ -18,6 +18,8 @@ the whole cache buffer at every step. Here:
     are overwritten by the new rollout's own tokens.
   * shared prefill: prompts are prefilled in waves of `wave` prompts, each prompt once; the
     first token of its K rollouts is drawn from the one set of logits with each rollout's key.
+    Prompts go shortest first and each wave is prefilled in the smallest prompt bucket that
+    holds its longest prompt, so short prompts never pay a long one's bucket.
   * bounded attention: a decode step visits ceil(max filled / block) cache blocks
     (`Decoder.decode_hidden`), not the whole prompt bucket + budget buffer.
   * shrinking drain: once nothing is pending, the last rollouts of a call (the long tail)
@@ -77,7 +79,7 @@ class RolloutOutput:
   logprobs_BS: np.ndarray  # float32, 0 after the end
   lengths_B: np.ndarray  # int32, stop token included
   prefill_rows: int = 0  # prompt rows prefilled (padding rows of the last wave included)
-  prompt_len: int = 0  # prompt bucket
+  prompt_len: int = 0  # prompt bucket (the largest any wave of the call was prefilled in)
   slots: int = 0  # decode slots at the call's start
   steps: int = 0  # decode iterations
   attended: int = 0  # sum over iterations of the key slots each slot's attention computed
@@ -117,12 +119,20 @@ def engine_flops(cfg, prefill_rows: int, prompt_len: int, slot_steps: int,
   prompt; then `slot_steps` decode slot-steps (every slot of every iteration: body +
   unembedding), whose attention covered `slot_attended` key slots in total (summed over slots
   and iterations; whole blocks: what was multiplied)."""
-  prefill = prefill_rows * prompt_len * (body_flops_per_token(cfg)
-                                         + attention_flops_per_token(cfg, prompt_len))
-  prefill += prefill_rows * unembed_flops(cfg)
-  decode = slot_steps * (body_flops_per_token(cfg) + unembed_flops(cfg))
-  decode += attention_flops_per_token(cfg, slot_attended)
-  return float(prefill + decode)
+  return prefill_flops(cfg, prefill_rows, prompt_len) + decode_flops(cfg, slot_steps,
+                                                                     slot_attended)
+
+
+def prefill_flops(cfg, rows: int, prompt_len: int) -> float:
+  """`rows` prompts prefilled in a `prompt_len` bucket, logits at one position each."""
+  return float(rows * prompt_len * (body_flops_per_token(cfg)
+                                    + attention_flops_per_token(cfg, prompt_len))
+               + rows * unembed_flops(cfg))
+
+
+def decode_flops(cfg, slot_steps: int, slot_attended: int) -> float:
+  return float(slot_steps * (body_flops_per_token(cfg) + unembed_flops(cfg))
+               + attention_flops_per_token(cfg, slot_attended))
 
 
 class Rollouts(Protocol):
@@ -365,6 +375,16 @@ class Engine:
     if stream.shape != (R,):
       raise ConfigError(f"streams has shape {stream.shape}; give one per rollout ({R})")
     stream = np.concatenate([stream, np.zeros((R_cap - R,))]).astype(np.int32)
+    # Prompts are prefilled shortest first, each wave in the smallest bucket that holds its
+    # longest prompt (a call of mixed lengths no longer pays the longest one's bucket for every
+    # prompt). A rollout depends only on its prompt and stream, so the order changes no token;
+    # rows are put back in the caller's order at the end. perm: internal row -> caller's row.
+    order = np.argsort(np.asarray(lens), kind="stable")
+    perm = (order[:, None] * K + np.arange(K)).reshape(-1)
+    in_order = lambda a: np.concatenate([a[:R][perm], a[R:]])
+    kn = Knobs(temperature=in_order(kn.temperature), top_k=in_order(kn.top_k),
+               top_p=in_order(kn.top_p), max_new_tokens=in_order(kn.max_new_tokens))
+    stream = in_order(stream)
     new = int(kn.max_new_tokens[:R].max())
     budget = pick_bucket(new, self.budget_buckets, "max_new_tokens", "sample.budget_buckets")
     S = -(-(P + budget) // self.block) * self.block
@@ -378,7 +398,7 @@ class Engine:
     stops = np.pad(stops, (0, max(4, -(-len(stops) // 4) * 4) - len(stops)), constant_values=-1)
     key = jax.random.key(rng) if isinstance(rng, (int, np.integer)) else rng
     graphdef, params = nnx.split(self.model)
-    tokens, plens = pad_prompts(prompts, P, pad_id)
+    tokens, plens = pad_prompts([prompts[i] for i in order], P, pad_id)
     n_waves = -(-N // W)
     # The last wave prefills its live prompts rounded up to a multiple of W / 8 (at most 8
     # prefill programs per W), not a whole W of padding rows; it is padded to W after prefill
@@ -400,12 +420,16 @@ class Engine:
     floor = -(-max(self.min_slots, 1) // shards) * shards  # the drain's smallest table
     half = lambda b: b // 2 if b // 2 >= floor and (b // 2) % shards == 0 else 0
     slot_steps = slot_attended = 0
+    computed = 0.0  # prefill FLOPs, wave by wave
     with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
       for w in range(n_waves):
         lo = w * W * K
-        wave = prefill_jit(graphdef, params, tokens[lo // K:lo // K + W],
-                           plens[lo // K:lo // K + W], kn, key, stream,
-                           np.int32(lo), rollouts=K, strategy=self.strategy)
+        lens_w = plens[lo // K:lo // K + W]
+        P_w = pick_bucket(int(lens_w.max()), self.prompt_buckets, "a prompt",
+                          "sample.prompt_buckets")
+        computed += prefill_flops(self.model.cfg, len(lens_w), P_w)
+        wave = prefill_jit(graphdef, params, tokens[lo // K:lo // K + W, :P_w], lens_w, kn,
+                           key, stream, np.int32(lo), rollouts=K, strategy=self.strategy)
         if w == n_waves - 1 and W_last < W:
           wave = pad_wave_jit(wave, W)
         wave = wave.replace(hi=jnp.int32(min(lo + W * K, R)))
@@ -439,12 +463,14 @@ class Engine:
         st.tokens_QS, st.logprobs_QS, st.lengths_Q, st.steps, st.attended_blocks, st.busy))
     slot_steps += (int(steps) - seen[0]) * b
     slot_attended += (int(blocks) - seen[1]) * self.block * b
-    out = RolloutOutput(tokens_BS=np.asarray(toks)[:R, :new],
-                        logprobs_BS=np.asarray(lps)[:R, :new], lengths_B=np.asarray(lengths)[:R],
+    back = lambda a: np.asarray(a)[:R][np.argsort(perm)]  # the caller's row order
+    out = RolloutOutput(tokens_BS=back(toks)[:, :new], logprobs_BS=back(lps)[:, :new],
+                        lengths_B=back(lengths),
                         prefill_rows=rows, prompt_len=P, slots=B, steps=int(steps),
                         attended=int(blocks) * self.block, busy=int(busy),
                         slot_steps=slot_steps, slot_attended=slot_attended)
-    return dataclasses.replace(out, computed_flops=out.flops(self.model.cfg))
+    return dataclasses.replace(out, computed_flops=computed + decode_flops(
+        self.model.cfg, slot_steps, slot_attended))
 
 
 def make_engine(cfg: Config, model: Decoder, mesh: Mesh | None, *, slots: int | None = None

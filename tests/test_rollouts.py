@@ -241,3 +241,30 @@ def test_shrinking_drain_draws_the_same_rollouts_for_fewer_flops(model):
   want = RO.engine_flops(model.cfg, shrunk.prefill_rows, shrunk.prompt_len, shrunk.slot_steps,
                          shrunk.slot_attended)
   assert shrunk.flops() == pytest.approx(want) and shrunk.flops() < fixed.flops()
+
+
+def test_waves_prefill_in_their_own_prompt_bucket(model):
+  """Prompts of mixed lengths: the engine prefills shortest first, each wave in the smallest
+  bucket holding its longest prompt. The rollouts (in the caller's order) are those of one
+  bucket for all; the prefill FLOPs are what the waves' buckets computed, fewer."""
+  prompts = [([1] + [7 + i % 5] * (2 + (11 * i) % 27)) for i in range(12)]  # 3..29 tokens
+  kn = S.Knobs(temperature=0.9, max_new_tokens=np.arange(1, 13, dtype=np.int32) % 6 + 2)
+  draw = lambda buckets: RO.Engine(model, slots=8, wave=3, block=8, budget_buckets=(8,),
+                                   prompt_buckets=buckets, min_slots=8).sample(
+      prompts, rollouts=2, rng=3, stop_ids=[5], pad_id=0, knobs=kn)
+  one, many = draw((32,)), draw((8, 16, 32))
+  np.testing.assert_array_equal(many.tokens_BS, one.tokens_BS)
+  np.testing.assert_array_equal(many.lengths_B, one.lengths_B)
+  np.testing.assert_allclose(many.logprobs_BS, one.logprobs_BS, atol=1e-5)
+  # Sorted lengths 3..29 in waves of 3: buckets 8, 16, 32, 32 (the waves' longest prompts).
+  lens = sorted(len(p) for p in prompts)
+  want = sum(RO.prefill_flops(model.cfg, 3, next(b for b in (8, 16, 32) if b >= max(lens[w:w + 3])))
+             for w in range(0, 12, 3))
+  decode = RO.decode_flops(model.cfg, many.slot_steps, many.slot_attended)
+  assert many.flops() == pytest.approx(want + decode)
+  assert many.flops() < one.flops() and many.prompt_len == 32
+  # A rollout's row is the caller's: prompt i's rows are i * K + k whatever the order.
+  solo = RO.Engine(model, slots=8, block=8, budget_buckets=(8,), prompt_buckets=(32,)).sample(
+      [prompts[5]], rollouts=2, rng=3, stop_ids=[5], pad_id=0, row_offset=10,
+      knobs=S.Knobs(temperature=0.9, max_new_tokens=int(kn.max_new_tokens[5])))
+  np.testing.assert_array_equal(solo.tokens_BS, one.tokens_BS[10:12, :solo.tokens_BS.shape[1]])
