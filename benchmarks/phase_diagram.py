@@ -64,7 +64,9 @@ configs/demo_models.py:student_strong on families add and sort: it masters level
 The hopeless axis (issue: where PACED pays, part 2): levels 1-8 of the suite (levels 6-8 lie
 beyond the strong student), pools h0 / h25 / h50 (p = 0 share about 0, 25%, 50%; p = 1 share
 held at m0's), regimes in the order the CPU budget asks for: self-distillation (the privileged
-teacher is the starting strong student shown the solution), forward KL on the suite's own
+teacher is the starting student shown the solution; the strong student cannot read one, so
+this part starts from configs/demo_models.py's student_privileged, in its own --out with its
+own measured levels, and a 256-token bucket holds privileged prompt + response), forward KL on the suite's own
 (correct) solutions, on-policy reverse KL; both views (equal FLOPs, equal steps). Each command
 is one part, resumable, <= 2 h on a 2-core CPU; the measured times are in
 benchmarks/results/hopeless.md.
@@ -72,14 +74,15 @@ benchmarks/results/hopeless.md.
 To reproduce the hopeless axis (HA = the options every part shares):
 
     HA="--set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort data.synthetic_levels=8 --mastered-levels 1 2 --budget-steps 200 --eval-problems 1200 --out runs/hopeless --results-name hopeless"
-    python benchmarks/phase_diagram.py $HA --regimes self_distill --pools h0     # part 1a: self-distillation, 15 runs + equal-steps continuations (the first run also measures the 8 levels)
-    python benchmarks/phase_diagram.py $HA --regimes self_distill --pools h25    # part 1b
-    python benchmarks/phase_diagram.py $HA --regimes self_distill --pools h50    # part 1c
-    python benchmarks/phase_diagram.py $HA --regimes self_distill --pools m50    # part 1d: self-distillation at today's m50 point of the mastered axis
-    python benchmarks/phase_diagram.py $HA --regimes self_distill --pools h50 --arms uniform --seeds 0 --snr-problems 800 --snr-losses references on_policy self_distill   # gradient SNR per p bucket, three losses (p = 0 bucket ~400 problems)
+    SD="--set train.init_student=configs/assets/demo_student_privileged data.length_buckets=96,128,192,256 --out runs/hopeless_sd --results-name hopeless_sd"
+    python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h0     # part 1a: self-distillation from the privileged student (configs/demo_models.py), 15 runs + equal-steps continuations (the first run also measures its 8 levels)
+    python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h25    # part 1b
+    python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h50    # part 1c
+    python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools m50    # part 1d: self-distillation at today's m50 point of the mastered axis
+    python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h50 --arms uniform --seeds 0 --snr-problems 800 --snr-losses references on_policy self_distill   # gradient SNR per p bucket, three losses (p = 0 bucket ~400 problems)
     python benchmarks/phase_diagram.py $HA --regimes fkl --pools h0              # part 2a-c: forward KL along the axis (then h25, h50)
     python benchmarks/phase_diagram.py $HA --regimes on_policy --pools h0        # part 3a-c: on-policy reverse KL along the axis (then h25, h50)
-    python benchmarks/phase_diagram.py $HA --regimes self_distill fkl on_policy --pools h0 h25 h50 m50 --report-only --write-results   # the report
+    python benchmarks/phase_diagram.py $HA --regimes fkl on_policy --pools h0 h25 h50 m50 --report-only --write-results   # the report (hopeless.md); with $HA $SD --regimes self_distill: hopeless_sd.md
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def get_config(arg: str = "") -> Config:
                       synthetic_levels=5, synthetic_families=_models.FAMILIES,
                       max_prompt_len=64, max_response_len=128, length_buckets=(96, 128, 192),
                       batch_size=16),
-      sample=SampleConfig(temperature=1.0, max_new_tokens=128, prompt_buckets=(64,),
+      sample=SampleConfig(temperature=1.0, max_new_tokens=128, prompt_buckets=(16, 32, 64),
                           budget_buckets=(128,), batch_size=256),
       paced=PacedConfig(weighting="paced", rollouts=4, refresh_every=25, refresh_subset=512,
                         eps=0.02),
