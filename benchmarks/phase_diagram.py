@@ -17,7 +17,7 @@ Steps:
    mastered levels and the rest on the frontier levels (neither mastered nor hopeless),
    equally: the mastered axis. "hNN" is the hopeless axis: a pool whose p = 0 share is NN%
    (hopeless levels mixed in) with its p = 1 share held at m0's (mastered levels mixed in to
-   hold it); h0 is m0. The pool's p histogram is the per-level measurement weighted by the
+   hold it, where the pool has room for them; the table gives every pool's shares); h0 is m0. The pool's p histogram is the per-level measurement weighted by the
    composition; its p = 1 share (mastered axis) or p = 0 share (hopeless axis) is the figure's
    x axis.
 3. Runs. Per cell (pool, regime, K), the arms of benchmarks/pace_vs_baselines.py at equal
@@ -74,7 +74,7 @@ benchmarks/results/hopeless.md.
 To reproduce the hopeless axis (HA = the options every part shares):
 
     HA="--set train.init_student=configs/assets/demo_student_strong data.synthetic_families=add,sort data.synthetic_levels=8 --mastered-levels 1 2 --budget-steps 200 --eval-problems 1200 --out runs/hopeless --results-name hopeless"
-    SD="--set train.init_student=configs/assets/demo_student_privileged data.length_buckets=96,128,192,256 --out runs/hopeless_sd --results-name hopeless_sd"
+    SD="--set train.init_student=configs/assets/demo_student_privileged data.length_buckets=96,128,192,256 --hopeless-p 0.2 --out runs/hopeless_sd --results-name hopeless_sd"
     python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h0     # part 1a: self-distillation from the privileged student (configs/demo_models.py), 15 runs + equal-steps continuations (the first run also measures its 8 levels)
     python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h25    # part 1b
     python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h50    # part 1c
@@ -201,8 +201,9 @@ def pool_weights(name: str, levels: dict, classes: dict) -> tuple[float, ...]:
   """'today': every level equal. 'mNN': NN% of the pool on the mastered levels, the rest on the
   frontier levels (none on hopeless ones), each class's levels equal. 'hNN': the hopeless axis,
   a pool whose p = 0 share is NN% (hopeless levels mixed in) while its p = 1 share stays m0's
-  (mastered levels mixed in to hold it); where NN% lies below what m0 already has at p = 0,
-  no hopeless level is added (h0 is m0)."""
+  (mastered levels mixed in to hold it; where that would take more than the whole pool, none
+  are, and the p = 1 share falls); where NN% lies below what m0 already has at p = 0, no
+  hopeless level is added (h0 is m0)."""
   all_levels = sorted(int(k) for k in levels["levels"])
   if name == "today":
     return tuple(1.0 / len(all_levels) for _ in all_levels)
@@ -240,10 +241,11 @@ def pool_weights(name: str, levels: dict, classes: dict) -> tuple[float, ...]:
       a, b, c, d = M[0] - F[0], H[0] - F[0], M[-1] - F[-1], H[-1] - F[-1]
       det = a * d - b * c
       m, h = max((frac - F[0]) * d / det, 0.0), max(-(frac - F[0]) * c / det, 0.0)
-    if m + h > 1:
-      raise SystemExit(f"pool {name}: a p = 0 share of {frac:.0%} with the p = 1 share held at "
-                       f"{F[-1]:.2f} needs {m + h:.2f} of the pool on mastered and hopeless "
-                       "levels; choose a smaller NN")
+    if m + h > 1:  # the p = 1 share cannot be held: hold none of it (it falls)
+      m, h = 0.0, (frac - F[0]) / (H[0] - F[0])
+    if h > 1:
+      raise SystemExit(f"pool {name}: a p = 0 share of {frac:.0%} is more than the hopeless "
+                       f"levels have ({H[0]:.2f}); choose a smaller NN")
   return mix(all_levels, {"mastered": (mastered, m), "hopeless": (hopeless, h),
                           "frontier": (frontier, 1 - m - h)})
 

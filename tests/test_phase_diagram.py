@@ -57,8 +57,13 @@ def test_hopeless_axis_pools_hit_their_p0_share_and_hold_the_mastered_share():
     assert w[1] == pytest.approx(w[2])  # the frontier levels share equally
     p0, p1 = shares(w)
     assert p0 == pytest.approx(nn / 100) and p1 == pytest.approx(p1_m0)
-  with pytest.raises(SystemExit, match="choose a smaller NN"):
-    pd.pool_weights("h95", levels, classes)
+  # Past what holding the p = 1 share allows, none is held: the p = 1 share falls.
+  w = pd.pool_weights("h95", levels, classes)
+  assert w[0] == 0 and shares(w)[0] == pytest.approx(0.95) and shares(w)[1] < p1_m0
+  weak = dict(levels, levels=dict(levels["levels"], **{"4": {"n": 5, "p_mean": 0.01,
+                                                             "hist": [4, 1, 0, 0, 0]}}))
+  with pytest.raises(SystemExit, match="more than the hopeless levels have"):
+    pd.pool_weights("h90", weak, classes)  # level 4 is at p = 0 for 80% of its problems
   with pytest.raises(SystemExit, match="no level is hopeless"):
     pd.pool_weights("h25", levels, {"mastered": [1], "hopeless": [], "frontier": [2, 3, 4]})
 
