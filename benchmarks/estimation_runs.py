@@ -16,6 +16,10 @@ Trains configs/demo.py at paced.rollouts=8 (everything else the demo's: 300 step
   on_policy+outcomes  on_policy with paced.train_outcomes=true: the verified training rollouts
                  enter the table; decay merge, adaptive 2, fresh_trials=2 (a problem with 2
                  fresh training outcomes this round is not estimated)
+  adaptive+decay+settled3  adaptive+decay where a problem its discounted counts pin is kept for
+                 up to 3 rounds (paced.adaptive_settled=3)
+  on_policy+outcomes+subset128  on_policy+outcomes re-estimating 128 random problems a round
+                 (paced.refresh_subset=128) instead of 512: the training outcomes carry the rest
 and reads each run's FLOP split (flops.py convention): estimation share = rollout FLOPs /
 (rollout + train FLOPs). Held-out accuracy before/after is reported beside it (one seed: a
 difference inside the eval's standard error is level).
@@ -27,7 +31,8 @@ step-275 checkpoint and reports how many of their stale p in {0, 1} the fresh es
 
     JAX_PLATFORMS=cpu python benchmarks/estimation_runs.py [--out runs/skip_share] [--steps 300]
         [--variants engine skip skip+screen on_policy on_policy+reuse adaptive adaptive+decay
-                    on_policy+outcomes] [--weight-audit]
+                    on_policy+outcomes adaptive+decay+settled3 on_policy+outcomes+subset128]
+        [--weight-audit]
 
 --weight-audit: each run's weights after its last refresh against two fresh K = 16 estimates of
 the same checkpoint on 512 fixed pool problems (mean |w - w_ref| beside the reference's own
@@ -61,6 +66,12 @@ VARIANTS = {
     "on_policy+outcomes": ("loss.mode=on_policy", "paced.train_outcomes=true", "paced.merge=decay",
                            "paced.decay_per_step=0.99", "paced.adaptive_rollouts=2",
                            "paced.fresh_trials=2", "train.log_every=1"),
+    "adaptive+decay+settled3": ("paced.adaptive_rollouts=2", "paced.merge=decay",
+                                "paced.decay_per_step=0.99", "paced.adaptive_settled=3"),
+    "on_policy+outcomes+subset128": (
+        "loss.mode=on_policy", "paced.train_outcomes=true", "paced.merge=decay",
+        "paced.decay_per_step=0.99", "paced.adaptive_rollouts=2", "paced.fresh_trials=2",
+        "paced.refresh_subset=128", "train.log_every=1"),
 }
 
 

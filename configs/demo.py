@@ -66,7 +66,7 @@ def get_config(arg: str = "") -> Config:
         teacher=dataclasses.replace(cfg.teacher, **small),
         data=dataclasses.replace(cfg.data, synthetic_size=48, batch_size=8),
         sample=dataclasses.replace(cfg.sample, max_new_tokens=8, budget_buckets=(8,),
-                                   batch_size=64),
+                                   batch_size=64, prompt_buckets=(32,), min_slots=64),
         paced=dataclasses.replace(cfg.paced, rollouts=2, refresh_every=3, refresh_subset=16,
                                   eps=0.05),
         train=dataclasses.replace(cfg.train, steps=6, warmup_steps=1, log_every=1,

@@ -194,6 +194,10 @@ class SampleConfig:
   prompt_buckets: tuple[int, ...] = (32, 64, 128, 256)
   budget_buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096)
   batch_size: int = 64  # decode slots of the rollout engine (rows sampled at once)
+  # The engine's shrinking drain: once nothing is pending, busy slots are gathered into tables
+  # of half the size down to this many (fewer FLOPs for a long tail; each size is one more
+  # decode program). >= batch_size: the table never shrinks.
+  min_slots: int = 32
   # The run's rollout engine (paced_jax.rollouts.make_engine): "continuous" (the built-in
   # continuous-batching Engine) or "package.module:factory" returning a rollouts.Rollouts
   # (an external server), used for every rollout the run samples.
@@ -206,6 +210,7 @@ class SampleConfig:
               ("max_new_tokens", 1 <= self.max_new_tokens <= max(self.budget_buckets or (0,)),
                "in [1, max(sample.budget_buckets)]"),
               ("batch_size", self.batch_size >= 1, ">= 1"),
+              ("min_slots", self.min_slots >= 1, ">= 1"),
               ("prompt_buckets", bool(self.prompt_buckets) and min(self.prompt_buckets) >= 1,
                "a non-empty tuple of positive lengths"),
               ("budget_buckets", bool(self.budget_buckets) and min(self.budget_buckets) >= 1,

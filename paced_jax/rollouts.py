@@ -482,7 +482,7 @@ def make_engine(cfg: Config, model: Decoder, mesh: Mesh | None, *, slots: int | 
   spec = cfg.sample.engine
   if spec == "continuous":
     return Engine(model, slots=slots or cfg.sample.batch_size, mesh=mesh,
-                  strategy=Sample(cfg.loss.vocab_limit),
+                  min_slots=cfg.sample.min_slots, strategy=Sample(cfg.loss.vocab_limit),
                   prompt_buckets=cfg.sample.prompt_buckets,
                   budget_buckets=cfg.sample.budget_buckets)
   module, _, name = spec.partition(":")

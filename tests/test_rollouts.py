@@ -268,3 +268,21 @@ def test_waves_prefill_in_their_own_prompt_bucket(model):
       [prompts[5]], rollouts=2, rng=3, stop_ids=[5], pad_id=0, row_offset=10,
       knobs=S.Knobs(temperature=0.9, max_new_tokens=int(kn.max_new_tokens[5])))
   np.testing.assert_array_equal(solo.tokens_BS, one.tokens_BS[10:12, :solo.tokens_BS.shape[1]])
+
+
+def test_min_slots_from_the_config_reaches_the_runs_engine(model):
+  """sample.min_slots is the engine's: at the tiny config's 64 slots (min_slots 64) the table
+  never shrinks; at min_slots=8 a long-tailed call drains in smaller tables."""
+  from paced_jax.config import load_config
+
+  prompts = [PROMPTS[i % len(PROMPTS)] + [3 + i] for i in range(16)]
+  kn = S.Knobs(temperature=0.9, max_new_tokens=np.tile(np.asarray([8, 1], np.int32), 32))
+  outs = {}
+  for m in (64, 8):
+    cfg = load_config("configs/demo.py:tiny", [f"sample.min_slots={m}"])
+    eng = RO.make_engine(cfg, model, None)
+    assert eng.min_slots == m
+    outs[m] = eng.sample(prompts, rollouts=4, rng=1, stop_ids=None, pad_id=0, knobs=kn)
+  assert outs[64].slot_steps == outs[64].steps * 64
+  assert outs[8].slot_steps < outs[64].slot_steps
+  np.testing.assert_array_equal(outs[8].tokens_BS, outs[64].tokens_BS)
