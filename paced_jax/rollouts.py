@@ -35,7 +35,8 @@ depends on its slot, its neighbours, the slot count or the wave size (greedy and
 rollouts equal sampler.generate's token for token up to float rounding of the attention sum).
 
 Compilation: one prefill program per (wave, prompt bucket) (the last wave of a call prefills
-its live prompts rounded up to an eighth of a wave) and one decode program per (slots,
+its live prompts rounded up to an eighth of a wave; a call of N prompts waves at most N rounded
+up to a power of two) and one decode program per (slots, wave,
 prompt bucket, budget bucket, output rows bucket, K; the drain's halved slot counts add at
 most log2(slots / min_slots) more); knobs (temperature, top-k, top-p,
 max_new_tokens, per rollout) are traced. Output rows are padded to a power of two.
@@ -393,7 +394,10 @@ class Engine:
       shards = batch_shards(self.mesh)
       B = -(-B // shards) * shards
     W = self.wave or max(1, -(-2 * B // K))
-    W = min(W, N)
+    # At most the prompts' count rounded up to a power of two: a call's wave shape (and so its
+    # decode programs) comes from a short list, not one per prompt count (an adaptive stage's
+    # live problems differ every refresh: one program each would grow without bound).
+    W = min(W, 1 << max(N - 1, 0).bit_length())
     stops = np.asarray([] if stop_ids is None else np.atleast_1d(stop_ids), np.int32)
     stops = np.pad(stops, (0, max(4, -(-len(stops) // 4) * 4) - len(stops)), constant_values=-1)
     key = jax.random.key(rng) if isinstance(rng, (int, np.integer)) else rng

@@ -286,3 +286,19 @@ def test_min_slots_from_the_config_reaches_the_runs_engine(model):
   assert outs[64].slot_steps == outs[64].steps * 64
   assert outs[8].slot_steps < outs[64].slot_steps
   np.testing.assert_array_equal(outs[8].tokens_BS, outs[64].tokens_BS)
+
+
+def test_calls_with_other_prompt_counts_reuse_the_decode_program(model):
+  """A call's wave is at most its prompt count rounded up to a power of two, so calls of 5, 6
+  and 7 prompts (an adaptive stage's live problems differ every refresh) run one decode
+  program: compiling one per count grew a long run's programs, and its memory maps, without
+  bound."""
+  eng = RO.Engine(model, slots=64, block=8, budget_buckets=(8,), prompt_buckets=(32,))
+  kn = S.Knobs(temperature=0.9, max_new_tokens=4)
+  call = lambda n: eng.sample([PROMPTS[i % len(PROMPTS)] for i in range(n)], rollouts=2,
+                              rng=0, stop_ids=None, pad_id=0, knobs=kn)
+  call(5)
+  before = RO.decode_jit._cache_size()
+  for n in (6, 7, 8):
+    call(n)
+  assert RO.decode_jit._cache_size() == before
