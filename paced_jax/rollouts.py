@@ -406,7 +406,7 @@ class Engine:
     n_waves = -(-N // W)
     # The last wave prefills its live prompts rounded up to a multiple of W / 8 (at most 8
     # prefill programs per W), not a whole W of padding rows; it is padded to W after prefill
-    # (a copy, no FLOPs) so every wave runs the one decode program.
+    # (a copy, no FLOPs) so it runs the decode program of the full waves in its prompt bucket.
     grain = -(-W // 8)
     W_last = min(W, -(-(N - (n_waves - 1) * W) // grain) * grain)
     rows = (n_waves - 1) * W + W_last
