@@ -62,12 +62,12 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
       metrics["frontier/fresh_kept"] = float(fresh.sum())
     if (cfg.paced.adaptive_rollouts and cfg.paced.adaptive_settled
         and cfg.paced.merge == "decay" and len(idx)):  # the stopping rule, before stage 1
-      s0, n0 = run.table.merged_prior([run.problems[i].id for i in idx], step, "decay",
-                                      cfg.paced.decay_per_step)
+      ids = [run.problems[i].id for i in idx]
+      s0, n0 = run.table.merged_prior(ids, step, "decay", cfg.paced.decay_per_step)
       settled = posterior_weight_sd(s0, n0, cfg.paced.alpha, cfg.paced.beta, cfg.paced.prior_a0,
                                     cfg.paced.prior_b0) < cfg.paced.adaptive_sd
       settled &= n0 >= cfg.paced.adaptive_rollouts  # a stage's worth of evidence, not the prior's
-      age = step - run.table.step[run.table.rows([run.problems[i].id for i in idx])]
+      age = step - run.table.step[run.table.rows(ids)]
       settled &= age <= cfg.paced.adaptive_settled * cfg.paced.refresh_every
       idx = idx[~settled]
       metrics["frontier/settled_kept"] = float(settled.sum())
