@@ -453,3 +453,13 @@ def test_a_disk_that_fills_inside_a_checkpoint_save_is_one_line_without_tracebac
   assert "resumed from step 1" in r.stderr, r.stderr[-3000:]
   assert "done: step 6" in r.stdout
   assert "Traceback" not in r.stderr
+
+
+def test_unverified_references_without_teacher_references_is_one_line(tmp_path):
+  """data.reference_verify=false on dataset solutions: one line, exit 2, the process ends, and
+  the workdir is not created (the config is refused before anything is written)."""
+  wd = tmp_path / "wd"
+  rc, _, err = _paced("train", TINY, "--workdir", wd, "--set", "data.reference_verify=false")
+  _one_line(rc, err, "data.reference_verify=false keeps teacher references unverified",
+            "data.reference=teacher")
+  assert not wd.exists()
