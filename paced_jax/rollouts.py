@@ -390,9 +390,8 @@ class Engine:
     budget = pick_bucket(new, self.budget_buckets, "max_new_tokens", "sample.budget_buckets")
     S = -(-(P + budget) // self.block) * self.block
     B = min(self.slots, R_cap)  # a call of few rows (on-policy rows, a last stage) computes few
-    if self.mesh is not None:
-      shards = batch_shards(self.mesh)
-      B = -(-B // shards) * shards
+    shards = batch_shards(self.mesh) if self.mesh is not None else 1
+    B = -(-B // shards) * shards
     W = self.wave or max(1, -(-2 * B // K))
     # At most the prompts' count rounded up to a power of two: a call's wave shape (and so its
     # decode programs) comes from a short list, not one per prompt count (an adaptive stage's
@@ -420,7 +419,6 @@ class Engine:
         logprobs_QS=jnp.zeros((R_cap, budget), jnp.float32),
         lengths_Q=jnp.zeros((R_cap,), jnp.int32), steps=jnp.int32(0),
         attended_blocks=jnp.int32(0), busy=jnp.int32(0))
-    shards = batch_shards(self.mesh) if self.mesh is not None else 1
     floor = -(-max(self.min_slots, 1) // shards) * shards  # the drain's smallest table
     half = lambda b: b // 2 if b // 2 >= floor and (b // 2) % shards == 0 else 0
     slot_steps = slot_attended = 0
