@@ -198,6 +198,10 @@ class SampleConfig:
   # of half the size down to this many (fewer FLOPs for a long tail; each size is one more
   # decode program). >= batch_size: the table never shrinks.
   min_slots: int = 32
+  # Host memory (MiB) the engine may hold prefilled prompts in while an estimate samples the
+  # same problems in stages (paced.adaptive_rollouts, paced.screen_rollouts): a later stage
+  # copies a kept prompt's KV back instead of prefilling it again. 0: every stage prefills.
+  prompt_cache_mb: float = 4096.0
   # The run's rollout engine (paced_jax.rollouts.make_engine): "continuous" (the built-in
   # continuous-batching Engine) or "package.module:factory" returning a rollouts.Rollouts
   # (an external server), used for every rollout the run samples.
@@ -211,6 +215,7 @@ class SampleConfig:
                "in [1, max(sample.budget_buckets)]"),
               ("batch_size", self.batch_size >= 1, ">= 1"),
               ("min_slots", self.min_slots >= 1, ">= 1"),
+              ("prompt_cache_mb", self.prompt_cache_mb >= 0, ">= 0 (0 is off)"),
               ("prompt_buckets", bool(self.prompt_buckets) and min(self.prompt_buckets) >= 1,
                "a non-empty tuple of positive lengths"),
               ("budget_buckets", bool(self.budget_buckets) and min(self.budget_buckets) >= 1,

@@ -13,6 +13,7 @@ host thread decodes and verifies group g while the engine samples group g + 1.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -211,6 +212,25 @@ def estimate_pass_rates(engine: Rollouts | Decoder, problems: Sequence[Problem],
       collect(*pending)
 
   everyone = np.arange(N)
+  # Stages sample the same prompts in several engine calls: an engine with a prompt cache
+  # (rollouts.Engine.prompt_cache) prefills each once.
+  keep = getattr(engine, "prompt_cache", None)
+  with keep() if callable(keep) and (adaptive or screen) else contextlib.nullcontext():
+    _stages(run, everyone, successes, trials, rollouts, adaptive, screen, prior, kernel,
+            adaptive_sd, bar)
+  bar.close()
+  kept.sort(key=lambda x: x[0])  # problem-major, k within a problem
+  return Estimate(successes=successes, trials=trials, rollouts=[r for _, r in kept],
+                  prompt_tokens=n_prompt, generated_tokens=n_tokens, flops=flops)
+
+
+def _stages(run, everyone, successes, trials, rollouts, adaptive, screen, prior, kernel,
+            adaptive_sd, bar) -> None:
+  """The engine calls of one estimate: all K at once, screened, or adaptive (see
+  `estimate_pass_rates`)."""
+  N = len(everyone)
+  if prior is not None:
+    s0, n0 = (np.asarray(x, np.float64) for x in prior)
   if adaptive:  # stages of k0 until the weight's posterior is settled (see the docstring)
     live = everyone
     for lo in range(0, rollouts, adaptive):
@@ -233,10 +253,6 @@ def estimate_pass_rates(engine: Rollouts | Decoder, problems: Sequence[Problem],
     bar.update(N - len(undecided))
     if len(undecided):
       run(undecided, screen, rollouts)
-  bar.close()
-  kept.sort(key=lambda x: x[0])  # problem-major, k within a problem
-  return Estimate(successes=successes, trials=trials, rollouts=[r for _, r in kept],
-                  prompt_tokens=n_prompt, generated_tokens=n_tokens, flops=flops)
 
 
 def estimate_for_config(engine: Rollouts | Decoder, problems, tokenizer, verifier, cfg: Config,

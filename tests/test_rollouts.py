@@ -2,6 +2,8 @@
 count or wave size, reused slots), shared prefill == separate prefill, bounded attention == full
 attention, traced knobs, one-line errors, FLOP and waste counters."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,7 +93,7 @@ def test_shared_prefill_equals_separate_prefill(model):
   kn = S.Knobs(*(np.full((16,), v, d) for v, d in ((1.0, np.float32), (0, np.int32),
                                                    (1.0, np.float32), (8, np.int32))))
   graphdef, params = nnx.split(model)
-  wave = RO.prefill_jit(graphdef, params, prompts_BP, lens_B, kn, jax.random.key(4),
+  wave, _ = RO.prefill_jit(graphdef, params, prompts_BP, lens_B, kn, jax.random.key(4),
                         np.arange(16, dtype=np.int32), np.int32(0), rollouts=K,
                         strategy=S.Sample())
   for i in range(3):  # each prompt alone, as sampler.generate prefills it (K copies)
@@ -302,3 +304,107 @@ def test_calls_with_other_prompt_counts_reuse_the_decode_program(model):
   for n in (6, 7, 8):
     call(n)
   assert RO.decode_jit._cache_size() == before
+
+
+def _staged(eng, prompts, kn, cache: bool):
+  """Two calls as an adaptive estimate makes them: rollouts 0-1 of every prompt, then rollouts
+  2-3 of a regrouped subset (other waves, other buckets)."""
+  later = [7, 2, 9, 4, 0]
+  first_streams = (np.arange(len(prompts))[:, None] * 4 + np.arange(2)).reshape(-1)
+  later_streams = (np.asarray(later)[:, None] * 4 + np.arange(2, 4)).reshape(-1)
+  with eng.prompt_cache() if cache else contextlib.nullcontext():
+    a = eng.sample(prompts, rollouts=2, rng=3, stop_ids=[5], pad_id=0, knobs=kn,
+                   streams=first_streams)
+    b = eng.sample([prompts[i] for i in later], rollouts=2, rng=3, stop_ids=[5], pad_id=0,
+                   knobs=kn, streams=later_streams)
+  return a, b
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_prompt_cache_draws_the_same_rollouts_without_prefilling_again(model, mesh_2x4,
+                                                                       sharded):
+  """Inside `prompt_cache()` a second call on kept prompts copies their KV back: the same
+  rollouts token for token as prefilling them again, no prefill rows, and FLOPs lower by the
+  prefill less one unembedding per prompt. Outside it (and at prompt_cache_mb=0) every call
+  prefills."""
+  from paced_jax.sharding import state_shardings
+
+  if sharded:
+    graphdef, state = nnx.split(model)
+    m = nnx.merge(graphdef, jax.device_put(state, state_shardings(state, mesh_2x4)))
+  else:
+    m = model
+  prompts = [([1] + [7 + i % 5] * (2 + (11 * i) % 27)) for i in range(12)]  # 3..29 tokens
+  kn = S.Knobs(temperature=0.9, max_new_tokens=6)
+  eng = lambda mb: RO.Engine(m, slots=8, wave=4, block=8, budget_buckets=(8,),
+                             prompt_buckets=(8, 16, 32), min_slots=8, prompt_cache_mb=mb,
+                             mesh=mesh_2x4 if sharded else None)
+  plain_a, plain_b = _staged(eng(64), prompts, kn, cache=False)
+  off_a, off_b = _staged(eng(0), prompts, kn, cache=True)
+  a, b = _staged(eng(64), prompts, kn, cache=True)
+  for x, y in ((a, plain_a), (b, plain_b), (off_b, plain_b)):
+    np.testing.assert_array_equal(x.tokens_BS, y.tokens_BS)
+    np.testing.assert_array_equal(x.lengths_B, y.lengths_B)
+    np.testing.assert_allclose(x.logprobs_BS, y.logprobs_BS, atol=1e-4)
+  assert a.cached_prompts == 0 and a.prefill_rows == plain_a.prefill_rows
+  assert b.cached_prompts == 5 and b.prefill_rows == 0 and plain_b.prefill_rows > 0
+  assert off_b.cached_prompts == 0 and off_b.flops() == pytest.approx(plain_b.flops())
+  # The later call's prompts, shortest first: 3, 20, 21, 25 | 26 tokens: waves of 4 and 1
+  # prompts (the last rounded up to W / 8 = 1 row), both in the 32 bucket.
+  saved = RO.prefill_flops(model.cfg, 4, 32) + RO.prefill_flops(model.cfg, 1, 32)
+  assert plain_b.flops() - b.flops() == pytest.approx(saved - 5 * unembed_flops(model.cfg))
+
+
+def test_prompt_cache_keeps_what_fits_and_forgets_on_new_weights(model):
+  """prompt_cache_mb bounds what is kept (least recently used out first: a wave with a prompt
+  that was dropped is prefilled); set_params empties the cache (kept KV is the old weights');
+  leaving the context drops it."""
+  prompts = [([1] + [7 + i % 5] * (2 + (11 * i) % 27)) for i in range(12)]
+  kn = S.Knobs(temperature=0.9, max_new_tokens=6)
+  eng = RO.Engine(model, slots=8, wave=4, block=8, budget_buckets=(8,),
+                  prompt_buckets=(8, 16, 32), min_slots=8, prompt_cache_mb=64)
+  call = lambda ps: eng.sample(ps, rollouts=2, rng=3, stop_ids=[5], pad_id=0, knobs=kn)
+  with eng.prompt_cache():
+    call(prompts)
+    per_prompt = eng._kept_bytes / len(eng._kept)
+    assert len(eng._kept) == 12
+    assert call(prompts[:4]).cached_prompts == 4
+    eng.set_params(nnx.state(model, nnx.Param))
+    assert len(eng._kept) == 0 and call(prompts[:4]).cached_prompts == 0
+  assert eng._kept is None and call(prompts[:4]).cached_prompts == 0
+  # Room for about 5 of the 12 (entries differ by prompt bucket): the first ones are dropped.
+  eng.prompt_cache_mb = 5.5 * per_prompt / 2 ** 20
+  with eng.prompt_cache():
+    call(prompts)
+    assert 0 < len(eng._kept) < 12 and eng._kept_bytes <= eng.prompt_cache_mb * 2 ** 20
+    kept = [p for p in prompts if tuple(p) in eng._kept]
+    dropped = [p for p in prompts if tuple(p) not in eng._kept]
+    assert call(kept[:4]).prefill_rows == 0
+    out = call(dropped[:4])
+    assert out.cached_prompts == 0 and out.prefill_rows == 4
+
+
+def test_adaptive_estimate_prefills_each_prompt_once(model):
+  """An adaptive estimate through the run's engine (sample.prompt_cache_mb from the config):
+  the same counts with the cache as without, and fewer FLOPs; prompt_cache_mb=0 is the old
+  cost."""
+  from paced_jax.config import load_config
+  from paced_jax.data.schema import Problem
+  from paced_jax.estimate import estimate_pass_rates
+
+  problems = [Problem(f"p{i}", str(i), str(i % 3)) for i in range(6)]
+  kw = dict(encode_prompt=lambda p: PR[int(p.prompt)], verifier=lambda text, p: text.endswith(
+      p.answer), decode=lambda toks: " ".join(map(str, toks)), rollouts=6, rng=2, eos_id=[3],
+      pad_id=0, batch_size=8, knobs=S.Knobs(temperature=1.0, max_new_tokens=9),
+      progress=False, verify_workers=1, adaptive=2, adaptive_sd=0.01)
+  est = {}
+  for mb in (0, 16):
+    cfg = load_config("configs/demo.py:tiny", [f"sample.prompt_cache_mb={mb}",
+                                               "sample.budget_buckets=32"])
+    eng = RO.make_engine(cfg, model, None)
+    assert eng.prompt_cache_mb == mb
+    est[mb] = estimate_pass_rates(eng, problems, **kw)
+  np.testing.assert_array_equal(est[16].successes, est[0].successes)
+  np.testing.assert_array_equal(est[16].trials, est[0].trials)
+  assert est[0].trials.min() == 6  # three stages ran (the rule never settles at sd 0.01)
+  assert est[16].flops < est[0].flops
