@@ -20,6 +20,8 @@ Trains configs/demo.py at paced.rollouts=8 (everything else the demo's: 300 step
                  up to 3 rounds (paced.adaptive_settled=3)
   on_policy+outcomes+subset128  on_policy+outcomes re-estimating 128 random problems a round
                  (paced.refresh_subset=128) instead of 512: the training outcomes carry the rest
+  adaptive+decay+min_slots8  adaptive+decay with the engine's drain shrinking to 8 slots
+                 (sample.min_slots=8; the demo's default is 32): the same rollouts, fewer FLOPs
 and reads each run's FLOP split (flops.py convention): estimation share = rollout FLOPs /
 (rollout + train FLOPs). Held-out accuracy before/after is reported beside it (one seed: a
 difference inside the eval's standard error is level).
@@ -31,7 +33,8 @@ step-275 checkpoint and reports how many of their stale p in {0, 1} the fresh es
 
     JAX_PLATFORMS=cpu python benchmarks/estimation_runs.py [--out runs/skip_share] [--steps 300]
         [--variants engine skip skip+screen on_policy on_policy+reuse adaptive adaptive+decay
-                    on_policy+outcomes adaptive+decay+settled3 on_policy+outcomes+subset128]
+                    on_policy+outcomes adaptive+decay+settled3 on_policy+outcomes+subset128
+                    adaptive+decay+min_slots8]
         [--weight-audit]
 
 --weight-audit: each run's weights after its last refresh against two fresh K = 16 estimates of
@@ -72,6 +75,8 @@ VARIANTS = {
         "loss.mode=on_policy", "paced.train_outcomes=true", "paced.merge=decay",
         "paced.decay_per_step=0.99", "paced.adaptive_rollouts=2", "paced.fresh_trials=2",
         "paced.refresh_subset=128", "train.log_every=1"),
+    "adaptive+decay+min_slots8": ("paced.adaptive_rollouts=2", "paced.merge=decay",
+                                  "paced.decay_per_step=0.99", "sample.min_slots=8"),
 }
 
 

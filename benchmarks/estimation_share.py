@@ -5,7 +5,9 @@ temperature 1.0, budget 128) estimated with K = 8 by
   static     estimate_pass_rates(StaticRollouts(model, rows=256))  (sampler.generate batches)
   engine     estimate_pass_rates(model)  (rollouts.Engine, 256 slots)
   screen k0  the engine with screen=k0: k0 rollouts each, K - k0 more where the first k0 disagree
-  adaptive k0  the engine with adaptive=k0: stages of k0 until sd[w] < 0.07 (paced.adaptive_*)
+  adaptive k0  the engine with adaptive=k0: stages of k0 until sd[w] < 0.07 (paced.adaptive_*);
+             each stage copies its prompts' KV from the engine's prompt cache (one prefill per
+             problem); "no prompt cache" (sample.prompt_cache_mb=0) prefills them every stage
 Per setting: rollout FLOPs (flops.py convention, as computed), wall time, and for screening the
 error against the full-K estimate of the same rollouts (same RNG streams): mean |p - p_K| over
 the 512 problems, mean |w - w_K| for w = p(1-p) (plug-in) and for the posterior E[w] under
@@ -33,6 +35,7 @@ from paced_jax.data.tokenizer import encode_prompt, load_tokenizer
 from paced_jax.estimate import estimate_pass_rates
 from paced_jax.frontier import posterior_weight
 from paced_jax.models.io import load_model
+from paced_jax.rollouts import Engine
 from paced_jax.sampler import Knobs
 from paced_jax.verify import verifier_from_config
 from static_rollouts import StaticRollouts
@@ -46,6 +49,8 @@ def main():
   ap.add_argument("--screens", type=int, nargs="*", default=[2, 4])
   ap.add_argument("--adaptive", type=int, nargs="*", default=[2, 4],
                   help="paced.adaptive_rollouts stages k0 to measure (adaptive_sd 0.07)")
+  ap.add_argument("--uncached", type=int, nargs="*", default=[2],
+                  help="adaptive stages k0 to measure also without the prompt cache")
   ap.add_argument("--train-flops-per-step", type=float, default=0.0,
                   help="train FLOPs per step instead of reading --train-metrics (e.g. 7.69e9: "
                        "estimation_runs.py's engine run, 2.306e12 over 300 steps)")
@@ -70,6 +75,10 @@ def main():
   settings += [(f"engine + screen k0={k0}", model, dict(screen=k0)) for k0 in args.screens]
   settings += [(f"engine + adaptive k0={k0}", model, dict(adaptive=k0, adaptive_sd=0.07))
                for k0 in args.adaptive]
+  uncached = Engine(model, slots=cfg.sample.batch_size, prompt_buckets=cfg.sample.prompt_buckets,
+                    budget_buckets=cfg.sample.budget_buckets, prompt_cache_mb=0)
+  settings += [(f"engine + adaptive k0={k0}, no prompt cache", uncached,
+                dict(adaptive=k0, adaptive_sd=0.07)) for k0 in args.uncached]
   for _, engine, extra in settings:  # warm-up at the same shapes: compile every program once
     estimate_pass_rates(engine, problems, **(kw | extra))
   res = {}
