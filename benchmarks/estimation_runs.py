@@ -126,32 +126,45 @@ def summary(wd: Path) -> dict:
           "acc_after": after[-1]["eval/test/overall"] if after else None}
 
 
-def audit(wd: Path, step: int, cfg) -> dict:
-  """Fresh K = 8 estimates, from the step-`step` student, of the problems skipped then
-  (passrates/round_R.skipped.json), against the stale estimates they kept."""
+def _fresh(wd: Path, step: int, cfg):
+  """What both audits read: the run's pass-rate table after its step-`step` refresh, its train
+  pool, and `estimate(problems, rollouts, seed)`: a fresh estimate from the step-`step`
+  checkpoint."""
   import jax
-  import numpy as np
 
-  from paced_jax.models.io import load_model_checked
   from paced_jax.data.sources import load_pool
   from paced_jax.data.tokenizer import load_tokenizer
   from paced_jax.estimate import estimate_for_config
   from paced_jax.frontier import PassRateTable
+  from paced_jax.models.io import load_model_checked
   from paced_jax.sharding import make_mesh
   from paced_jax.verify import verifier_from_config
 
   rnd = step // cfg.paced.refresh_every
   table = PassRateTable.from_jsonl(wd / "passrates" / f"round_{rnd:05d}.jsonl")
+  source = load_pool(cfg.data, "train", seed=cfg.seed)
+  model, _ = load_model_checked(wd / "checkpoints" / str(step), "--checkpoint")
+  tok = load_tokenizer(cfg.data.tokenizer, cfg.data.chat_template_kwargs)
+
+  def estimate(problems, rollouts: int, seed: int):
+    return estimate_for_config(model, problems, tok, verifier_from_config(cfg.paced), cfg,
+                               make_mesh(cfg.mesh), rollouts=rollouts,
+                               rng=jax.random.key(seed), progress=False)
+
+  return rnd, table, source, estimate
+
+
+def audit(wd: Path, step: int, cfg) -> dict:
+  """Fresh K = 8 estimates, from the step-`step` student, of the problems skipped then
+  (passrates/round_R.skipped.json), against the stale estimates they kept."""
+  import numpy as np
+
+  rnd, table, source, estimate = _fresh(wd, step, cfg)
   skipped = json.loads((wd / "passrates" / f"round_{rnd:05d}.skipped.json").read_text())
   index = {pid: i for i, pid in enumerate(table.ids)}
   stale = [index[pid] for pid in skipped]
-  source = load_pool(cfg.data, "train", seed=cfg.seed)
   by_id = {source[i].id: source[i] for i in range(len(source))}
-  problems = [by_id[pid] for pid in skipped]
-  model, _ = load_model_checked(wd / "checkpoints" / str(step), "--checkpoint")
-  tok = load_tokenizer(cfg.data.tokenizer, cfg.data.chat_template_kwargs)
-  est = estimate_for_config(model, problems, tok, verifier_from_config(cfg.paced), cfg,
-                            make_mesh(cfg.mesh), rollouts=8, rng=jax.random.key(12345))
+  est = estimate([by_id[pid] for pid in skipped], 8, 12345)
   p_stale = table.pass_rates()[stale]
   p_fresh = est.successes / est.trials
   left = int(np.sum((p_fresh > 0) & (p_fresh < 1)))
@@ -167,30 +180,17 @@ def weight_audit(wd: Path, step: int, cfg, n_subset: int = 512, rollouts: int = 
   standard errors over problems: mean |w_run - w_ref1|, the reference's own noise mean
   |w_ref2 - w_ref1|, and the share of the run's weight mass (and of w_ref2's) on problems with
   0 < p_ref1 < 1."""
-  import jax
   import numpy as np
 
-  from paced_jax.data.sources import load_pool
-  from paced_jax.data.tokenizer import load_tokenizer
-  from paced_jax.estimate import estimate_for_config
-  from paced_jax.frontier import PassRateTable, frontier_weights
-  from paced_jax.models.io import load_model_checked
-  from paced_jax.sharding import make_mesh
-  from paced_jax.verify import verifier_from_config
+  from paced_jax.frontier import frontier_weights
 
-  rnd = step // cfg.paced.refresh_every
-  table = PassRateTable.from_jsonl(wd / "passrates" / f"round_{rnd:05d}.jsonl")
-  source = load_pool(cfg.data, "train", seed=cfg.seed)
+  _, table, source, estimate = _fresh(wd, step, cfg)
   pick = np.sort(np.random.default_rng(0).choice(len(source), n_subset, replace=False))
   problems = [source[int(i)] for i in pick]
   s, n = table.counts([p.id for p in problems])
   w_run = frontier_weights(s, n, cfg.paced)
   last = table.step[table.rows([p.id for p in problems])]  # -1: never estimated
-  model, _ = load_model_checked(wd / "checkpoints" / str(step), "--checkpoint")
-  tok = load_tokenizer(cfg.data.tokenizer, cfg.data.chat_template_kwargs)
-  refs = [estimate_for_config(model, problems, tok, verifier_from_config(cfg.paced), cfg,
-                              make_mesh(cfg.mesh), rollouts=rollouts, rng=jax.random.key(seed),
-                              progress=False) for seed in (12345, 54321)]
+  refs = [estimate(problems, rollouts, seed) for seed in (12345, 54321)]
   w1, w2 = (frontier_weights(e.successes, e.trials, cfg.paced) for e in refs)
   p1 = refs[0].successes / refs[0].trials
   mid = (p1 > 0) & (p1 < 1)
