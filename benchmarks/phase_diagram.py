@@ -470,10 +470,10 @@ def write_markdown(path: Path, summary: dict, pools_info: dict, args, env: str,
   path.write_text("\n".join(lines) + "\n")
 
 
-def plot(path: Path, summary: dict, arm: str = "paced") -> None:
-  """PACED - uniform by pool: the mastered axis (today, mNN pools; x = p = 1 share) and the
-  hopeless axis (hNN pools; x = p = 0 share), one line per regime, equal FLOPs solid and equal
-  steps dashed (mean ± SE over seeds; dots: seeds)."""
+def plot(path: Path, summary: dict, arms=("paced", "posterior", "dapo")) -> None:
+  """Each frontier arm - uniform by pool: the mastered axis (today, mNN pools; x = p = 1
+  share) and the hopeless axis (hNN pools; x = p = 0 share), one line per (regime, arm), equal
+  FLOPs solid and equal steps dashed (mean ± SE over seeds; dots: seeds)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -486,90 +486,35 @@ def plot(path: Path, summary: dict, arm: str = "paced") -> None:
   fig, axes = plt.subplots(1, len(shown), figsize=(7 * len(shown), 4.5), squeeze=False)
   for ax, (name, keep, xkey, xlabel) in zip(axes[0], shown):
     for regime in dict.fromkeys(c["regime"] for c in summary["cells"]):
-      cs = sorted((c for c in summary["cells"] if c["regime"] == regime and c["arm"] == arm
-                   and keep(c) and c["delta"]["n"] and c["k"] == summary["k0"]),
-                  key=lambda c: c[xkey])
-      if not cs:
-        continue
-      x = [c[xkey] for c in cs]
-      se = [c["delta"]["se"] if c["delta"]["n"] > 1 else 0.0 for c in cs]
-      line = ax.errorbar(x, [c["delta"]["mean"] for c in cs], yerr=se, marker="o", capsize=3,
-                         label=f"{regime}, equal FLOPs (mean ± SE)")
-      for c in cs:
-        ax.scatter([c[xkey]] * c["delta"]["n"], c["delta"]["values"], s=12,
-                   color=line[0].get_color(), alpha=0.5)
-      sv = [c for c in cs if c.get("steps_view") and c["steps_view"]["delta"]["n"]]
-      if sv:
-        ax.errorbar([c[xkey] for c in sv], [c["steps_view"]["delta"]["mean"] for c in sv],
-                    yerr=[c["steps_view"]["delta"]["se"] if c["steps_view"]["delta"]["n"] > 1
-                          else 0.0 for c in sv], marker="s", ls="--", capsize=3,
-                    color=line[0].get_color(), alpha=0.7, label=f"{regime}, equal steps")
+      for i, arm in enumerate(arms):
+        dx = 0.006 * (i - (len(arms) - 1) / 2)  # arms side by side at one pool
+        cs = sorted((c for c in summary["cells"] if c["regime"] == regime and c["arm"] == arm
+                     and keep(c) and c["delta"]["n"] and c["k"] == summary["k0"]),
+                    key=lambda c: c[xkey])
+        if not cs:
+          continue
+        x = [c[xkey] + dx for c in cs]
+        se = [c["delta"]["se"] if c["delta"]["n"] > 1 else 0.0 for c in cs]
+        line = ax.errorbar(x, [c["delta"]["mean"] for c in cs], yerr=se, marker="o",
+                           capsize=3, label=f"{regime}, {arm}, equal FLOPs (mean ± SE)")
+        for c in cs:
+          ax.scatter([c[xkey] + dx] * c["delta"]["n"], c["delta"]["values"], s=12,
+                     color=line[0].get_color(), alpha=0.5)
+        sv = [c for c in cs if c.get("steps_view") and c["steps_view"]["delta"]["n"]]
+        if sv:
+          ax.errorbar([c[xkey] + dx + 0.002 for c in sv],
+                      [c["steps_view"]["delta"]["mean"] for c in sv],
+                      yerr=[c["steps_view"]["delta"]["se"] if c["steps_view"]["delta"]["n"] > 1
+                            else 0.0 for c in sv], marker="s", ls="--", capsize=3,
+                      color=line[0].get_color(), alpha=0.7,
+                      label=f"{regime}, {arm}, equal steps")
     ax.axhline(0, color="gray", lw=0.8)
-    ax.set(xlabel=xlabel, ylabel=f"{arm} - uniform, held-out pool score",
-           title=f"PACED's gain over uniform, {name} axis")
+    ax.set(xlabel=xlabel, ylabel="arm - uniform, held-out pool score",
+           title=f"Frontier weighting's gain over uniform, {name} axis")
     ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
-
-
-# ----------------------------------------------------------------------------- gradient SNR
-
-
-def measure_snr(args, pools: dict, log) -> dict | None:
-  """Gradient SNR per p bucket on --snr-pool for each of --snr-losses
-  (benchmarks/pace_vs_baselines.py's gradient_snr), measured once per loss and read back from
-  <out>/snr_POOL.json (a later command adds the losses it lacks)."""
-  pool = args.snr_pool or args.pools[0]
-  path = Path(args.out) / f"snr_{pool}.json"
-  out = json.loads(path.read_text()) if path.exists() else None
-  todo = [loss for loss in args.snr_losses if out is None or loss not in out]
-  if args.snr_problems <= 0 or args.report_only or not todo:
-    return out
-  if pool not in pools:
-    raise SystemExit(f"--snr-pool {pool} is not one of --pools {args.pools}")
-  w = pools[pool]["weights"]
-  extra = [f"data.synthetic_level_weights={','.join(f'{x:.6g}' for x in w)}"]
-  out = out or {"pool": pool, "p1_share": pools[pool]["p1_share"]}
-  for loss in todo:
-    log(f"gradient SNR on pool {pool}, {loss}: {args.snr_problems} problems x "
-        f"{args.snr_rollouts} rollouts")
-    out[loss] = base.gradient_snr(args, log, loss=loss, extra=extra,
-                                  wd=Path(args.out) / f"snr_{pool}_{loss}")
-    path.write_text(json.dumps(out, indent=1))
-  return out
-
-
-SNR_LABELS = {"references": ("fkl", "forward KL on references"),
-              "on_policy": ("rkl", "reverse KL on the student's rollouts"),
-              "self_distill": ("self-distill", "self-distillation: reverse KL on the student's "
-                               "rollouts against itself shown the solution")}
-
-
-def snr_lines(snr: dict) -> list[str]:
-  losses = [k for k in base.SNR_LOSSES if k in snr]
-  first = snr[losses[0]]
-  lines = ["", f"## Gradient SNR by pass rate (starting student, pool {snr['pool']})", "",
-           f"{first['problems']} pool problems, p from {first['rollouts']} rollouts each. g_i = "
-           "the gradient of problem i's loss: forward KL on its teacher reference (what fkl "
-           "trains on), reverse KL on one fresh rollout of the student (what on_policy trains "
-           "on), or self-distillation's reverse KL on one fresh rollout against the starting "
-           "student shown the solution (what self_distill trains on). SNR = ||mean g||^2 / mean "
-           "||g - mean g||^2 over a bucket's problems (bias-corrected: the 1/n bias of the "
-           "squared mean removed; ± a bootstrap standard error over the bucket's problems).", "",
-           "| p bucket | problems | mean p | " + " | ".join(
-               f"{SNR_LABELS[k][0]} SNR | {SNR_LABELS[k][0]} SNR, bias removed | "
-               f"{SNR_LABELS[k][0]} mean ||g||" for k in losses) + " |",
-           "|---" * (3 + 3 * len(losses)) + "|"]
-  se = lambda e: f" ± {e['snr_unbiased_se']:.4f}" if "snr_unbiased_se" in e else ""
-  cell = lambda e: (f"{e['snr']:.4f} | {e['snr_unbiased']:.4f}{se(e)} | {e['grad_norm']:.3f}"
-                    if "snr" in e else "- | - | -")
-  for j, a in enumerate(first["buckets"]):
-    name = (f"p = {a['lo']:g}" if a["lo"] == a["hi"] else f"{a['lo']:g} <= p <= {a['hi']:g}")
-    mean_p = f"{a['p_mean']:.2f}" if a["p_mean"] is not None else "-"
-    lines.append(f"| {name} | {a['n']} | {mean_p} | "
-                 + " | ".join(cell(snr[k]["buckets"][j]) for k in losses) + " |")
-  return lines
 
 
 def plot_snr(path: Path, snr: dict) -> None:
