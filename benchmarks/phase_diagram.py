@@ -303,6 +303,12 @@ def run_one(args, pool, regime, k, arm, seed, weights, budget, log) -> dict:
     fkl = run_one(args, pool, "fkl", k, arm, args.budget_seed, weights,
                   None if arm == "uniform" else fkl_budget(args, pool, k, weights, log), log)
     extra.append(f"loss.two_stage_switch={min(0.99, fkl['steps'] / 2 / total)!r}")
+  return _run_checked(ns, pool, regime, k, arm, seed, weights, extra, log)
+
+
+def _run_checked(ns, pool, regime, k, arm, seed, weights, extra, log) -> dict:
+  """One run under `ns.out`, failing when its resolved config is not what the arm and regime
+  declare (check_arm); its result tagged with the cell."""
   r = base.run_arm(ns, arm, seed, extra, log, check=lambda cfg: check_arm(cfg, regime, arm))
   r.update(pool=pool, regime=regime, k=k, weights=list(weights))
   return r
@@ -333,9 +339,7 @@ def run_steps(args, pool, regime, k, arm, seed, weights, flop_run: dict, log) ->
   ns.out = str(dst.parents[1])
   extra = run_overrides(args, pool, regime, k, arm, weights) + [
       "train.max_flops=0", f"train.steps={args.budget_steps}"]
-  r = base.run_arm(ns, arm, seed, extra, log, check=lambda cfg: check_arm(cfg, regime, arm))
-  r.update(pool=pool, regime=regime, k=k, weights=list(weights))
-  return r
+  return _run_checked(ns, pool, regime, k, arm, seed, weights, extra, log)
 
 
 def budget_for(args, pool, regime, k, weights, log) -> float:
@@ -515,6 +519,62 @@ def plot(path: Path, summary: dict, arms=("paced", "posterior", "dapo")) -> None
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def measure_snr(args, pools: dict, log) -> dict | None:
+  """Gradient SNR per p bucket on --snr-pool for each of --snr-losses
+  (benchmarks/pace_vs_baselines.py's gradient_snr), measured once per loss and read back from
+  <out>/snr_POOL.json (a later command adds the losses it lacks)."""
+  pool = args.snr_pool or args.pools[0]
+  path = Path(args.out) / f"snr_{pool}.json"
+  out = json.loads(path.read_text()) if path.exists() else None
+  todo = [loss for loss in args.snr_losses if out is None or loss not in out]
+  if args.snr_problems <= 0 or args.report_only or not todo:
+    return out
+  if pool not in pools:
+    raise SystemExit(f"--snr-pool {pool} is not one of --pools {args.pools}")
+  w = pools[pool]["weights"]
+  extra = [f"data.synthetic_level_weights={','.join(f'{x:.6g}' for x in w)}"]
+  out = out or {"pool": pool, "p1_share": pools[pool]["p1_share"]}
+  for loss in todo:
+    log(f"gradient SNR on pool {pool}, {loss}: {args.snr_problems} problems x "
+        f"{args.snr_rollouts} rollouts")
+    out[loss] = base.gradient_snr(args, log, loss=loss, extra=extra,
+                                  wd=Path(args.out) / f"snr_{pool}_{loss}")
+    path.write_text(json.dumps(out, indent=1))
+  return out
+
+
+SNR_LABELS = {"references": ("fkl", "forward KL on references"),
+              "on_policy": ("rkl", "reverse KL on the student's rollouts"),
+              "self_distill": ("self-distill", "self-distillation: reverse KL on the student's "
+                               "rollouts against itself shown the solution")}
+
+
+def snr_lines(snr: dict) -> list[str]:
+  losses = [k for k in base.SNR_LOSSES if k in snr]
+  first = snr[losses[0]]
+  lines = ["", f"## Gradient SNR by pass rate (starting student, pool {snr['pool']})", "",
+           f"{first['problems']} pool problems, p from {first['rollouts']} rollouts each. g_i = "
+           "the gradient of problem i's loss: forward KL on its teacher reference (what fkl "
+           "trains on), reverse KL on one fresh rollout of the student (what on_policy trains "
+           "on), or self-distillation's reverse KL on one fresh rollout against the starting "
+           "student shown the solution (what self_distill trains on). SNR = ||mean g||^2 / mean "
+           "||g - mean g||^2 over a bucket's problems (bias-corrected: the 1/n bias of the "
+           "squared mean removed; ± a bootstrap standard error over the bucket's problems).", "",
+           "| p bucket | problems | mean p | " + " | ".join(
+               f"{SNR_LABELS[k][0]} SNR | {SNR_LABELS[k][0]} SNR, bias removed | "
+               f"{SNR_LABELS[k][0]} mean ||g||" for k in losses) + " |",
+           "|---" * (3 + 3 * len(losses)) + "|"]
+  se = lambda e: f" ± {e['snr_unbiased_se']:.4f}" if "snr_unbiased_se" in e else ""
+  cell = lambda e: (f"{e['snr']:.4f} | {e['snr_unbiased']:.4f}{se(e)} | {e['grad_norm']:.3f}"
+                    if "snr" in e else "- | - | -")
+  for j, a in enumerate(first["buckets"]):
+    name = (f"p = {a['lo']:g}" if a["lo"] == a["hi"] else f"{a['lo']:g} <= p <= {a['hi']:g}")
+    mean_p = f"{a['p_mean']:.2f}" if a["p_mean"] is not None else "-"
+    lines.append(f"| {name} | {a['n']} | {mean_p} | "
+                 + " | ".join(cell(snr[k]["buckets"][j]) for k in losses) + " |")
+  return lines
 
 
 def plot_snr(path: Path, snr: dict) -> None:
