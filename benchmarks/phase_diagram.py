@@ -78,11 +78,15 @@ To reproduce the hopeless axis (HA = the options every part shares):
     python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h0     # part 1a: self-distillation from the privileged student (configs/demo_models.py), 15 runs + equal-steps continuations (the first run also measures its 8 levels)
     python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h25    # part 1b
     python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h50    # part 1c
+    python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h0 --seeds 3 4 5    # part 1e: 6 seeds where 3 leave |delta| > 0.01 inside two SE (25 min)
+    python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h25 --seeds 3 4 5 --arms uniform paced posterior dapo    # part 1f (17 min)
+    python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h50 --seeds 3 4 5 --arms uniform paced posterior dapo    # part 1g (17 min)
     python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools m50    # part 1d: self-distillation at today's m50 point of the mastered axis
     python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h50 --arms uniform --seeds 0 --snr-problems 800 --snr-losses references on_policy self_distill   # gradient SNR per p bucket, three losses (p = 0 bucket ~400 problems)
     python benchmarks/phase_diagram.py $HA --regimes fkl --pools h0              # part 2a-c: forward KL along the axis (then h25, h50)
     python benchmarks/phase_diagram.py $HA --regimes on_policy --pools h0        # part 3a-c: on-policy reverse KL along the axis (then h25, h50)
-    python benchmarks/phase_diagram.py $HA --regimes fkl on_policy --pools h0 h25 h50 m50 --report-only --write-results   # the report (hopeless.md); with $HA $SD --regimes self_distill: hopeless_sd.md
+    python benchmarks/phase_diagram.py $HA --regimes fkl on_policy --pools h0 h25 h50 m50 --report-only --write-results   # the report (hopeless.md)
+    python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h0 h25 h50 --snr-pool h50 --report-only --write-results   # the self-distillation report (hopeless_sd.md, .png)
 """
 
 from __future__ import annotations
