@@ -188,9 +188,11 @@ def gradient_snr(args, log, *, loss: str = "references", extra=(), wd: Path | No
       b = on_policy_batch(run, state, {"index": sel, "weights": np.ones(chunk, np.float32)},
                           step=10**6 + c)
       parts.append({k: to_host(v)[:len(idx[c:c + chunk])] for k, v in b.items()})
-    T = max(x["tokens"].shape[1] for x in parts)
-    pad = lambda x, k: np.pad(x, [(0, 0), (0, T - x.shape[1])] + [(0, 0)] * (x.ndim - 2),
-                              constant_values=run.tokenizer.pad_id if k == "tokens" else 0)
+    # Each key to its own longest chunk: self_distill's teacher rows (the privileged prompt
+    # + the response) are longer than the student's.
+    T = {k: max(x[k].shape[1] for x in parts) for k in parts[0] if parts[0][k].ndim > 1}
+    pad = lambda x, k: np.pad(x, [(0, 0), (0, T[k] - x.shape[1])] + [(0, 0)] * (x.ndim - 2),
+                              constant_values=run.tokenizer.pad_id if "tokens" in k else 0)
     rows = {k: np.concatenate([pad(x[k], k) if x[k].ndim > 1 else x[k] for x in parts])
             for k in parts[0] if k not in ("index", "weights")}
   rows["weights"] = np.ones(len(idx), np.float32)
