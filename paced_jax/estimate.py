@@ -216,43 +216,32 @@ def estimate_pass_rates(engine: Rollouts | Decoder, problems: Sequence[Problem],
   # (rollouts.Engine.prompt_cache) prefills each once.
   keep = getattr(engine, "prompt_cache", None)
   with keep() if callable(keep) and (adaptive or screen) else contextlib.nullcontext():
-    _stages(run, everyone, successes, trials, rollouts, adaptive, screen, prior, kernel,
-            adaptive_sd, bar)
+    if adaptive:  # stages of k0 until the weight's posterior is settled (see the docstring)
+      live = everyone
+      for lo in range(0, rollouts, adaptive):
+        hi = min(lo + adaptive, rollouts)
+        run(live, lo, hi)
+        if hi < rollouts:
+          s_all, n_all = successes[live].astype(np.float64), trials[live].astype(np.float64)
+          if prior is not None:
+            s_all, n_all = s_all + s0[live], n_all + n0[live]
+          go = posterior_weight_sd(s_all, n_all, *kernel) >= adaptive_sd
+          bar.update(int((~go).sum()))
+          live = live[go]
+          if not len(live):
+            break
+    elif not screen:
+      run(everyone, 0, rollouts)
+    else:  # k0 rollouts for all; the rest where the first k0 disagree (see the docstring)
+      run(everyone, 0, screen)
+      undecided = everyone[(successes > 0) & (successes < trials)]
+      bar.update(N - len(undecided))
+      if len(undecided):
+        run(undecided, screen, rollouts)
   bar.close()
   kept.sort(key=lambda x: x[0])  # problem-major, k within a problem
   return Estimate(successes=successes, trials=trials, rollouts=[r for _, r in kept],
                   prompt_tokens=n_prompt, generated_tokens=n_tokens, flops=flops)
-
-
-def _stages(run, everyone, successes, trials, rollouts, adaptive, screen, prior, kernel,
-            adaptive_sd, bar) -> None:
-  """The engine calls of one estimate: all K at once, screened, or adaptive (see
-  `estimate_pass_rates`)."""
-  N = len(everyone)
-  if prior is not None:
-    s0, n0 = (np.asarray(x, np.float64) for x in prior)
-  if adaptive:  # stages of k0 until the weight's posterior is settled (see the docstring)
-    live = everyone
-    for lo in range(0, rollouts, adaptive):
-      hi = min(lo + adaptive, rollouts)
-      run(live, lo, hi)
-      if hi < rollouts:
-        s_all, n_all = successes[live].astype(np.float64), trials[live].astype(np.float64)
-        if prior is not None:
-          s_all, n_all = s_all + s0[live], n_all + n0[live]
-        go = posterior_weight_sd(s_all, n_all, *kernel) >= adaptive_sd
-        bar.update(int((~go).sum()))
-        live = live[go]
-        if not len(live):
-          break
-  elif not screen:
-    run(everyone, 0, rollouts)
-  else:  # k0 rollouts for all; the rest where the first k0 disagree (see the docstring)
-    run(everyone, 0, screen)
-    undecided = everyone[(successes > 0) & (successes < trials)]
-    bar.update(N - len(undecided))
-    if len(undecided):
-      run(undecided, screen, rollouts)
 
 
 def estimate_for_config(engine: Rollouts | Decoder, problems, tokenizer, verifier, cfg: Config,

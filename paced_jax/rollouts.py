@@ -374,8 +374,8 @@ class Engine:
   prompt_buckets: Sequence[int] = SampleConfig.prompt_buckets
   budget_buckets: Sequence[int] = SampleConfig.budget_buckets
   prompt_cache_mb: float = SampleConfig.prompt_cache_mb
-  # prompt tokens -> (k per layer [K, P, H], v per layer, last hidden [D]) on the host, least
-  # recently used first; None outside `prompt_cache()`
+  # prompt tokens -> (k per layer [K, P, H], v per layer, last hidden [D], bytes) on the host,
+  # least recently used first; None outside `prompt_cache()`
   _kept: collections.OrderedDict | None = dataclasses.field(default=None, init=False,
                                                             repr=False)
   _kept_bytes: int = dataclasses.field(default=0, init=False, repr=False)
@@ -428,9 +428,9 @@ class Engine:
       if size > limit:
         continue
       while self._kept and self._kept_bytes + size > limit:
-        _, old = self._kept.popitem(last=False)
-        self._kept_bytes -= sum(a.nbytes for a in (*old[0], *old[1], old[2]))
-      self._kept[key] = entry
+        _, (*_, old_size) = self._kept.popitem(last=False)
+        self._kept_bytes -= old_size
+      self._kept[key] = (*entry, size)
       self._kept_bytes += size
 
   def _kept_wave(self, keys, rows: int, P: int):
@@ -439,7 +439,7 @@ class Engine:
     entries = [self._kept[key] for key in keys]
     for key in keys:
       self._kept.move_to_end(key)
-    k0, _, h0 = entries[0]
+    k0, _, h0, _ = entries[0]
 
     def stack(layer, part):
       a = k0[layer]
@@ -535,7 +535,7 @@ class Engine:
         lens_w = plens[lo // K:lo // K + W]
         P_w = pick_bucket(int(lens_w.max()), self.prompt_buckets, "a prompt",
                           "sample.prompt_buckets")
-        mine = keys[lo // K:min(lo // K + W, N)] if keys is not None else None
+        mine = keys[lo // K:lo // K + W] if keys is not None else None
         if mine is not None and all(k in self._kept for k in mine):
           k_w, v_w, h_w = self._kept_wave(mine, len(lens_w), P_w)
           computed += len(lens_w) * unembed_flops(self.model.cfg)  # first-token logits
