@@ -20,6 +20,9 @@ Trains configs/demo.py at paced.rollouts=8 (everything else the demo's: 300 step
                  up to 3 rounds (paced.adaptive_settled=3)
   on_policy+outcomes+subset128  on_policy+outcomes re-estimating 128 random problems a round
                  (paced.refresh_subset=128) instead of 512: the training outcomes carry the rest
+  on_policy+outcomes+uncertainN  the same re-estimating N = 96, 128, 192 problems a round, the
+                 ones whose weight is least known (paced.refresh_order=uncertain: largest
+                 posterior sd of w under the discounted counts) instead of random ones
   adaptive+decay+min_slots8  adaptive+decay with the engine's drain shrinking to 8 slots
                  (sample.min_slots=8; the demo's default is 32): the same rollouts, fewer FLOPs
 and reads each run's FLOP split (flops.py convention): estimation share = rollout FLOPs /
@@ -78,6 +81,10 @@ VARIANTS = {
     "adaptive+decay+min_slots8": ("paced.adaptive_rollouts=2", "paced.merge=decay",
                                   "paced.decay_per_step=0.99", "sample.min_slots=8"),
 }
+_OUTCOMES = VARIANTS["on_policy+outcomes"]
+for _n in (96, 128, 192):  # the least-known weights first (paced.refresh_order=uncertain)
+  VARIANTS[f"on_policy+outcomes+uncertain{_n}"] = (*_OUTCOMES, f"paced.refresh_subset={_n}",
+                                                   "paced.refresh_order=uncertain")
 
 
 def config(name: str, args):

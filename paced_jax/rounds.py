@@ -55,7 +55,7 @@ def refresh(run: Run, state, round_: int, step: int, *, progress: bool = True) -
     if merged:
       metrics["frontier/train_outcomes_correct"] = right / merged
   if _estimates_pool(cfg):
-    idx, skipped = _to_estimate(run, round_)
+    idx, skipped = _to_estimate(run, round_, step)
     if recent is not None and cfg.paced.fresh_trials > 0:  # evidence enough: no estimate
       fresh = recent[run.table.rows([run.problems[i].id for i in idx])] >= cfg.paced.fresh_trials
       idx = idx[~fresh]
@@ -161,19 +161,30 @@ def _generated_round(run: Run, state, round_: int, step: int, progress: bool) ->
   return metrics
 
 
-def _to_estimate(run: Run, round_: int) -> tuple[np.ndarray, np.ndarray]:
+def _to_estimate(run: Run, round_: int, step: int) -> tuple[np.ndarray, np.ndarray]:
   """(estimated, skipped) pool indices of a refresh: problems of either phase of the run that
-  can be drawn and sampled (two_stage draws prompt-only rows later), a random
-  paced.refresh_subset of them, split by GRESO-style skipping of settled problems
-  (paced.skip_base < 1; none skipped otherwise)."""
+  can be drawn and sampled (two_stage draws prompt-only rows later), paced.refresh_subset of
+  them (random ones, or with paced.refresh_order=uncertain those whose weight's posterior sd
+  under the merged counts at `step` is largest), split by GRESO-style skipping of settled
+  problems (paced.skip_base < 1; none skipped otherwise)."""
   cfg, pool = run.cfg, run.pipeline.pool
   ok = samplable(run, True) | samplable(run, divergences.needs_reference(cfg,
                                                                           cfg.train.steps - 1))
   ok &= pool.prompt_lens <= max(cfg.sample.prompt_buckets)
   candidates = np.flatnonzero(ok)
   subset = cfg.paced.refresh_subset
-  idx = (np.sort(np.random.default_rng([cfg.seed, round_, 7]).choice(
-      candidates, subset, replace=False)) if 0 < subset < len(candidates) else candidates)
+  rng = np.random.default_rng([cfg.seed, round_, 7])
+  if not 0 < subset < len(candidates):
+    idx = candidates
+  elif cfg.paced.refresh_order == "uncertain":
+    ids = [run.problems[i].id for i in candidates]
+    s0, n0 = run.table.merged_prior(ids, step, "decay" if cfg.paced.merge == "decay"
+                                    else "accumulate", cfg.paced.decay_per_step)  # the counts
+    sd = posterior_weight_sd(s0, n0, cfg.paced.alpha, cfg.paced.beta, cfg.paced.prior_a0,
+                             cfg.paced.prior_b0)
+    idx = np.sort(candidates[np.lexsort((rng.random(len(candidates)), -sd))[:subset]])
+  else:
+    idx = np.sort(rng.choice(candidates, subset, replace=False))
   if cfg.paced.skip_base >= 1:
     return idx, idx[:0]
   # Settled problems keep their last estimate.
