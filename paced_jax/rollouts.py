@@ -350,6 +350,65 @@ decode_jit = jax.jit(decode_core, donate_argnums=(2,),
 # ----------------------------------------------------------------------------- host side
 
 
+class PromptCache:
+  """Prefilled prompts on the host, least recently used out first, up to `limit_mb`: prompt
+  tokens -> (k per layer [K, P, H] cut to the prompt's own bucket, v per layer, last hidden
+  state [D], bytes). What `Engine.prompt_cache` keeps."""
+
+  def __init__(self, limit_mb: float, prompt_buckets: Sequence[int]):
+    self.limit = limit_mb * 2 ** 20
+    self.prompt_buckets = prompt_buckets
+    self.entries: collections.OrderedDict = collections.OrderedDict()
+    self.bytes = 0
+
+  def __len__(self) -> int:
+    return len(self.entries)
+
+  def __contains__(self, key) -> bool:
+    return key in self.entries
+
+  def keep(self, keys, wave: Wave, h_WD, lengths) -> None:
+    """Each of `keys`' prompt rows of a prefilled wave, cut to its own prompt bucket."""
+    ks, vs, h = jax.device_get((wave.k, wave.v, h_WD))
+    for j, key in enumerate(keys):
+      if key in self.entries:
+        self.entries.move_to_end(key)
+        continue
+      pb = min(pick_bucket(int(lengths[j]), self.prompt_buckets, "a prompt",
+                           "sample.prompt_buckets"), ks[0].shape[2])
+      entry = (tuple(np.ascontiguousarray(a[j, :, :pb]) for a in ks),
+               tuple(np.ascontiguousarray(a[j, :, :pb]) for a in vs), np.array(h[j]))
+      size = sum(a.nbytes for a in (*entry[0], *entry[1], entry[2]))
+      if size > self.limit:
+        continue
+      while self.entries and self.bytes + size > self.limit:
+        _, (*_, old_size) = self.entries.popitem(last=False)
+        self.bytes -= old_size
+      self.entries[key] = (*entry, size)
+      self.bytes += size
+
+  def wave(self, keys, rows: int, P: int):
+    """KV [rows, K, P, H] per layer and last hidden states [rows, D] of kept prompts (rows past
+    `keys`: zeros, the wave's padding)."""
+    entries = [self.entries[key] for key in keys]
+    for key in keys:
+      self.entries.move_to_end(key)
+    k0, _, h0, _ = entries[0]
+
+    def stack(layer, part):
+      a = k0[layer]
+      out = np.zeros((rows, a.shape[0], P, a.shape[2]), a.dtype)
+      for j, e in enumerate(entries):
+        out[j, :, :e[part][layer].shape[1]] = e[part][layer]
+      return out
+
+    h = np.zeros((rows, h0.shape[0]), h0.dtype)
+    for j, e in enumerate(entries):
+      h[j] = e[2]
+    return (tuple(stack(i, 0) for i in range(len(k0))), tuple(stack(i, 1) for i in range(len(k0))),
+            h)
+
+
 @dataclasses.dataclass
 class Engine:
   """Continuous-batching rollouts for one model (see the module docstring).
@@ -374,11 +433,8 @@ class Engine:
   prompt_buckets: Sequence[int] = SampleConfig.prompt_buckets
   budget_buckets: Sequence[int] = SampleConfig.budget_buckets
   prompt_cache_mb: float = SampleConfig.prompt_cache_mb
-  # prompt tokens -> (k per layer [K, P, H], v per layer, last hidden [D], bytes) on the host,
-  # least recently used first; None outside `prompt_cache()`
-  _kept: collections.OrderedDict | None = dataclasses.field(default=None, init=False,
-                                                            repr=False)
-  _kept_bytes: int = dataclasses.field(default=0, init=False, repr=False)
+  _kept: PromptCache | None = dataclasses.field(default=None, init=False, repr=False)  # None
+  # outside `prompt_cache()`
 
   def __post_init__(self):
     for name, v in (("slots", self.slots), ("block", self.block), ("wave", self.wave or 1),
@@ -394,8 +450,7 @@ class Engine:
     old weights')."""
     self.model = nnx.merge(nnx.graphdef(self.model), params)
     if self._kept is not None:
-      self._kept.clear()
-      self._kept_bytes = 0
+      self._kept = PromptCache(self.prompt_cache_mb, self.prompt_buckets)
 
   @contextlib.contextmanager
   def prompt_cache(self):
@@ -406,53 +461,11 @@ class Engine:
     if self.prompt_cache_mb <= 0 or self._kept is not None:  # off, or already inside one
       yield self
       return
-    self._kept, self._kept_bytes = collections.OrderedDict(), 0
+    self._kept = PromptCache(self.prompt_cache_mb, self.prompt_buckets)
     try:
       yield self
     finally:
-      self._kept, self._kept_bytes = None, 0
-
-  def _keep(self, keys, wave: Wave, h_WD, lengths) -> None:
-    """Each of `keys`' prompt rows of a prefilled wave, cut to its own prompt bucket."""
-    ks, vs, h = jax.device_get((wave.k, wave.v, h_WD))
-    limit = self.prompt_cache_mb * 2 ** 20
-    for j, key in enumerate(keys):
-      if key in self._kept:
-        self._kept.move_to_end(key)
-        continue
-      pb = min(pick_bucket(int(lengths[j]), self.prompt_buckets, "a prompt",
-                           "sample.prompt_buckets"), ks[0].shape[2])
-      entry = (tuple(np.ascontiguousarray(a[j, :, :pb]) for a in ks),
-               tuple(np.ascontiguousarray(a[j, :, :pb]) for a in vs), np.array(h[j]))
-      size = sum(a.nbytes for a in (*entry[0], *entry[1], entry[2]))
-      if size > limit:
-        continue
-      while self._kept and self._kept_bytes + size > limit:
-        _, (*_, old_size) = self._kept.popitem(last=False)
-        self._kept_bytes -= old_size
-      self._kept[key] = (*entry, size)
-      self._kept_bytes += size
-
-  def _kept_wave(self, keys, rows: int, P: int):
-    """KV [rows, K, P, H] per layer and last hidden states [rows, D] of kept prompts (rows past
-    `keys`: zeros, the wave's padding)."""
-    entries = [self._kept[key] for key in keys]
-    for key in keys:
-      self._kept.move_to_end(key)
-    k0, _, h0, _ = entries[0]
-
-    def stack(layer, part):
-      a = k0[layer]
-      out = np.zeros((rows, a.shape[0], P, a.shape[2]), a.dtype)
-      for j, e in enumerate(entries):
-        out[j, :, :e[part][layer].shape[1]] = e[part][layer]
-      return out
-
-    h = np.zeros((rows, h0.shape[0]), h0.dtype)
-    for j, e in enumerate(entries):
-      h[j] = e[2]
-    return (tuple(stack(i, 0) for i in range(len(k0))), tuple(stack(i, 1) for i in range(len(k0))),
-            h)
+      self._kept = None
 
   def sample(self, prompts: Sequence[Sequence[int]], *, rollouts: int, knobs: Knobs = Knobs(),
              rng: int | jax.Array = 0, stop_ids: Sequence[int] | int | None = None,
@@ -537,7 +550,7 @@ class Engine:
                           "sample.prompt_buckets")
         mine = keys[lo // K:lo // K + W] if keys is not None else None
         if mine is not None and all(k in self._kept for k in mine):
-          k_w, v_w, h_w = self._kept_wave(mine, len(lens_w), P_w)
+          k_w, v_w, h_w = self._kept.wave(mine, len(lens_w), P_w)
           computed += len(lens_w) * unembed_flops(self.model.cfg)  # first-token logits
           cached += len(mine)
           wave = cached_jit(graphdef, params, k_w, v_w, h_w, lens_w, kn, key, stream,
@@ -549,7 +562,7 @@ class Engine:
                                   kn, key, stream, np.int32(lo), rollouts=K,
                                   strategy=self.strategy)
           if mine is not None:
-            self._keep(mine, wave, h_w, lens_w)
+            self._kept.keep(mine, wave, h_w, lens_w)
         if w == n_waves - 1 and W_last < W:
           wave = pad_wave_jit(wave, W)
         wave = wave.replace(hi=jnp.int32(min(lo + W * K, R)))

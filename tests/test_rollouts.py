@@ -369,7 +369,7 @@ def test_prompt_cache_keeps_what_fits_and_forgets_on_new_weights(model):
   call = lambda ps: eng.sample(ps, rollouts=2, rng=3, stop_ids=[5], pad_id=0, knobs=kn)
   with eng.prompt_cache():
     call(prompts)
-    per_prompt = eng._kept_bytes / len(eng._kept)
+    per_prompt = eng._kept.bytes / len(eng._kept)
     assert len(eng._kept) == 12
     assert call(prompts[:4]).cached_prompts == 4
     eng.set_params(nnx.state(model, nnx.Param))
@@ -379,7 +379,7 @@ def test_prompt_cache_keeps_what_fits_and_forgets_on_new_weights(model):
   eng.prompt_cache_mb = 5.5 * per_prompt / 2 ** 20
   with eng.prompt_cache():
     call(prompts)
-    assert 0 < len(eng._kept) < 12 and eng._kept_bytes <= eng.prompt_cache_mb * 2 ** 20
+    assert 0 < len(eng._kept) < 12 and eng._kept.bytes <= eng.prompt_cache_mb * 2 ** 20
     kept = [p for p in prompts if tuple(p) in eng._kept]
     dropped = [p for p in prompts if tuple(p) not in eng._kept]
     assert call(kept[:4]).prefill_rows == 0
