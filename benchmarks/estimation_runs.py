@@ -82,9 +82,10 @@ VARIANTS = {
                                   "paced.decay_per_step=0.99", "sample.min_slots=8"),
 }
 _OUTCOMES = VARIANTS["on_policy+outcomes"]
-for _n in (96, 128, 192):  # the least-known weights first (paced.refresh_order=uncertain)
-  VARIANTS[f"on_policy+outcomes+uncertain{_n}"] = (*_OUTCOMES, f"paced.refresh_subset={_n}",
-                                                   "paced.refresh_order=uncertain")
+for _n in (96, 128, 192):  # paced.refresh_order: the least-known weights, or the thinnest counts
+  for _order in ("uncertain", "thinnest"):
+    VARIANTS[f"on_policy+outcomes+{_order}{_n}"] = (*_OUTCOMES, f"paced.refresh_subset={_n}",
+                                                    f"paced.refresh_order={_order}")
 
 
 def config(name: str, args):

@@ -176,13 +176,14 @@ def _to_estimate(run: Run, round_: int, step: int) -> tuple[np.ndarray, np.ndarr
   rng = np.random.default_rng([cfg.seed, round_, 7])
   if not 0 < subset < len(candidates):
     idx = candidates
-  elif cfg.paced.refresh_order == "uncertain":
+  elif cfg.paced.refresh_order in ("uncertain", "thinnest"):
     ids = [run.problems[i].id for i in candidates]
     s0, n0 = run.table.merged_prior(ids, step, "decay" if cfg.paced.merge == "decay"
                                     else "accumulate", cfg.paced.decay_per_step)  # the counts
-    sd = posterior_weight_sd(s0, n0, cfg.paced.alpha, cfg.paced.beta, cfg.paced.prior_a0,
-                             cfg.paced.prior_b0)
-    idx = np.sort(candidates[np.lexsort((rng.random(len(candidates)), -sd))[:subset]])
+    need = (n0 if cfg.paced.refresh_order == "thinnest" else
+            -posterior_weight_sd(s0, n0, cfg.paced.alpha, cfg.paced.beta, cfg.paced.prior_a0,
+                                 cfg.paced.prior_b0))
+    idx = np.sort(candidates[np.lexsort((rng.random(len(candidates)), need))[:subset]])
   else:
     idx = np.sort(rng.choice(candidates, subset, replace=False))
   if cfg.paced.skip_base >= 1:

@@ -198,14 +198,16 @@ def _weight_sd_by_quadrature(s, n, a0=1.0, b0=1.0):
   return np.sqrt(max(m2 - m1 * m1, 0.0))
 
 
-def test_refresh_order_uncertain_estimates_the_least_known_weights(tmp_path):
+@pytest.mark.parametrize("order", ["uncertain", "thinnest"])
+def test_refresh_order_estimates_the_least_known_problems(tmp_path, order):
   # paced.refresh_order=uncertain: each refresh estimates the refresh_subset problems whose
   # weight's posterior sd under the discounted counts is largest (computed here from the
-  # definition by quadrature), not a random subset.
+  # definition by quadrature); thinnest: those with the fewest discounted trials; not a random
+  # subset.
   K, n, g = 2, 16, 0.5
   stub = Stub(K)
   run, state = _run(tmp_path, stub, f"paced.refresh_subset={n}", "paced.merge=decay",
-                    f"paced.decay_per_step={g}", "paced.refresh_order=uncertain")
+                    f"paced.decay_per_step={g}", f"paced.refresh_order={order}")
   ids = [p.id for p in run.problems]
   train_lib.refresh(run, state, 0, 0, progress=False)
   assert len(stub.calls) == n
@@ -213,8 +215,11 @@ def test_refresh_order_uncertain_estimates_the_least_known_weights(tmp_path):
     s, trials = run.table.counts()
     age = np.where(run.table.step >= 0, step - run.table.step, 0)
     rows = run.table.rows(ids)
-    sd = np.array([_weight_sd_by_quadrature(g ** age[r] * s[r], g ** age[r] * trials[r])
-                   for r in rows])
+    if order == "uncertain":
+      sd = np.array([_weight_sd_by_quadrature(g ** age[r] * s[r], g ** age[r] * trials[r])
+                     for r in rows])
+    else:  # "need" = minus the discounted trials
+      sd = -np.array([g ** age[r] * trials[r] for r in rows], float)
     before = dict(stub.calls)
     train_lib.refresh(run, state, round_, step, progress=False)
     chosen = np.array([stub.calls.get(i, 0) > before.get(i, 0) for i in ids])
