@@ -20,9 +20,12 @@ Trains configs/demo.py at paced.rollouts=8 (everything else the demo's: 300 step
                  up to 3 rounds (paced.adaptive_settled=3)
   on_policy+outcomes+subset128  on_policy+outcomes re-estimating 128 random problems a round
                  (paced.refresh_subset=128) instead of 512: the training outcomes carry the rest
-  on_policy+outcomes+uncertainN  the same re-estimating N = 96, 128, 192 problems a round, the
-                 ones whose weight is least known (paced.refresh_order=uncertain: largest
-                 posterior sd of w under the discounted counts) instead of random ones
+  on_policy+outcomes+thinnestN  the same re-estimating N = 96, 128, 192 problems a round, the
+                 ones with the fewest discounted trials (paced.refresh_order=thinnest: never
+                 estimated first, then the stalest; the training outcomes carry the problems
+                 the run trains on) instead of random ones
+  on_policy+outcomes+thinnestNx2  thinnest, N = 256, 384, one stage of 2 rollouts each
+                 (paced.adaptive_sd=1.0: every problem stops there), spread over more problems
   adaptive+decay+min_slots8  adaptive+decay with the engine's drain shrinking to 8 slots
                  (sample.min_slots=8; the demo's default is 32): the same rollouts, fewer FLOPs
 and reads each run's FLOP split (flops.py convention): estimation share = rollout FLOPs /
@@ -82,10 +85,14 @@ VARIANTS = {
                                   "paced.decay_per_step=0.99", "sample.min_slots=8"),
 }
 _OUTCOMES = VARIANTS["on_policy+outcomes"]
-for _n in (96, 128, 192):  # paced.refresh_order: the least-known weights, or the thinnest counts
-  for _order in ("uncertain", "thinnest"):
-    VARIANTS[f"on_policy+outcomes+{_order}{_n}"] = (*_OUTCOMES, f"paced.refresh_subset={_n}",
-                                                    f"paced.refresh_order={_order}")
+for _n in (96, 128, 192):  # paced.refresh_order=thinnest: the fewest discounted trials first
+  VARIANTS[f"on_policy+outcomes+thinnest{_n}"] = (*_OUTCOMES, f"paced.refresh_subset={_n}",
+                                                  "paced.refresh_order=thinnest")
+for _n in (256, 384):  # one stage of 2 rollouts each (adaptive_sd so wide that every problem
+  # stops there), spread over more problems; the decayed counts add up over rounds
+  VARIANTS[f"on_policy+outcomes+thinnest{_n}x2"] = (
+      *_OUTCOMES, f"paced.refresh_subset={_n}", "paced.refresh_order=thinnest",
+      "paced.adaptive_sd=1.0")
 
 
 def config(name: str, args):

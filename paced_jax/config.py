@@ -244,13 +244,11 @@ class PacedConfig:
   rollouts: int = 8  # K rollouts per problem per estimate
   refresh_every: int = 50  # R steps between re-estimates
   refresh_subset: int = 0  # problems re-estimated per refresh; 0: the whole pool
-  # Which refresh_subset problems a refresh estimates: random (a fresh random draw each round);
-  # uncertain: the ones whose frontier weight is least known, the largest posterior sd of
-  # w(p) under their merged counts (with merge=decay the discounted ones, so old evidence
-  # counts less; never-estimated problems have the prior's sd); thinnest: the fewest merged
-  # (discounted) trials, never-estimated first, so training outcomes (paced.train_outcomes)
-  # stand in for the problems a run trains on. Ties in random order.
-  refresh_order: Literal["random", "uncertain", "thinnest"] = "random"
+  # Which refresh_subset problems a refresh estimates: random (a fresh random draw each round)
+  # or thinnest: the fewest merged trials (with merge=decay the discounted ones, so old
+  # evidence counts less), never-estimated first, ties in random order; with
+  # paced.train_outcomes the problems a run trains on are then left to their training outcomes.
+  refresh_order: Literal["random", "thinnest"] = "random"
   # How a problem's new counts combine with its old ones (frontier.PassRateTable.update):
   # replace (the new estimate alone), accumulate (sums), decay: at an update at step t of counts
   # last updated at t_last, s <- g^(t - t_last) s + s_new and n likewise, g = decay_per_step in
@@ -314,8 +312,8 @@ class PacedConfig:
               ("eps", 0 <= self.eps <= 1, "in [0, 1]"), ("rollouts", self.rollouts >= 1, ">= 1"),
               ("refresh_every", self.refresh_every >= 1, ">= 1"),
               ("refresh_subset", self.refresh_subset >= 0, ">= 0 (0 is the whole pool)"),
-              ("refresh_order", self.refresh_order in ("random", "uncertain", "thinnest"),
-               "random, uncertain or thinnest"),
+              ("refresh_order", self.refresh_order in ("random", "thinnest"),
+               "random or thinnest"),
               ("refresh_order", self.refresh_order == "random" or self.refresh_subset > 0,
                "random unless paced.refresh_subset > 0 (the whole pool has no order to pick)"),
               ("screen_rollouts", 0 <= self.screen_rollouts < self.rollouts,

@@ -164,9 +164,9 @@ def _generated_round(run: Run, state, round_: int, step: int, progress: bool) ->
 def _to_estimate(run: Run, round_: int, step: int) -> tuple[np.ndarray, np.ndarray]:
   """(estimated, skipped) pool indices of a refresh: problems of either phase of the run that
   can be drawn and sampled (two_stage draws prompt-only rows later), paced.refresh_subset of
-  them (random ones, or with paced.refresh_order=uncertain those whose weight's posterior sd
-  under the merged counts at `step` is largest), split by GRESO-style skipping of settled
-  problems (paced.skip_base < 1; none skipped otherwise)."""
+  them (random ones, or with paced.refresh_order=thinnest those with the fewest merged trials
+  at `step`), split by GRESO-style skipping of settled problems (paced.skip_base < 1; none
+  skipped otherwise)."""
   cfg, pool = run.cfg, run.pipeline.pool
   ok = samplable(run, True) | samplable(run, divergences.needs_reference(cfg,
                                                                           cfg.train.steps - 1))
@@ -176,14 +176,11 @@ def _to_estimate(run: Run, round_: int, step: int) -> tuple[np.ndarray, np.ndarr
   rng = np.random.default_rng([cfg.seed, round_, 7])
   if not 0 < subset < len(candidates):
     idx = candidates
-  elif cfg.paced.refresh_order in ("uncertain", "thinnest"):
+  elif cfg.paced.refresh_order == "thinnest":  # the fewest merged (discounted) trials first
     ids = [run.problems[i].id for i in candidates]
-    s0, n0 = run.table.merged_prior(ids, step, "decay" if cfg.paced.merge == "decay"
-                                    else "accumulate", cfg.paced.decay_per_step)  # the counts
-    need = (n0 if cfg.paced.refresh_order == "thinnest" else
-            -posterior_weight_sd(s0, n0, cfg.paced.alpha, cfg.paced.beta, cfg.paced.prior_a0,
-                                 cfg.paced.prior_b0))
-    idx = np.sort(candidates[np.lexsort((rng.random(len(candidates)), need))[:subset]])
+    _, n0 = run.table.merged_prior(ids, step, "decay" if cfg.paced.merge == "decay"
+                                   else "accumulate", cfg.paced.decay_per_step)
+    idx = np.sort(candidates[np.lexsort((rng.random(len(candidates)), n0))[:subset]])
   else:
     idx = np.sort(rng.choice(candidates, subset, replace=False))
   if cfg.paced.skip_base >= 1:

@@ -189,53 +189,41 @@ def test_loss_by_p_uses_the_pass_rates_of_the_step(tmp_path, monkeypatch):
   assert len({k for r in rows.values() for k in r if k.startswith("loss_by_p/")}) == 4
 
 
-def _weight_sd_by_quadrature(s, n, a0=1.0, b0=1.0):
-  """sd of w = p (1 - p) for p ~ Beta(s + a0, n - s + b0), by numerical integration."""
-  from scipy import integrate
-  dist = stats.beta(s + a0, n - s + b0)
-  m1 = integrate.quad(lambda p: p * (1 - p) * dist.pdf(p), 0, 1)[0]
-  m2 = integrate.quad(lambda p: (p * (1 - p)) ** 2 * dist.pdf(p), 0, 1)[0]
-  return np.sqrt(max(m2 - m1 * m1, 0.0))
 
-
-@pytest.mark.parametrize("order", ["uncertain", "thinnest"])
-def test_refresh_order_estimates_the_least_known_problems(tmp_path, order):
-  # paced.refresh_order=uncertain: each refresh estimates the refresh_subset problems whose
-  # weight's posterior sd under the discounted counts is largest (computed here from the
-  # definition by quadrature); thinnest: those with the fewest discounted trials; not a random
-  # subset.
+def test_refresh_order_thinnest_estimates_the_fewest_discounted_trials(tmp_path):
+  # paced.refresh_order=thinnest: each refresh estimates the refresh_subset problems with the
+  # fewest discounted trials (g^age n, computed here), never-estimated first; not a random
+  # subset (run beside it on the same pool).
   K, n, g = 2, 16, 0.5
   stub = Stub(K)
   run, state = _run(tmp_path, stub, f"paced.refresh_subset={n}", "paced.merge=decay",
-                    f"paced.decay_per_step={g}", f"paced.refresh_order={order}")
+                    f"paced.decay_per_step={g}", "paced.refresh_order=thinnest")
   ids = [p.id for p in run.problems]
   train_lib.refresh(run, state, 0, 0, progress=False)
   assert len(stub.calls) == n
-  for round_, step in ((1, 1), (2, 3)):
-    s, trials = run.table.counts()
-    age = np.where(run.table.step >= 0, step - run.table.step, 0)
+  for round_, step in ((1, 1), (2, 3), (3, 4)):
+    if round_ == 2:
+      never_thin = int((run.table.step < 0).sum())  # after two rounds
+    _, trials = run.table.counts()
     rows = run.table.rows(ids)
-    if order == "uncertain":
-      sd = np.array([_weight_sd_by_quadrature(g ** age[r] * s[r], g ** age[r] * trials[r])
-                     for r in rows])
-    else:  # "need" = minus the discounted trials
-      sd = -np.array([g ** age[r] * trials[r] for r in rows], float)
+    age = np.where(run.table.step >= 0, step - run.table.step, 0)[rows]
+    thin = g ** age * trials[rows]
     before = dict(stub.calls)
     train_lib.refresh(run, state, round_, step, progress=False)
     chosen = np.array([stub.calls.get(i, 0) > before.get(i, 0) for i in ids])
     assert chosen.sum() == n
-    assert sd[chosen].min() >= sd[~chosen].max() - 1e-9, (round_, sd[chosen].min(),
-                                                         sd[~chosen].max())
-    assert sd[~chosen].min() < sd[chosen].min() - 1e-3  # better-known weights were left out
-  # Random order picks other problems from the same table.
+    assert thin[chosen].max() <= thin[~chosen].min() + 1e-9, (round_, thin[chosen].max(),
+                                                             thin[~chosen].min())
+    if round_ == 3:  # every problem estimated by now: the order is by age, not by never/ever
+      assert thin[~chosen].max() > thin[chosen].max() + 1e-3
   run2, state2 = _run(tmp_path / "random", Stub(K), f"paced.refresh_subset={n}",
                       "paced.merge=decay", f"paced.decay_per_step={g}")
-  train_lib.refresh(run2, state2, 0, 0, progress=False)
-  train_lib.refresh(run2, state2, 1, 1, progress=False)
-  assert run2.table.step.tolist() != run.table.step.tolist()
+  for round_, step in ((0, 0), (1, 1)):
+    train_lib.refresh(run2, state2, round_, step, progress=False)
+  assert never_thin == len(ids) - 2 * n < int((run2.table.step < 0).sum())  # random repeats
 
 
-def test_refresh_order_uncertain_needs_a_subset():
+def test_refresh_order_thinnest_needs_a_subset():
   from paced_jax.config import ConfigError
   with pytest.raises(ConfigError, match="paced.refresh_order"):
-    load_config(TINY, ["paced.refresh_subset=0", "paced.refresh_order=uncertain"])
+    load_config(TINY, ["paced.refresh_subset=0", "paced.refresh_order=thinnest"])
