@@ -26,6 +26,8 @@ Trains configs/demo.py at paced.rollouts=8 (everything else the demo's: 300 step
                  the run trains on) instead of random ones
   on_policy+outcomes+thinnestNx2  thinnest, N = 256, 384, one stage of 2 rollouts each
                  (paced.adaptive_sd=1.0: every problem stops there), spread over more problems
+  on_policy+outcomes+thinnestNx2+decay0.995  the same, N = 192, 256, with old counts
+                 discounted more slowly (paced.decay_per_step=0.995)
   adaptive+decay+min_slots8  adaptive+decay with the engine's drain shrinking to 8 slots
                  (sample.min_slots=8; the demo's default is 32): the same rollouts, fewer FLOPs
 and reads each run's FLOP split (flops.py convention): estimation share = rollout FLOPs /
@@ -85,14 +87,21 @@ VARIANTS = {
                                   "paced.decay_per_step=0.99", "sample.min_slots=8"),
 }
 _OUTCOMES = VARIANTS["on_policy+outcomes"]
-for _n in (96, 128, 192):  # paced.refresh_order=thinnest: the fewest discounted trials first
-  VARIANTS[f"on_policy+outcomes+thinnest{_n}"] = (*_OUTCOMES, f"paced.refresh_subset={_n}",
-                                                  "paced.refresh_order=thinnest")
+
+
+def _thinnest(n: int, *extra: str) -> tuple[str, ...]:
+  """on_policy+outcomes re-estimating the n problems with the fewest discounted trials."""
+  return (*_OUTCOMES, f"paced.refresh_subset={n}", "paced.refresh_order=thinnest", *extra)
+
+
+for _n in (96, 128, 192):
+  VARIANTS[f"on_policy+outcomes+thinnest{_n}"] = _thinnest(_n)
 for _n in (256, 384):  # one stage of 2 rollouts each (adaptive_sd so wide that every problem
   # stops there), spread over more problems; the decayed counts add up over rounds
-  VARIANTS[f"on_policy+outcomes+thinnest{_n}x2"] = (
-      *_OUTCOMES, f"paced.refresh_subset={_n}", "paced.refresh_order=thinnest",
-      "paced.adaptive_sd=1.0")
+  VARIANTS[f"on_policy+outcomes+thinnest{_n}x2"] = _thinnest(_n, "paced.adaptive_sd=1.0")
+for _n in (192, 256):  # the same, old counts discounted more slowly (half-life 138 steps)
+  VARIANTS[f"on_policy+outcomes+thinnest{_n}x2+decay0.995"] = _thinnest(
+      _n, "paced.adaptive_sd=1.0", "paced.decay_per_step=0.995")
 
 
 def config(name: str, args):
