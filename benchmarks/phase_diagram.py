@@ -83,9 +83,12 @@ To reproduce the hopeless axis (HA = the options every part shares):
     python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h50 --seeds 3 4 5 --arms uniform paced posterior dapo    # part 1g (17 min)
     python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools m50    # part 1d: self-distillation at today's m50 point of the mastered axis
     python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h50 --arms uniform --seeds 0 --snr-problems 800 --snr-losses references on_policy self_distill   # gradient SNR per p bucket, three losses (p = 0 bucket ~400 problems)
-    python benchmarks/phase_diagram.py $HA --regimes fkl --pools h0              # part 2a-c: forward KL along the axis (then h25, h50)
+    python benchmarks/phase_diagram.py $HA --regimes fkl --pools h0              # part 2a-c: forward KL along the axis (then h25, h50; 19-24 min each)
+    python benchmarks/phase_diagram.py $HA --regimes fkl --pools h0 --seeds 3 4 5 --arms uniform posterior dapo    # part 2d: 6 seeds where 3 leave |delta| > 0.01 inside two SE
+    python benchmarks/phase_diagram.py $HA --regimes fkl --pools h25 --seeds 3 4 5 --arms uniform paced posterior dapo    # part 2e
+    python benchmarks/phase_diagram.py $HA --regimes fkl --pools h50 --seeds 3 4 5 --arms uniform paced akl    # part 2f: 6 seeds for the arms ahead after 3
     python benchmarks/phase_diagram.py $HA --regimes on_policy --pools h0        # part 3a-c: on-policy reverse KL along the axis (then h25, h50)
-    python benchmarks/phase_diagram.py $HA --regimes fkl on_policy --pools h0 h25 h50 m50 --report-only --write-results   # the report (hopeless.md)
+    python benchmarks/phase_diagram.py $HA --regimes fkl --pools h0 h25 h50 --report-only --write-results   # the report (hopeless.md, .png; add on_policy once part 3 has run)
     python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h0 h25 h50 --snr-pool h50 --report-only --write-results   # the self-distillation report (hopeless_sd.md, .png)
 """
 
