@@ -87,8 +87,9 @@ To reproduce the hopeless axis (HA = the options every part shares):
     python benchmarks/phase_diagram.py $HA --regimes fkl --pools h0 --seeds 3 4 5 --arms uniform posterior dapo    # part 2d: 6 seeds where 3 leave |delta| > 0.01 inside two SE
     python benchmarks/phase_diagram.py $HA --regimes fkl --pools h25 --seeds 3 4 5 --arms uniform paced posterior dapo    # part 2e
     python benchmarks/phase_diagram.py $HA --regimes fkl --pools h50 --seeds 3 4 5 --arms uniform paced akl    # part 2f: 6 seeds for the arms ahead after 3
-    python benchmarks/phase_diagram.py $HA --regimes on_policy --pools h0        # part 3a-c: on-policy reverse KL along the axis (then h25, h50)
-    python benchmarks/phase_diagram.py $HA --regimes fkl --pools h0 h25 h50 --report-only --write-results   # the report (hopeless.md, .png; add on_policy once part 3 has run)
+    python benchmarks/phase_diagram.py $HA --regimes on_policy --pools h0        # part 3a-c: on-policy reverse KL along the axis (then h25, h50; 24 min each, two at once)
+    python benchmarks/phase_diagram.py $HA --regimes on_policy --pools h50 --seeds 3 4 5 --arms uniform dapo    # part 3d: 6 seeds for the arm ahead after 3
+    python benchmarks/phase_diagram.py $HA --regimes fkl on_policy --pools h0 h25 h50 --report-only --write-results   # the report (hopeless.md, .png)
     python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h0 h25 h50 --snr-pool h50 --report-only --write-results   # the self-distillation report (hopeless_sd.md, .png)
 """
 
@@ -522,9 +523,8 @@ def plot(path: Path, summary: dict, arms=("paced", "posterior", "dapo")) -> None
     ax.axhline(0, color="gray", lw=0.8)
     ax.set(xlabel=xlabel, ylabel="arm - uniform, held-out pool score",
            title=f"Frontier weighting's gain over uniform, {name} axis")
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not on, the data
+  fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)
 
 
