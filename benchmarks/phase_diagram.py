@@ -89,6 +89,7 @@ To reproduce the hopeless axis (HA = the options every part shares):
     python benchmarks/phase_diagram.py $HA --regimes fkl --pools h50 --seeds 3 4 5 --arms uniform paced akl    # part 2f: 6 seeds for the arms ahead after 3
     python benchmarks/phase_diagram.py $HA --regimes on_policy --pools h0        # part 3a-c: on-policy reverse KL along the axis (then h25, h50; 24 min each, two at once)
     python benchmarks/phase_diagram.py $HA --regimes on_policy --pools h50 --seeds 3 4 5 --arms uniform dapo    # part 3d: 6 seeds for the arm ahead after 3
+    python benchmarks/phase_diagram.py $HA --regimes on_policy --pools h25 --seeds 3 4 5 --arms uniform paced dapo    # part 3e: 6 seeds where 3 leave |delta| > 0.01 inside two SE
     python benchmarks/phase_diagram.py $HA --regimes fkl on_policy --pools h0 h25 h50 --report-only --write-results   # the report (hopeless.md, .png)
     python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h0 h25 h50 --snr-pool h50 --report-only --write-results   # the self-distillation report (hopeless_sd.md, .png)
 """
