@@ -189,7 +189,6 @@ def test_loss_by_p_uses_the_pass_rates_of_the_step(tmp_path, monkeypatch):
   assert len({k for r in rows.values() for k in r if k.startswith("loss_by_p/")}) == 4
 
 
-
 def test_refresh_order_thinnest_estimates_the_fewest_discounted_trials(tmp_path):
   # paced.refresh_order=thinnest: each refresh estimates the refresh_subset problems with the
   # fewest discounted trials (g^age n, computed here), never-estimated first; not a random
