@@ -136,3 +136,14 @@ def test_cli_smoke_tiny():
   out = _paced("smoke", DEMO + ":tiny", "--seq", "8", "--batch", "2")
   assert out.returncode == 0, out.stderr
   assert "student:" in out.stdout and "teacher:" in out.stdout and "finite=True" in out.stdout
+
+
+def test_cli_refresh_order_without_a_subset_is_one_line_and_writes_nothing(tmp_path):
+  wd = tmp_path / "run"
+  out = _paced("train", DEMO, "--workdir", str(wd), "--set", "paced.refresh_order=thinnest",
+               "--set", "paced.refresh_subset=0")
+  assert out.returncode == 2
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("paced: error:"), out.stderr
+  assert "paced.refresh_order" in lines[0] and "refresh_subset" in lines[0]
+  assert not wd.exists()
