@@ -68,9 +68,10 @@ def common_overrides(args) -> list[str]:
           f"paced.refresh_subset={args.refresh_subset}", f"eval.max_problems={args.eval_problems}"]
 
 
-def run_arm(args, arm: str, seed: int, extra: list[str], log, check=None) -> dict:
+def run_arm(args, arm: str, seed: int, extra: list[str], log, check=None,
+            arms: dict | None = None) -> dict:
   """One arm's run (resumed or read back when it exists). `check(cfg)` sees the resolved
-  config before training and may stop the sweep."""
+  config before training and may stop the sweep. `arms`: the arm table (default ARMS)."""
   from paced_jax.config import load_config
   from paced_jax.metrics import read_metrics
   from paced_jax.train import train
@@ -78,7 +79,7 @@ def run_arm(args, arm: str, seed: int, extra: list[str], log, check=None) -> dic
   wd = Path(args.out) / arm / f"seed_{seed}"
   done = wd / "eval_after.json"
   if not done.exists():
-    over = common_overrides(args) + list(ARMS[arm]) + extra + [f"seed={seed}"]
+    over = common_overrides(args) + list((arms or ARMS)[arm]) + extra + [f"seed={seed}"]
     cfg = load_config(args.config, over)
     if check is not None:
       check(cfg)

@@ -28,7 +28,15 @@ Steps:
    (eval_after.json) is read, not rerun, so a command can be split by pools, arms, seeds,
    regimes or K and rerun safely; every command summarises all finished runs under --out.
    self_distill: reverse KL on the student's rollouts against a frozen copy of the starting
-   student shown the reference solution (loss.privileged_template).
+   student shown the reference solution (loss.privileged_template). fkl_teacher /
+   fkl_teacher_unverified: forward KL on the teacher's own responses (data.reference=teacher,
+   sampled once per problem and seed into one cache per pool, <out>/POOL/references), kept
+   only when they verify (a problem with none is never drawn) or every one as it comes
+   (data.reference_verify=false). Arms gen_uniform / gen_paced train on generated rounds
+   (frontier synthesis: fresh problems of the pool's families and of the levels it weights,
+   uniform over those cells or by each cell's p(1-p)) at the same budget, scored on the same
+   held-out problems; they are left out where undefined (teacher references are sampled for
+   a fixed pool).
    Two views (--views): "flops" is the above; "steps" (the paper's view) continues each run that
    stopped at the budget before uniform's --budget-steps (a copy of its workdir, resumed without
    the budget: <out>/POOL/steps/REGIME/ARM/seed_S) and evaluates it there, so both views come
@@ -90,7 +98,10 @@ To reproduce the hopeless axis (HA = the options every part shares):
     python benchmarks/phase_diagram.py $HA --regimes on_policy --pools h0        # part 3a-c: on-policy reverse KL along the axis (then h25, h50; 24 min each, two at once)
     python benchmarks/phase_diagram.py $HA --regimes on_policy --pools h50 --seeds 3 4 5 --arms uniform dapo    # part 3d: 6 seeds for the arm ahead after 3
     python benchmarks/phase_diagram.py $HA --regimes on_policy --pools h25 --seeds 3 4 5 --arms uniform paced dapo    # part 3e: 6 seeds where 3 leave |delta| > 0.01 inside two SE
-    python benchmarks/phase_diagram.py $HA --regimes fkl on_policy --pools h0 h25 h50 --report-only --write-results   # the report (hopeless.md, .png)
+    python benchmarks/phase_diagram.py $HA --regimes fkl_teacher --pools h50     # part 4a: forward KL on the teacher's verified responses
+    python benchmarks/phase_diagram.py $HA --regimes fkl_teacher_unverified --pools h50    # part 4b: on every teacher response as it comes
+    python benchmarks/phase_diagram.py $HA --regimes fkl --pools h50 --arms uniform gen_uniform gen_paced    # part 5: generated pools where fixed-pool PACED does best
+    python benchmarks/phase_diagram.py $HA --regimes fkl fkl_teacher fkl_teacher_unverified on_policy --pools h0 h25 h50 --report-only --write-results   # the report (hopeless.md, .png)
     python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h0 h25 h50 --snr-pool h50 --report-only --write-results   # the self-distillation report (hopeless_sd.md, .png)
 """
 
@@ -112,13 +123,33 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import pace_vs_baselines as base  # noqa: E402  (the arms, one run, the environment line)
 
 REGIMES = {"fkl": ("loss.mode=distill", "loss.divergence=auto"),
+           # Forward KL on the teacher's own responses (sampled once per problem and seed,
+           # cached per pool): kept only when they verify, or every one as it comes (real
+           # pools have both; on a level beyond the teacher the first keeps nothing there).
+           "fkl_teacher": ("loss.mode=distill", "loss.divergence=auto", "data.reference=teacher"),
+           "fkl_teacher_unverified": ("loss.mode=distill", "loss.divergence=auto",
+                                      "data.reference=teacher", "data.reference_verify=false"),
            "on_policy": ("loss.mode=on_policy", "loss.divergence=auto"),
            "two_stage": ("loss.mode=two_stage", "loss.divergence=auto"),
            "self_distill": ("loss.mode=self_distill", "loss.divergence=auto")}
 # The equal-steps view continues a run past its FLOP budget to uniform's step count; two_stage's
 # switch is a fraction of train.steps, so continuing would move it: that regime has no such view.
-STEPS_REGIMES = ("fkl", "on_policy", "self_distill")
+STEPS_REGIMES = ("fkl", "fkl_teacher", "fkl_teacher_unverified", "on_policy", "self_distill")
 DEFAULT_ARMS = ("uniform", "paced", "posterior", "dapo", "akl")
+# Generated pools (frontier synthesis): instead of the fixed pool, every round trains on fresh
+# problems of the pool's levels (those it weights above 0) and families, uniform over the
+# cells or by each cell's p(1-p); scored on the same held-out problems as the pool's arms.
+ARMS = {**base.ARMS, "gen_uniform": ("generate.source=synthetic", "paced.weighting=uniform"),
+        "gen_paced": ("generate.source=synthetic", "paced.weighting=paced")}
+
+
+def _setting(overrides, key):
+  return next((o.partition("=")[2] for o in overrides if o.startswith(key + "=")), None)
+
+
+def off_policy(regime: str) -> bool:
+  """Forward KL on references: uniform draws no rollouts, so its runs serve every K."""
+  return _setting(REGIMES[regime], "loss.mode") == "distill"
 
 
 def undefined(regime: str, arm: str) -> str | None:
@@ -128,14 +159,14 @@ def undefined(regime: str, arm: str) -> str | None:
   the regime's mode does not take (two_stage's stages are fixed) is refused by the config."""
   from paced_jax import divergences
 
-  def setting(overrides, key):
-    return next((o.partition("=")[2] for o in overrides if o.startswith(key + "=")), None)
-
-  mode = setting(REGIMES[regime], "loss.mode")
-  own = setting(base.ARMS[arm], "loss.mode")
+  mode = _setting(REGIMES[regime], "loss.mode")
+  own = _setting(ARMS[arm], "loss.mode")
   if own is not None and own != mode:
     return f"arm {arm} trains loss.mode={own}, regime {regime} loss.mode={mode}"
-  div = setting(base.ARMS[arm], "loss.divergence")
+  if _setting(ARMS[arm], "generate.source") and _setting(REGIMES[regime], "data.reference"):
+    return (f"arm {arm} trains on generated rounds (the generator's solutions), regime "
+            f"{regime} on teacher references sampled once for a fixed pool")
+  div = _setting(ARMS[arm], "loss.divergence")
   if div is not None and not divergences.mode(own or mode).takes_divergence:
     return f"loss.mode={own or mode} has fixed divergences; arm {arm} sets {div}"
   return None
@@ -146,12 +177,21 @@ def check_arm(cfg, regime: str, arm: str) -> None:
   declare (two arms once ran the wrong loss silently)."""
   from paced_jax import divergences
 
-  want = dict(o.partition("=")[::2] for o in (*REGIMES[regime], *base.ARMS[arm]))
+  want = dict(o.partition("=")[::2] for o in (*REGIMES[regime], *ARMS[arm]))
+  want.setdefault("data.reference", "dataset")
+  want.setdefault("data.reference_verify", "true")
+  want.setdefault("generate.source", "")
   got = {"loss.mode": cfg.loss.mode, "paced.weighting": cfg.paced.weighting,
-         "paced.use": cfg.paced.use}
+         "paced.use": cfg.paced.use, "data.reference": cfg.data.reference,
+         "data.reference_verify": str(cfg.data.reference_verify).lower(),
+         "generate.source": cfg.generate.source}
   for key, value in want.items():
     if key in got and got[key] != value:
       raise SystemExit(f"arm {arm} in regime {regime}: {key}={got[key]}, declared {value}")
+  if cfg.generate.source and set(cfg.generate.tasks or ()) != set(
+      cfg.data.synthetic_families or ()):
+    raise SystemExit(f"arm {arm}: generates tasks {cfg.generate.tasks}, the pool's families are "
+                     f"{cfg.data.synthetic_families}")
   div = want.get("loss.divergence", "auto")
   if div != "auto" and divergences.stage_of(cfg, 0) != div:
     raise SystemExit(f"arm {arm} in regime {regime}: trains {divergences.stage_of(cfg, 0)}, "
@@ -283,19 +323,28 @@ def pool_histogram(levels: dict, weights) -> list[float]:
 
 def cell_dir(args, pool: str, regime: str, k: int, arm: str) -> Path:
   # Uniform forward KL draws no rollouts: its runs are shared by every K of a pool.
-  kk = args.k[0] if (regime == "fkl" and arm == "uniform") else k
+  kk = args.k[0] if (off_policy(regime) and arm == "uniform") else k
   return Path(args.out) / pool / (regime if kk == args.k[0] else f"{regime}_k{kk}")
 
 
 def run_overrides(args, pool, regime, k, arm, weights) -> list[str]:
   """What every run of (pool, regime, K, arm) sets besides its budget and seed."""
-  return [f"data.synthetic_level_weights={','.join(f'{w:.6g}' for w in weights)}",
-          f"data.synthetic_heldout_per_cell={args.heldout_per_cell}",
-          f"eval.samples={args.eval_samples}", f"paced.rollouts={k}", *REGIMES[regime],
-          *args.set,
-          # The arm's own loss settings (akl's divergence) win over the regime's
-          # loss.divergence=auto.
-          *(o for o in base.ARMS[arm] if o.startswith("loss."))]
+  out = [f"data.synthetic_level_weights={','.join(f'{w:.6g}' for w in weights)}",
+         f"data.synthetic_heldout_per_cell={args.heldout_per_cell}",
+         f"eval.samples={args.eval_samples}", f"paced.rollouts={k}", *REGIMES[regime]]
+  if _setting(REGIMES[regime], "data.reference") == "teacher":
+    # One cache per pool: every arm of a seed trains on the same teacher responses.
+    out.append(f"data.reference_cache={Path(args.out) / pool / 'references'}")
+  if _setting(ARMS[arm], "generate.source"):
+    from paced_jax.config import load_config
+
+    families = ",".join(load_config(args.config, ["generate.source=", *args.set])
+                        .data.synthetic_families)
+    out += [f"generate.levels={','.join(str(i) for i, w in enumerate(weights, 1) if w > 0)}",
+            f"generate.tasks={families}",
+            f"generate.heldout_per_cell={args.heldout_per_cell}"]  # the suite's own test split
+  # The arm's own loss settings (akl's divergence) win over the regime's loss.divergence=auto.
+  return out + [*args.set, *(o for o in ARMS[arm] if o.startswith("loss."))]
 
 
 def run_one(args, pool, regime, k, arm, seed, weights, budget, log) -> dict:
@@ -318,7 +367,8 @@ def run_one(args, pool, regime, k, arm, seed, weights, budget, log) -> dict:
 def _run_checked(ns, pool, regime, k, arm, seed, weights, extra, log) -> dict:
   """One run under `ns.out`, failing when its resolved config is not what the arm and regime
   declare (check_arm); its result tagged with the cell."""
-  r = base.run_arm(ns, arm, seed, extra, log, check=lambda cfg: check_arm(cfg, regime, arm))
+  r = base.run_arm(ns, arm, seed, extra, log, check=lambda cfg: check_arm(cfg, regime, arm),
+                   arms=ARMS)
   r.update(pool=pool, regime=regime, k=k, weights=list(weights))
   return r
 
@@ -353,7 +403,7 @@ def run_steps(args, pool, regime, k, arm, seed, weights, flop_run: dict, log) ->
 
 def budget_for(args, pool, regime, k, weights, log) -> float:
   """FLOPs of the cell's budget run (uniform, --budget-seed, --budget-steps): run or read."""
-  if regime == "fkl":
+  if off_policy(regime):
     k = args.k[0]  # uniform forward KL draws no rollouts: one budget for every K
   return run_one(args, pool, regime, k, "uniform", args.budget_seed, weights, None, log)["flops"]
 
@@ -396,7 +446,7 @@ def summarise(results: list[dict], args, pools_info: dict) -> dict:
   for (pool, regime, k), rs in sorted(cells.items()):
     w = pools_info["pools"][pool]["weights"]
     uni = {r["seed"]: r for r in rs if r["arm"] == "uniform"}
-    for arm in sorted({r["arm"] for r in rs}, key=list(base.ARMS).index):
+    for arm in sorted({r["arm"] for r in rs}, key=list(ARMS).index):
       mine = [r for r in rs if r["arm"] == arm]
       paired = [r for r in mine if r["seed"] in uni]
       entry = {"pool": pool, "regime": regime, "k": k, "arm": arm,
@@ -483,7 +533,7 @@ def write_markdown(path: Path, summary: dict, pools_info: dict, args, env: str,
   path.write_text("\n".join(lines) + "\n")
 
 
-def plot(path: Path, summary: dict, arms=("paced", "posterior", "dapo")) -> None:
+def plot(path: Path, summary: dict, arms=("paced", "posterior", "dapo", "gen_paced")) -> None:
   """Each frontier arm - uniform by pool: the mastered axis (today, mNN pools; x = p = 1
   share) and the hopeless axis (hNN pools; x = p = 0 share), one line per (regime, arm), equal
   FLOPs solid and equal steps dashed (mean ± SE over seeds; dots: seeds)."""
@@ -623,7 +673,7 @@ def main(argv=None) -> int:
                   "setting of a field wins)")
   ap.add_argument("--out", default="runs/phase_diagram")
   ap.add_argument("--pools", nargs="+", default=["m0", "m25", "m50"])
-  ap.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=list(base.ARMS))
+  ap.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=list(ARMS))
   ap.add_argument("--regimes", nargs="+", default=["fkl"], choices=list(REGIMES))
   ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
   ap.add_argument("--k", nargs="+", type=int, default=[4], help="rollouts per estimate; the "
@@ -681,7 +731,7 @@ def main(argv=None) -> int:
   snr = measure_snr(args, pools, log)
   todo = [(pool, regime, k, arm, seed) for pool in args.pools for regime in args.regimes
           for k in args.k for arm in args.arms for seed in args.seeds
-          if not (k != args.k[0] and regime == "fkl" and arm == "uniform")
+          if not (k != args.k[0] and off_policy(regime) and arm == "uniform")
           and not undefined(regime, arm)
           and not args.report_only]
   for j, (pool, regime, k, arm, seed) in enumerate(todo, 1):
@@ -716,9 +766,9 @@ def main(argv=None) -> int:
       r = base.run_arm(argparse.Namespace(out=str(d.parents[2])), arm, seed, [], log)
       r.update(pool=name, regime=regime, k=k)
       results.append(r)
-      if regime == "fkl" and arm == "uniform":  # shared by every K the pool was run at
+      if off_policy(regime) and arm == "uniform":  # shared by every K the pool was run at
         results += [dict(r, k=k2) for k2 in args.k[1:]
-                    if (Path(args.out) / name / f"fkl_k{k2}").is_dir()]
+                    if (Path(args.out) / name / f"{regime}_k{k2}").is_dir()]
   summary = summarise(results, args, pools_info)
   summary["k0"] = args.k[0]
   steps_results = []

@@ -116,8 +116,8 @@ def test_an_arms_loss_settings_win_over_the_regime(monkeypatch, tmp_path, regime
 
   seen = {}
 
-  def fake_run_arm(ns, arm, seed, extra, log, check=None):
-    over = pd.base.common_overrides(ns) + list(pd.base.ARMS[arm]) + extra
+  def fake_run_arm(ns, arm, seed, extra, log, check=None, arms=None):
+    over = pd.base.common_overrides(ns) + list((arms or pd.base.ARMS)[arm]) + extra
     seen["cfg"] = load_config("configs/demo.py:tiny", over)
     check(seen["cfg"])  # the script's own check of the arm's declaration passes
     return {"steps": 2}
@@ -149,6 +149,69 @@ def test_arms_undefined_in_a_regime_are_left_out_and_runs_are_checked():
                 ["loss.mode=distill", "loss.divergence=akl", "paced.weighting=paced"]):
     with pytest.raises(SystemExit, match="arm akl in regime fkl"):
       pd.check_arm(load_config("configs/demo.py:tiny", wrong), "fkl", "akl")
+  # Teacher references and generated rounds: the resolved config must say what is declared.
+  assert pd.undefined("fkl_teacher", "gen_paced") and pd.undefined("fkl_teacher_unverified",
+                                                                   "gen_uniform")
+  assert pd.undefined("fkl", "gen_paced") is None and pd.undefined("on_policy", "gen_paced") is None
+  teacher = ["loss.mode=distill", "paced.weighting=paced", "data.reference=teacher"]
+  pd.check_arm(load_config("configs/demo.py:tiny", teacher), "fkl_teacher", "paced")
+  for regime, over, what in (
+      ("fkl_teacher", teacher[:2], "data.reference=dataset"),
+      ("fkl_teacher_unverified", teacher, "data.reference_verify=true"),
+      ("fkl", teacher, "data.reference=teacher")):
+    with pytest.raises(SystemExit, match=f"in regime {regime}: {what}"):
+      pd.check_arm(load_config("configs/demo.py:tiny", over), regime, "paced")
+  gen = ["loss.mode=distill", "paced.weighting=paced", "generate.source=synthetic",
+         "data.synthetic_families=add,sort", "generate.tasks=add,sort"]
+  pd.check_arm(load_config("configs/demo.py:tiny", gen), "fkl", "gen_paced")
+  with pytest.raises(SystemExit, match="generate.source=, declared synthetic"):
+    pd.check_arm(load_config("configs/demo.py:tiny", gen[:2]), "fkl", "gen_paced")
+  with pytest.raises(SystemExit, match="generates tasks"):
+    pd.check_arm(load_config("configs/demo.py:tiny", gen[:4] + ["generate.tasks=add"]), "fkl",
+                 "gen_paced")
+
+
+def test_generated_and_teacher_arms_get_the_pools_problems(monkeypatch, tmp_path):
+  """A generated arm makes problems of the pool's families and of the levels the pool weights
+  (not others), and is scored on exactly the held-out problems the pool's arms are; teacher
+  regimes share one reference cache per pool (every arm of a seed trains on the same teacher
+  responses)."""
+  from paced_jax.config import load_config
+  from paced_jax.evaluate import load_eval_sets
+
+  seen = {}
+
+  def fake_run_arm(ns, arm, seed, extra, log, check=None, arms=None):
+    over = pd.base.common_overrides(ns) + list(arms[arm]) + extra
+    cfg = load_config("configs/demo.py:tiny", over)
+    check(cfg)
+    seen[(Path(ns.out).parent.name, Path(ns.out).name, arm)] = cfg
+    return {"steps": 2}
+
+  monkeypatch.setattr(pd.base, "run_arm", fake_run_arm)
+  args = pd.argparse.Namespace(out=str(tmp_path), k=[4], heldout_per_cell=2, eval_samples=2,
+                               set=["data.synthetic_families=add,sort"], budget_steps=2,
+                               config="configs/demo.py:tiny", eval_every=1000, eval_problems=100,
+                               refresh_subset=0)
+  w = (0, 1, 1, 1, 1)
+  for pool in ("h25", "h50"):
+    for regime, arm in (("fkl", "uniform"), ("fkl", "gen_paced"), ("fkl_teacher", "uniform"),
+                        ("fkl_teacher", "paced"), ("fkl_teacher_unverified", "dapo")):
+      pd.run_one(args, pool, regime, 4, arm, 0, w, 1e12, print)
+  gen, pool_cfg = seen[("h25", "fkl", "gen_paced")], seen[("h25", "fkl", "uniform")]
+  assert gen.generate.levels == (2, 3, 4, 5) and gen.generate.tasks == ("add", "sort")
+  ids = lambda cfg, split, levels: sorted(
+      p.id for es in load_eval_sets(cfg, (split,)) for p in es.problems
+      if p.difficulty in levels)
+  assert ids(gen, "test", range(9)) == ids(pool_cfg, "test", (2, 3, 4, 5))
+  assert len(ids(gen, "test", range(9))) == 2 * 2 * 4  # heldout_per_cell x families x levels
+  assert ids(gen, "probe", (2,)) == ids(pool_cfg, "probe", (2,))
+  caches = {key: cfg.data.reference_cache for key, cfg in seen.items()
+            if cfg.data.reference == "teacher"}
+  assert len(caches) == 6
+  assert len({c for (pool, _, _), c in caches.items() if pool == "h25"}) == 1
+  assert caches[("h25", "fkl_teacher", "paced")] != caches[("h50", "fkl_teacher", "paced")]
+  assert not seen[("h25", "fkl_teacher_unverified", "dapo")].data.reference_verify
 
 
 @pytest.mark.slow  # ~1 min: three tiny runs
