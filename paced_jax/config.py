@@ -47,6 +47,38 @@ def _check(section: str, obj, checks) -> None:
       raise ConfigError(f"{section}.{name}={getattr(obj, name)!r} must be {want}")
 
 
+def _is_union(typ: Any) -> bool:
+  return typing.get_origin(typ) in (typing.Union, types.UnionType)
+
+
+def _choices(cls) -> dict[str, tuple]:
+  """Field name -> the values its Literal type allows (None too where the field is optional)."""
+  out = {}
+  for name, typ in typing.get_type_hints(cls).items():
+    args = typing.get_args(typ) if _is_union(typ) else (typ,)
+    lits = [a for a in args if typing.get_origin(a) is Literal]
+    if lits:
+      out[name] = (tuple(v for a in lits for v in typing.get_args(a))
+                   + ((None,) if type(None) in args else ()))
+  return out
+
+
+def check_choices(section: str, obj) -> None:
+  """A one-line ConfigError for the first field typed as a Literal that holds a value outside
+  it, in `obj` and the sections inside it. `--set` parses these fields against their choices;
+  a config file that builds a section in Python (`PacedConfig(merge="decya")`) is checked
+  here, when the whole Config is made."""
+  for name, allowed in _choices(type(obj)).items():
+    value = getattr(obj, name)
+    if value not in allowed:
+      raise ConfigError(f"{section}.{name}={value!r} must be one of "
+                        + ", ".join(repr(v) for v in allowed))
+  for f in dataclasses.fields(obj):
+    sub = getattr(obj, f.name)
+    if dataclasses.is_dataclass(sub) and not isinstance(sub, type):
+      check_choices(f"{section}.{f.name}" if section else f.name, sub)
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
   """Llama-3 style RoPE frequency scaling (HF `rope_scaling` with rope_type "llama3")."""
@@ -145,6 +177,7 @@ class DataConfig:
   prefetch: int = 2  # batches prefetched per Grain worker (worker_count > 0)
 
   def __post_init__(self):
+    check_choices("data", self)
     b = self.length_buckets
     if not b or any(x < 2 for x in b) or list(b) != sorted(set(b)):
       raise ConfigError(f"data.length_buckets={b} must be strictly increasing lengths >= 2")
@@ -305,6 +338,7 @@ class PacedConfig:
   verifier_errors: Literal["error", "wrong"] = "error"
 
   def __post_init__(self):
+    check_choices("paced", self)
     checks = [("alpha", self.alpha >= 0, ">= 0"), ("beta", self.beta >= 0, ">= 0"),
               ("prior_a0", self.prior_a0 > 0, "> 0"), ("prior_b0", self.prior_b0 > 0, "> 0"),
               ("band_lo", 0 <= self.band_lo <= self.band_hi <= 1,
@@ -312,8 +346,6 @@ class PacedConfig:
               ("eps", 0 <= self.eps <= 1, "in [0, 1]"), ("rollouts", self.rollouts >= 1, ">= 1"),
               ("refresh_every", self.refresh_every >= 1, ">= 1"),
               ("refresh_subset", self.refresh_subset >= 0, ">= 0 (0 is the whole pool)"),
-              ("refresh_order", self.refresh_order in ("random", "thinnest"),
-               "random or thinnest"),
               ("refresh_order", self.refresh_order == "random" or self.refresh_subset > 0,
                "random unless paced.refresh_subset > 0 (the whole pool has no order to pick)"),
               ("screen_rollouts", 0 <= self.screen_rollouts < self.rollouts,
@@ -378,6 +410,7 @@ class LossConfig:
   offline_k: int = 64  # ids kept per scored position by `paced teacher-logits` (its --k)
 
   def __post_init__(self):
+    check_choices("loss", self)
     _check("loss", self, [
         ("teacher", self.teacher == "" or (self.teacher.startswith("offline:")
                                            and bool(self.teacher[len("offline:"):].strip())),
@@ -464,6 +497,7 @@ class TrainConfig:
   max_flops: float = 0.0
 
   def __post_init__(self):
+    check_choices("train", self)
     _check("train", self, [
         ("steps", self.steps >= 1, ">= 1"),
         ("lr", self.lr >= 0, ">= 0 (a negative rate trains the loss upward)"),
@@ -512,11 +546,7 @@ class GenerateConfig:
   heldout_per_cell: int = 20  # eval problems per cell ("test"), and per probe cell
 
   def __post_init__(self):
-    if self.source not in ("", "synthetic", "gym"):
-      raise ConfigError(f"generate.source={self.source!r} must be synthetic or gym (empty: off)")
-    if self.within_round not in ("uniform", "estimated"):
-      raise ConfigError(f"generate.within_round={self.within_round!r} must be uniform or "
-                        "estimated")
+    check_choices("generate", self)
     if len(set(self.tasks)) != len(self.tasks):
       raise ConfigError(f"generate.tasks={self.tasks} lists a task twice; list each once")
     if len(set(self.levels)) != len(self.levels):
@@ -547,6 +577,7 @@ class Config:
   name: str = "run"
 
   def __post_init__(self):
+    check_choices("", self)
     limit = self.loss.vocab_limit
     for role, m in (("student", self.model), ("teacher", self.teacher)):
       if limit and m is not None and limit > m.vocab_size:
@@ -677,10 +708,6 @@ def _dataclass_in(typ: Any) -> type | None:
     if dataclasses.is_dataclass(arg):
       return arg
   return None
-
-
-def _is_union(typ: Any) -> bool:
-  return typing.get_origin(typ) in (typing.Union, types.UnionType)
 
 
 def _describe(typ: Any) -> str:

@@ -147,3 +147,56 @@ def test_cli_refresh_order_without_a_subset_is_one_line_and_writes_nothing(tmp_p
   assert len(lines) == 1 and lines[0].startswith("paced: error:"), out.stderr
   assert "paced.refresh_order" in lines[0] and "refresh_subset" in lines[0]
   assert not wd.exists()
+
+
+def _literal_fields(cls, prefix=""):
+  """(key, section class, field) for every field typed as a Literal, nested sections included,
+  found from the annotations themselves."""
+  import typing
+
+  hints = typing.get_type_hints(cls)
+  for f in dataclasses.fields(cls):
+    typ = hints[f.name]
+    args = typing.get_args(typ) or (typ,)
+    if typing.get_origin(typ) is typing.Literal or any(
+        typing.get_origin(a) is typing.Literal for a in args):
+      yield prefix + f.name, cls, f.name
+    for a in args if typing.get_origin(typ) is not typing.Literal else ():
+      if dataclasses.is_dataclass(a):
+        yield from _literal_fields(a, prefix + f.name + ".")
+
+
+def test_a_literal_field_built_in_python_is_checked_like_an_override():
+  """`--set` parses a Literal field against its choices; a config file that builds the section
+  in Python skipped that check (`PacedConfig(merge="decya")` ran as the default merge). Every
+  Literal field of every section now refuses a value outside its choices when the Config is
+  made, naming the key and the choices."""
+  keys = list(_literal_fields(Config))
+  assert len(keys) >= 15 and "paced.merge" in [k for k, _, _ in keys]
+  demo = load_config(DEMO)
+  for key, _, name in keys:
+    section, _, _ = key.rpartition(".")
+    obj = getattr(demo, section) or ModelConfig()  # the teacher section may be unset
+    # Raised where the section is made (paced, generate) or where the Config is.
+    with pytest.raises(ConfigError, match=rf"^{key}='not-a-choice' must be one of '"):
+      dataclasses.replace(demo, **{section: dataclasses.replace(obj, **{name: "not-a-choice"})})
+  assert Config() and load_config(DEMO, ["paced.merge=decay"]).paced.merge == "decay"
+
+
+def test_cli_a_config_file_with_a_bad_literal_is_one_line_and_writes_nothing(tmp_path):
+  from pathlib import Path
+
+  root = Path(__file__).resolve().parents[1]
+  conf = tmp_path / "bad.py"
+  conf.write_text("import dataclasses\nfrom paced_jax.config import load_config\n\n"
+                  "def get_config(arg=''):\n"
+                  f"  cfg = load_config({str(root / DEMO)!r})\n"
+                  "  return dataclasses.replace(cfg, paced=dataclasses.replace(cfg.paced, "
+                  "merge='decya'))\n")
+  wd = tmp_path / "run"
+  out = _paced("train", str(conf), "--workdir", str(wd))
+  assert out.returncode == 2
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("paced: error:"), out.stderr
+  assert "paced.merge='decya' must be one of 'replace', 'accumulate', 'decay'" in lines[0]
+  assert not wd.exists()
