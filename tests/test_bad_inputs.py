@@ -155,6 +155,26 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_kept(capsys, run_dir, tmp_p
   assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == ["1", "2"]
 
 
+def test_a_corrupt_checkpoint_read_by_the_command_is_one_line_and_nothing_after(run_dir,
+                                                                               tmp_path):
+  """In a process of its own, as a user meets it: `paced eval` / `paced convert` on a truncated
+  checkpoint printed their one line, then (in some runs: the timing is TensorStore's)
+  "Event loop is closed" tracebacks, its failed read's callbacks reaching the loop Orbax had
+  closed. Now stderr is the one line. tests/test_orbax_noise.py checks the filter's rules
+  deterministically."""
+  wd = _copy(run_dir, tmp_path)
+  _corrupt(wd / "checkpoints" / "2")
+  for argv in (["eval", TINY, "--quiet", "--checkpoint", wd / "checkpoints" / "2",
+                "--baseline", "none"],
+               ["convert", "--to-hf", wd / "checkpoints" / "2", "--out", tmp_path / "hf"]):
+    proc = subprocess.run([sys.executable, "-m", "paced_jax.cli", *map(str, argv)],
+                          capture_output=True, text=True, timeout=600)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("paced: error:") and "cannot be read" in lines[0]
+  assert not (tmp_path / "hf").exists()
+
+
 def test_resume_skips_an_unreadable_newest_step_with_one_warning(capsys, run_dir, tmp_path):
   wd = _copy(run_dir, tmp_path)
   _corrupt(wd / "checkpoints" / "2")

@@ -25,6 +25,7 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
+from paced_jax import orbax_noise
 from paced_jax.config import ConfigError, ModelConfig, RopeScaling
 from paced_jax.models.hf import ModelFileError, dtype_name, load_hf_model, read_hf_config
 from paced_jax.models.transformer import Decoder
@@ -185,7 +186,9 @@ def _restore(params_dir: Path, target: dict, cfg: ModelConfig) -> dict:
   saved as is (whose leaves sit under an extra "value" key)."""
   import orbax.checkpoint as ocp
 
-  with ocp.StandardCheckpointer() as ckptr:
+  # A truncated checkpoint's failed read leaves TensorStore printing "Event loop is closed"
+  # after the one error line: dropped (orbax_noise).
+  with orbax_noise.reading(), ocp.StandardCheckpointer() as ckptr:
     try:
       stored = ckptr.metadata(params_dir)
       stored = getattr(stored, "item_metadata", stored)  # orbax >= 0.11 wraps the tree
