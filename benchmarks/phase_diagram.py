@@ -101,6 +101,9 @@ To reproduce the hopeless axis (HA = the options every part shares):
     python benchmarks/phase_diagram.py $HA --regimes fkl_teacher --pools h50     # part 4a: forward KL on the teacher's verified responses
     python benchmarks/phase_diagram.py $HA --regimes fkl_teacher_unverified --pools h50    # part 4b: on every teacher response as it comes
     python benchmarks/phase_diagram.py $HA --regimes fkl --pools h50 --arms uniform gen_uniform gen_paced    # part 5: generated pools where fixed-pool PACED does best
+    python benchmarks/phase_diagram.py $HA --regimes on_policy --pools h0 --seeds 3 4 5 --arms uniform paced posterior dapo    # part 3f: 6 seeds where 3 leave |delta| > 0.01 inside two SE
+    python benchmarks/phase_diagram.py $HA --regimes fkl --pools h50 --arms uniform akl_paced    # part 6: AKL's divergence with PACED's sampling
+    python benchmarks/phase_diagram.py $HA --regimes fkl_teacher --pools h50 --seeds 3 4 5 --arms uniform paced dapo akl    # part 4c: 6 seeds for the arms ahead or inside two SE after 3
     python benchmarks/phase_diagram.py $HA --regimes fkl fkl_teacher fkl_teacher_unverified on_policy --pools h0 h25 h50 --report-only --write-results   # the report (hopeless.md, .png)
     python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h0 h25 h50 --snr-pool h50 --report-only --write-results   # the self-distillation report (hopeless_sd.md, .png)
 """
@@ -140,7 +143,9 @@ DEFAULT_ARMS = ("uniform", "paced", "posterior", "dapo", "akl")
 # problems of the pool's levels (those it weights above 0) and families, uniform over the
 # cells or by each cell's p(1-p); scored on the same held-out problems as the pool's arms.
 ARMS = {**base.ARMS, "gen_uniform": ("generate.source=synthetic", "paced.weighting=uniform"),
-        "gen_paced": ("generate.source=synthetic", "paced.weighting=paced")}
+        "gen_paced": ("generate.source=synthetic", "paced.weighting=paced"),
+        # AKL's divergence with PACED's sampling: the two that pay at the hopeless end, together.
+        "akl_paced": ("paced.weighting=paced", "loss.divergence=akl")}
 
 
 def _setting(overrides, key):

@@ -161,6 +161,11 @@ def test_arms_undefined_in_a_regime_are_left_out_and_runs_are_checked():
       ("fkl", teacher, "data.reference=teacher")):
     with pytest.raises(SystemExit, match=f"in regime {regime}: {what}"):
       pd.check_arm(load_config("configs/demo.py:tiny", over), regime, "paced")
+  both = ["loss.mode=distill", "loss.divergence=akl", "paced.weighting=paced"]
+  pd.check_arm(load_config("configs/demo.py:tiny", both), "fkl", "akl_paced")
+  for over in (both[::2], both[:2] + ["paced.weighting=uniform"]):  # forward KL; uniform
+    with pytest.raises(SystemExit, match="arm akl_paced in regime fkl"):
+      pd.check_arm(load_config("configs/demo.py:tiny", over), "fkl", "akl_paced")
   gen = ["loss.mode=distill", "paced.weighting=paced", "generate.source=synthetic",
          "data.synthetic_families=add,sort", "generate.tasks=add,sort"]
   pd.check_arm(load_config("configs/demo.py:tiny", gen), "fkl", "gen_paced")
