@@ -100,7 +100,7 @@ To reproduce the hopeless axis (HA = the options every part shares):
     python benchmarks/phase_diagram.py $HA --regimes on_policy --pools h25 --seeds 3 4 5 --arms uniform paced dapo    # part 3e: 6 seeds where 3 leave |delta| > 0.01 inside two SE
     python benchmarks/phase_diagram.py $HA --regimes fkl_teacher --pools h50     # part 4a: forward KL on the teacher's verified responses
     python benchmarks/phase_diagram.py $HA --regimes fkl_teacher_unverified --pools h50    # part 4b: on every teacher response as it comes
-    python benchmarks/phase_diagram.py $HA --regimes fkl --pools h50 --arms uniform gen_uniform gen_paced    # part 5: generated pools where fixed-pool PACED does best
+    python benchmarks/phase_diagram.py $HA --regimes fkl --pools h50 --arms uniform gen_uniform gen_paced --seeds 0 1 2 3 4 5    # part 5: generated pools where fixed-pool PACED does best (6 seeds: ahead, or inside two SE, after 3)
     python benchmarks/phase_diagram.py $HA --regimes on_policy --pools h0 --seeds 3 4 5 --arms uniform paced posterior dapo    # part 3f: 6 seeds where 3 leave |delta| > 0.01 inside two SE
     python benchmarks/phase_diagram.py $HA --regimes fkl --pools h50 --arms uniform akl_paced    # part 6: AKL's divergence with PACED's sampling
     python benchmarks/phase_diagram.py $HA --regimes fkl_teacher --pools h50 --seeds 3 4 5 --arms uniform paced dapo akl    # part 4c: 6 seeds for the arms ahead or inside two SE after 3
@@ -383,16 +383,27 @@ def steps_dir(args, pool, regime, k, arm, seed) -> Path:
   return cell.parent / "steps" / cell.name / arm / f"seed_{seed}"
 
 
+# A run within this much of --budget-steps is its own equal-steps run (uniform's other seeds
+# end a step or three past the budget seed's).
+OWN_STEPS = 1.05
+
+
+def own_steps(args, steps: int) -> bool:
+  return args.budget_steps <= steps <= args.budget_steps * OWN_STEPS
+
+
 def run_steps(args, pool, regime, k, arm, seed, weights, flop_run: dict, log) -> dict:
   """The equal-steps view of a run (the paper's): a run the budget stopped before uniform's
   --budget-steps is copied (its workdir, less the lock and the final evaluation) and resumed
   without the budget up to --budget-steps, then evaluated; a run that got there within the
-  budget is its own equal-steps run. The copy is made under a temporary name and renamed, so
-  an interrupted copy is redone, and an interrupted run resumes."""
-  if flop_run["steps"] >= args.budget_steps:
+  budget (up to OWN_STEPS past it) is its own equal-steps run; one that went further (a
+  generated run whose problems are shorter trains more steps for the FLOPs) is run again, the
+  same seed, to --budget-steps. The copy is made under a temporary name and renamed, so an
+  interrupted copy is redone, and an interrupted run resumes."""
+  if own_steps(args, flop_run["steps"]):
     return flop_run
   dst = steps_dir(args, pool, regime, k, arm, seed)
-  if not dst.exists():
+  if flop_run["steps"] < args.budget_steps and not dst.exists():
     src = cell_dir(args, pool, regime, k, arm) / arm / f"seed_{seed}"
     tmp = dst.with_name(dst.name + ".copying")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -784,7 +795,7 @@ def main(argv=None) -> int:
     if (d / "eval_after.json").exists():
       s = base.run_arm(argparse.Namespace(out=str(d.parents[1])), r["arm"], r["seed"], [], log)
       steps_results.append(dict(s, pool=r["pool"], regime=r["regime"], k=r["k"]))
-    elif r["steps"] >= args.budget_steps:
+    elif own_steps(args, r["steps"]):
       steps_results.append(r)
   if steps_results:
     summary["steps_view"] = summarise(steps_results, args, pools_info)

@@ -263,3 +263,31 @@ def test_hopeless_axis_self_distillation_in_both_views(tmp_path):
   assert "## self_distill" in table and "equal steps: score" in table
   assert "| h50 | 0.50 |" in table
   assert (out / "phase_diagram.png").stat().st_size > 0
+
+
+def test_equal_steps_view_of_a_run_that_went_past_the_budget_steps(monkeypatch, tmp_path):
+  """A run the FLOP budget let go well past uniform's step count (a generated run's shorter
+  problems) is run again to that count for the equal-steps view, not read at its own; one a
+  few steps past is its own; one short of it is continued from a copy."""
+  calls = []
+
+  def fake_run_arm(ns, arm, seed, extra, log, check=None, arms=None):
+    calls.append((Path(ns.out), extra))
+    return {"steps": 200}
+
+  monkeypatch.setattr(pd.base, "run_arm", fake_run_arm)
+  args = pd.argparse.Namespace(out=str(tmp_path), k=[4], heldout_per_cell=2, eval_samples=2,
+                               set=[], budget_steps=200, config="configs/demo.py:tiny")
+  w = (1, 1, 1, 1, 1)
+  own = {"steps": 204}
+  assert pd.run_steps(args, "h50", "fkl", 4, "gen_paced", 0, w, own, print) is own
+  assert calls == []
+  pd.run_steps(args, "h50", "fkl", 4, "gen_paced", 0, w, {"steps": 261}, print)
+  out, extra = calls[-1]
+  assert "train.max_flops=0" in extra and "train.steps=200" in extra
+  assert out == tmp_path / "h50" / "steps" / "fkl" and not (out / "gen_paced").exists()
+  src = tmp_path / "h50" / "fkl" / "paced" / "seed_0"
+  src.mkdir(parents=True)
+  (src / "metrics.jsonl").write_text("")
+  pd.run_steps(args, "h50", "fkl", 4, "paced", 0, w, {"steps": 177}, print)
+  assert (tmp_path / "h50" / "steps" / "fkl" / "paced" / "seed_0" / "metrics.jsonl").exists()
