@@ -104,6 +104,7 @@ To reproduce the hopeless axis (HA = the options every part shares):
     python benchmarks/phase_diagram.py $HA --regimes on_policy --pools h0 --seeds 3 4 5 --arms uniform paced posterior dapo    # part 3f: 6 seeds where 3 leave |delta| > 0.01 inside two SE
     python benchmarks/phase_diagram.py $HA --regimes fkl --pools h50 --arms uniform akl_paced    # part 6: AKL's divergence with PACED's sampling
     python benchmarks/phase_diagram.py $HA --regimes fkl_teacher --pools h50 --seeds 3 4 5 --arms uniform paced dapo akl    # part 4c: 6 seeds for the arms ahead or inside two SE after 3
+    python benchmarks/phase_diagram.py $HA --regimes fkl_teacher_unverified --pools h50 --seeds 3 4 5 --arms uniform paced akl    # part 4d: 6 seeds for the arms ahead after 3
     python benchmarks/phase_diagram.py $HA --regimes fkl fkl_teacher fkl_teacher_unverified on_policy --pools h0 h25 h50 --report-only --write-results   # the report (hopeless.md, .png)
     python benchmarks/phase_diagram.py $HA $SD --regimes self_distill --pools h0 h25 h50 --snr-pool h50 --report-only --write-results   # the self-distillation report (hopeless_sd.md, .png)
 """
