@@ -760,7 +760,8 @@ def main(argv=None) -> int:
     if "steps" in args.views and regime in STEPS_REGIMES:
       s = run_steps(args, pool, regime, k, arm, seed, w, r, log)
       if s is not r:
-        log(f"  equal steps: {arm} seed {seed} continued {r['steps']} -> {s['steps']} steps, "
+        how = "continued" if s["steps"] > r["steps"] else "run again to the step count:"
+        log(f"  equal steps: {arm} seed {seed} {how} {r['steps']} -> {s['steps']} steps, "
             f"score {pool_score(s['after'], w):.3f}")
     el = time.perf_counter() - t_start
     log(f"[{j}/{len(todo)}] {pool} {regime} K={k} {arm} seed {seed}: score "
