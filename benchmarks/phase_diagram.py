@@ -550,10 +550,13 @@ def write_markdown(path: Path, summary: dict, pools_info: dict, args, env: str,
   path.write_text("\n".join(lines) + "\n")
 
 
-def plot(path: Path, summary: dict, arms=("paced", "posterior", "dapo", "gen_paced")) -> None:
+def plot(path: Path, summary: dict, arms=("paced", "posterior", "dapo")) -> None:
   """Each frontier arm - uniform by pool: the mastered axis (today, mNN pools; x = p = 1
-  share) and the hopeless axis (hNN pools; x = p = 0 share), one line per (regime, arm), equal
-  FLOPs solid and equal steps dashed (mean ± SE over seeds; dots: seeds)."""
+  share) and the hopeless axis (hNN pools; x = p = 0 share), one line per (regime, arm)
+  measured at two pools or more, equal FLOPs solid and equal steps dashed (mean ± SE over seeds;
+  dots: seeds). Beside them, every arm of every (regime, pool) measured at one pool only (the
+  teacher-reference regimes, generated pools, AKL arms at h50), equal FLOPs (circle) and equal
+  steps (square)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -562,36 +565,66 @@ def plot(path: Path, summary: dict, arms=("paced", "posterior", "dapo", "gen_pac
                "mastered fraction of the pool (starting student's p = 1 share)"),
               ("hopeless", lambda c: c["pool"].startswith("h"), "hopeless_share",
                "hopeless fraction of the pool (starting student's p = 0 share)"))
-  shown = [a for a in axes_def if any(a[1](c) for c in summary["cells"])] or axes_def[:1]
-  fig, axes = plt.subplots(1, len(shown), figsize=(7 * len(shown), 4.5), squeeze=False)
+  cells = [c for c in summary["cells"] if c["delta"]["n"] and c["k"] == summary["k0"]]
+  pools_of = {}
+  for c in cells:
+    pools_of.setdefault(c["regime"], set()).add(c["pool"])
+  lines = [c for c in cells if len(pools_of[c["regime"]]) > 1 and c["arm"] in arms]
+  single = [c for c in cells if len(pools_of[c["regime"]]) == 1 or (
+      c["arm"] not in (*arms, "uniform") and c["pool"].startswith("h"))]
+  shown = [a for a in axes_def if any(a[1](c) for c in lines)] or (
+      [] if single else axes_def[:1])  # nothing measured yet: one empty axis
+  n = len(shown) + bool(single)
+  fig, axes = plt.subplots(1, n, figsize=(7 * n, 4.5 + 0.12 * len(single) * bool(single)),
+                           squeeze=False, gridspec_kw={"wspace": 0.55})
+  colors = plt.get_cmap("tab10").colors
   for ax, (name, keep, xkey, xlabel) in zip(axes[0], shown):
-    for regime in dict.fromkeys(c["regime"] for c in summary["cells"]):
-      for i, arm in enumerate(arms):
-        dx = 0.006 * (i - (len(arms) - 1) / 2)  # arms side by side at one pool
-        cs = sorted((c for c in summary["cells"] if c["regime"] == regime and c["arm"] == arm
-                     and keep(c) and c["delta"]["n"] and c["k"] == summary["k0"]),
-                    key=lambda c: c[xkey])
-        if not cs:
-          continue
-        x = [c[xkey] + dx for c in cs]
-        se = [c["delta"]["se"] if c["delta"]["n"] > 1 else 0.0 for c in cs]
-        line = ax.errorbar(x, [c["delta"]["mean"] for c in cs], yerr=se, marker="o",
-                           capsize=3, label=f"{regime}, {arm}, equal FLOPs (mean ± SE)")
-        for c in cs:
-          ax.scatter([c[xkey] + dx] * c["delta"]["n"], c["delta"]["values"], s=12,
-                     color=line[0].get_color(), alpha=0.5)
-        sv = [c for c in cs if c.get("steps_view") and c["steps_view"]["delta"]["n"]]
-        if sv:
-          ax.errorbar([c[xkey] + dx + 0.002 for c in sv],
-                      [c["steps_view"]["delta"]["mean"] for c in sv],
-                      yerr=[c["steps_view"]["delta"]["se"] if c["steps_view"]["delta"]["n"] > 1
-                            else 0.0 for c in sv], marker="s", ls="--", capsize=3,
-                      color=line[0].get_color(), alpha=0.7,
-                      label=f"{regime}, {arm}, equal steps")
+    series = list(dict.fromkeys((c["regime"], c["arm"]) for c in lines if keep(c)))
+    for j, (regime, arm) in enumerate(series):
+      dx = 0.006 * (arms.index(arm) - (len(arms) - 1) / 2)  # arms side by side at one pool
+      cs = sorted((c for c in lines if (c["regime"], c["arm"]) == (regime, arm) and keep(c)),
+                  key=lambda c: c[xkey])
+      color = colors[j % len(colors)]
+      x = [c[xkey] + dx for c in cs]
+      se = [c["delta"]["se"] if c["delta"]["n"] > 1 else 0.0 for c in cs]
+      ax.errorbar(x, [c["delta"]["mean"] for c in cs], yerr=se, marker="o", capsize=3,
+                  color=color, label=f"{regime}, {arm}, equal FLOPs (mean ± SE)")
+      for c in cs:
+        ax.scatter([c[xkey] + dx] * c["delta"]["n"], c["delta"]["values"], s=12, color=color,
+                   alpha=0.5)
+      sv = [c for c in cs if c.get("steps_view") and c["steps_view"]["delta"]["n"]]
+      if sv:
+        ax.errorbar([c[xkey] + dx + 0.002 for c in sv],
+                    [c["steps_view"]["delta"]["mean"] for c in sv],
+                    yerr=[c["steps_view"]["delta"]["se"] if c["steps_view"]["delta"]["n"] > 1
+                          else 0.0 for c in sv], marker="s", ls="--", capsize=3,
+                    color=color, alpha=0.7, label=f"{regime}, {arm}, equal steps")
     ax.axhline(0, color="gray", lw=0.8)
     ax.set(xlabel=xlabel, ylabel="arm - uniform, held-out pool score",
            title=f"Frontier weighting's gain over uniform, {name} axis")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not on, the data
+    if series:  # below, not on, the data (beside it would cover the next panel's labels)
+      ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+  if single:
+    ax = axes[0][-1]
+    single = [c for c in single if c["arm"] != "uniform"]
+    ys = range(len(single))
+    for y, c in zip(ys, single):
+      d = c["delta"]
+      ax.errorbar([d["mean"]], [y], xerr=[d["se"] if d["n"] > 1 else 0.0], marker="o",
+                  capsize=3, color="C0")
+      ax.scatter(d["values"], [y] * d["n"], s=10, color="C0", alpha=0.4)
+      sv = c.get("steps_view")
+      if sv and sv["delta"]["n"]:
+        ax.errorbar([sv["delta"]["mean"]], [y + 0.25],
+                    xerr=[sv["delta"]["se"] if sv["delta"]["n"] > 1 else 0.0], marker="s",
+                    capsize=3, color="C1", alpha=0.8)
+    ax.set_yticks(list(ys), [f"{c['pool']} {c['regime']}: {c['arm']} ({c['delta']['n']} seeds)"
+                             for c in single], fontsize=7)
+    ax.axvline(0, color="gray", lw=0.8)
+    ax.invert_yaxis()
+    ax.set(xlabel="arm - uniform, held-out pool score (circle: equal FLOPs, square: equal "
+           "steps; mean ± SE, dots: seeds)", title="Cells measured at one pool")
+    ax.xaxis.label.set_size(8)
   fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)
 
