@@ -133,8 +133,6 @@ def write_failed() -> bool:
   return _NOISE.failed_once
 
 
-
-
 def committed_steps(directory: str | Path) -> list[int]:
   """Sorted steps with a finished directory (`<step>/`, not Orbax's temporary ones)."""
   d = Path(str(directory))

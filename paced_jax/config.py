@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import json
 import types
@@ -51,6 +52,7 @@ def _is_union(typ: Any) -> bool:
   return typing.get_origin(typ) in (typing.Union, types.UnionType)
 
 
+@functools.lru_cache(maxsize=None)
 def _choices(cls) -> dict[str, tuple]:
   """Field name -> the values its Literal type allows (None too where the field is optional)."""
   out = {}
