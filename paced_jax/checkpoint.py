@@ -37,8 +37,6 @@ from paced_jax import orbax_noise
 from paced_jax.config import ConfigError
 from paced_jax.models.io import error_reason, incomplete
 
-_NOISE = orbax_noise.NOISE  # held / dropped Orbax output around writes
-
 
 def fuse_filesystem(path: str | Path, mounts: str | Path = "/proc/mounts") -> str | None:
   """The FUSE type (e.g. "fuse.gcsfuse") of the mount holding `path`, or None (not FUSE, or no
@@ -91,7 +89,7 @@ def manager(directory: str | Path, max_to_keep: int = 3, async_save: bool = True
                               item_names=("params", "opt_state", "passrates", "meta"))
   mgr.paced_keep = max_to_keep
   if not read_only:
-    _NOISE.opened(mgr)
+    orbax_noise.NOISE.opened(mgr)
   return mgr
 
 
@@ -102,7 +100,7 @@ def wait(mgr: ocp.CheckpointManager) -> None:
     mgr.wait_until_finished()
     mgr.check_for_errors()
   except Exception as e:  # noqa: BLE001 -- Orbax raises many types from its threads
-    _NOISE.failed()
+    orbax_noise.NOISE.failed()
     latest = committed_steps(mgr.directory)
     raise CheckpointError(
         f"a checkpoint could not be written to {mgr.directory} ({error_reason(e)}); earlier "
@@ -117,7 +115,7 @@ def close(mgr: ocp.CheckpointManager) -> None:
   try:
     mgr.close()
   except Exception:  # noqa: BLE001
-    _NOISE.failed()
+    orbax_noise.NOISE.failed()
     for part in ("_checkpointer", "_non_blocking_metadata_store", "_blocking_metadata_store",
                  "_checkpoint_deleter"):
       try:
@@ -125,12 +123,12 @@ def close(mgr: ocp.CheckpointManager) -> None:
       except Exception:  # noqa: BLE001 -- private parts of another Orbax version, or failing
         pass
   finally:
-    _NOISE.closed(mgr)
+    orbax_noise.NOISE.closed(mgr)
 
 
 def write_failed() -> bool:
   """Whether a checkpoint write of this process failed (its CheckpointError was raised)."""
-  return _NOISE.failed_once
+  return orbax_noise.NOISE.failed_once
 
 
 def committed_steps(directory: str | Path) -> list[int]:
@@ -172,7 +170,7 @@ def save(mgr: ocp.CheckpointManager, step: int, *, params, opt_state, passrates:
         params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
         passrates=ocp.args.StandardSave(passrates), meta=ocp.args.JsonSave(meta)))
   except Exception as e:  # noqa: BLE001 -- a synchronous part of the write failed
-    _NOISE.failed()
+    orbax_noise.NOISE.failed()
     raise CheckpointError(
         f"checkpoint step {step} could not be written to {mgr.directory} ({error_reason(e)}); "
         "earlier checkpoints are intact: fix the directory and run the same command to "

@@ -16,11 +16,12 @@ import logging
 import os
 import sys
 import threading
+import types
 
 
 class OrbaxNoise:
-  """Holds, then drops or prints, what Orbax's machinery prints by itself after a partial save
-  failure, recognised narrowly:
+  """Holds, then drops or prints, what Orbax's machinery prints by itself after a failed save
+  or read, recognised narrowly:
     - `RuntimeError: Event loop is closed` reported unraisable with no object, raised at
       `call_soon_threadsafe` called from native code (no Python caller: TensorStore finishing a
       write whose loop Orbax closed);
@@ -28,9 +29,9 @@ class OrbaxNoise:
       never retrieved" of the write tasks a failed `gather` abandoned);
     - uncaught exceptions of threads whose traceback is Orbax/TensorStore/stdlib only.
   Anything with a frame of paced_jax, or any other exception, passes through untouched. While a
-  writing manager is open these are held; `failed()` (a save failed: the run ends with its one
-  line) drops them and what comes later; the last writing manager closing cleanly prints what
-  was held and stops holding."""
+  writing manager or a read (`reading`) is open these are held; `failed()` (the operation
+  failed: its one error line is on its way) drops them and what comes later; the last one
+  closing cleanly prints what was held and stops holding."""
 
   def __init__(self):
     self.lock = threading.Lock()
@@ -155,7 +156,7 @@ NOISE = OrbaxNoise()
 def reading():
   """Around an Orbax read: the noise of a read that raises is dropped (the caller turns the
   failure into one error line); after a clean read what was held is printed."""
-  holder = type("Read", (), {})()
+  holder = types.SimpleNamespace()  # marks this read as opened, as a manager is
   NOISE.opened(holder)
   try:
     yield
