@@ -570,12 +570,12 @@ def plot(path: Path, summary: dict, arms=("paced", "posterior", "dapo")) -> None
   for c in cells:
     pools_of.setdefault(c["regime"], set()).add(c["pool"])
   lines = [c for c in cells if len(pools_of[c["regime"]]) > 1 and c["arm"] in arms]
-  single = [c for c in cells if len(pools_of[c["regime"]]) == 1 or (
-      c["arm"] not in (*arms, "uniform") and c["pool"].startswith("h"))]
+  single = [c for c in cells if c["arm"] != "uniform" and (
+      len(pools_of[c["regime"]]) == 1 or (c["arm"] not in arms and c["pool"].startswith("h")))]
   shown = [a for a in axes_def if any(a[1](c) for c in lines)] or (
       [] if single else axes_def[:1])  # nothing measured yet: one empty axis
   n = len(shown) + bool(single)
-  fig, axes = plt.subplots(1, n, figsize=(7 * n, 4.5 + 0.12 * len(single) * bool(single)),
+  fig, axes = plt.subplots(1, n, figsize=(7 * n, 4.5 + 0.12 * len(single)),
                            squeeze=False, gridspec_kw={"wspace": 0.55})
   colors = plt.get_cmap("tab10").colors
   for ax, (name, keep, xkey, xlabel) in zip(axes[0], shown):
@@ -606,7 +606,6 @@ def plot(path: Path, summary: dict, arms=("paced", "posterior", "dapo")) -> None
       ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
   if single:
     ax = axes[0][-1]
-    single = [c for c in single if c["arm"] != "uniform"]
     ys = range(len(single))
     for y, c in zip(ys, single):
       d = c["delta"]
